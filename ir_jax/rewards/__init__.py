@@ -1,0 +1,19 @@
+"""Reward functions: exact/soft edit distance, instant rewards, cosine reward.
+
+Pure, jit-able and vmap-able; every function accepts any leading batch dims
+and optional `pred_lengths` / `target_lengths`.
+"""
+from ir_jax.rewards.cosine import cosine_reward, cosine_reward_per_position
+from ir_jax.rewards.exact import (edit_row_init, edit_row_step,
+                                  instant_rewards, levenshtein,
+                                  optimal_completion_targets,
+                                  prefix_edit_distances)
+from ir_jax.rewards.soft import (soft_alignment, soft_edit_distance,
+                                 soft_edit_distance_from_logits)
+
+__all__ = [
+    "cosine_reward", "cosine_reward_per_position", "edit_row_init",
+    "edit_row_step", "instant_rewards", "levenshtein",
+    "optimal_completion_targets", "prefix_edit_distances", "soft_alignment",
+    "soft_edit_distance", "soft_edit_distance_from_logits",
+]
