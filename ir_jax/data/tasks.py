@@ -171,11 +171,11 @@ def build(config) -> Task:
   """The task named by `config.task` (ConfigDict with a `data` section)."""
   d = config.data
   if config.task == "g2p":
-    return g2p(d.source_len, d.target_len, d.stress, d.get("max_train_words"),
-               d.get("max_eval_words"))
+    return g2p(d.source_len, d.target_len, d.stress,
+               d.get("max_train_words") or None, d.get("max_eval_words") or None)
   if config.task == "charlm":
-    return charlm(tuple(d.get("paths", ())), d.context, d.continuation,
-                  d.stride, d.get("max_eval_items"))
+    return charlm(tuple(d.get("paths") or ()), d.context, d.continuation,
+                  d.stride, d.get("max_eval_items") or None)
   raise ValueError(f"config.task must be 'g2p' or 'charlm', got {config.task!r}.")
 
 

@@ -1,0 +1,80 @@
+"""G2P on CMUdict (split cmudict-hash-v1, stressless track).
+
+Run (the README's main job; ~10 min on a 2-core CPU):
+
+  ir-jax train --config experiments/g2p.py --workdir runs/g2p
+
+Variants (comma list): `lstm` (stacked LSTM instead of the Transformer),
+`fused` (CE + fused soft edit distance reward, alpha 0.3 after warm-up),
+`stress` (keep stress digits), `tiny` (seconds, for tests), `base` (an
+accelerator-sized model), e.g. `experiments/g2p.py:lstm,fused`.
+
+Result reached (CPU default, 2 cores): see the README table "Main job".
+"""
+
+from ir_jax.train import default_config
+
+
+def get_config(arg=None):
+  variants = set(filter(None, (arg or "").split(",")))
+  unknown = variants - {"lstm", "fused", "stress", "tiny", "small", "base"}
+  if unknown:
+    raise ValueError(f"Unknown g2p variants {sorted(unknown)}; choose from "
+                     "lstm, fused, stress, tiny, small, base.")
+  c = default_config()
+  c.task = "g2p"
+  c.total_steps = 1400
+  c.batch_size = 256
+  c.log_every = 100
+  c.eval_every = 700
+  c.checkpoint_every = 350
+  c.data.source_len = 18       # BOS + up to 16 letters + SEP.
+  c.data.target_len = 18       # Up to 17 phonemes + EOS.
+  c.model.embed_dim = 128
+  c.model.num_layers = 3
+  c.model.num_heads = 4
+  c.model.mlp_dim = 384
+  c.model.dropout = 0.0
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 200
+  if "stress" in variants:
+    c.data.stress = True
+  if "lstm" in variants:
+    c.model = c.model.__class__(dict(kind="lstm", embed_dim=64, hidden_dim=256,
+                                     num_layers=2, dropout=0.0,
+                                     dtype="float32"))
+  if "fused" in variants:
+    c.objective.alpha = 0.3
+    c.objective.alpha_schedule = "warmup"
+    c.objective.alpha_warmup_steps = 500
+    c.objective.soft_ed_weight = 1.0
+    c.objective.cosine_weight = 0.1
+    c.objective.gamma = 0.5
+  if "base" in variants:
+    c.total_steps = 60_000
+    c.batch_size = 512
+    c.data.source_len = 32
+    c.data.target_len = 32
+    c.model.update(dict(embed_dim=512, num_layers=6, num_heads=8,
+                        mlp_dim=2048, dropout=0.1, scan_layers=True))
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 2000
+    c.eval_every = 5000
+    c.checkpoint_every = 2000
+  if "small" in variants:
+    c.total_steps = 1000
+  if "tiny" in variants:
+    c.total_steps = 20
+    c.batch_size = 16
+    c.log_every = 5
+    c.eval_every = 10
+    c.checkpoint_every = 10
+    c.eval_batch_size = 64
+    c.data.max_train_words = 2000
+    c.data.max_eval_words = 64
+    if c.model.kind == "lstm":
+      c.model.update(dict(embed_dim=16, hidden_dim=32, num_layers=1))
+    else:
+      c.model.update(dict(embed_dim=32, num_layers=1, num_heads=2,
+                          mlp_dim=64))
+  return c

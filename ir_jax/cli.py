@@ -1,0 +1,120 @@
+"""`ir-jax` command line: train | eval | generate | plot.
+
+  ir-jax train --config experiments/g2p.py[:ARG] --workdir DIR [--config.x=v]
+  ir-jax eval --workdir DIR [--split dev|test]
+  ir-jax generate --workdir DIR [WORD ...] [--input FILE]
+  ir-jax plot --workdir DIR
+
+Results go to stdout; logs and progress bars to stderr.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+
+def _train(args, overrides: List[str]) -> int:
+  from ir_jax import config as config_lib
+  from ir_jax import train
+  config = config_lib.load(args.config)
+  config_lib.apply_overrides(config, overrides)
+  results = train.train_and_evaluate(config, args.workdir)
+  for split, r in results.items():
+    print(f"{split}: PER {100 * r['per']:.2f}%  WER {100 * r['wer']:.2f}%  "
+          f"({r['words']} items, step {r['step']})")
+  print(f"Metrics: {os.path.join(args.workdir, 'metrics.jsonl')}\n"
+        f"TensorBoard: tensorboard --logdir {os.path.join(args.workdir, 'tensorboard')}\n"
+        f"Curves: ir-jax plot --workdir {args.workdir}")
+  return 0
+
+
+def _eval(args) -> int:
+  from ir_jax import evaluate, train
+  config, task, model, params = train.load_run(args.workdir)
+  rates = evaluate.evaluate_split(model, {"params": params}, task, args.split,
+                                  config.eval_batch_size)
+  step = _latest_step(args.workdir)
+  record = {"step": step, "split": args.split, "per": rates["per"],
+            "wer": rates["wer"], "words": rates["words"], "source": "ir-jax eval"}
+  with open(os.path.join(args.workdir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps(record) + "\n")
+  print(f"{args.split}: PER {100 * rates['per']:.2f}%  "
+        f"WER {100 * rates['wer']:.2f}%  ({rates['words']} items, step {step})")
+  return 0
+
+
+def _latest_step(workdir: str) -> Optional[int]:
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      item_names=("state", "data"))
+  return manager.latest_step()
+
+
+def _generate(args) -> int:
+  from ir_jax import evaluate, train
+  words = list(args.words)
+  if args.input:
+    with open(args.input, encoding="utf-8") as f:
+      words += [line.strip() for line in f if line.strip()]
+  if not words:
+    print("No input: pass WORDs or --input FILE.", file=sys.stderr)
+    return 2
+  config, task, model, params = train.load_run(args.workdir)
+  items = [list(w.lower()) if config.task == "g2p" else list(w) for w in words]
+  unknown = sorted({c for it in items for c in it} - set(task.vocab.symbols))
+  if unknown:
+    print(f"Warning: symbols unseen in training map to <unk>: {unknown}",
+          file=sys.stderr)
+  source = task.encode_sources(items)
+  outputs = evaluate.generate_symbols(model, {"params": params}, task, source,
+                                      min(config.eval_batch_size, 1024))
+  sep = " " if config.task == "g2p" else ""
+  for word, out in zip(words, outputs):
+    print(f"{word}\t{sep.join(out)}")
+  return 0
+
+
+def _plot(args) -> int:
+  from ir_jax import plots
+  paths = plots.plot_workdir(args.workdir)
+  for p in paths:
+    print(p)
+  return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="ir-jax", description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("train", help="train (resumes from the workdir)")
+  p.add_argument("--config", required=True, help="FILE[:ARG]")
+  p.add_argument("--workdir", required=True)
+  p = sub.add_parser("eval", help="PER/WER of the latest checkpoint")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--split", default="test", choices=("dev", "test"))
+  p = sub.add_parser("generate", help="word<TAB>phonemes on stdout")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("words", nargs="*")
+  p.add_argument("--input", help="a file with one word per line")
+  p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
+  p.add_argument("--workdir", required=True)
+  args, rest = parser.parse_known_args(argv)
+  overrides = [r for r in rest if r.startswith("--config.")]
+  others = [r for r in rest if not r.startswith("--config.")]
+  if others or (overrides and args.command != "train"):
+    parser.error(f"unrecognized arguments: {' '.join(others or overrides)}")
+  try:
+    if args.command == "train":
+      return _train(args, overrides)
+    return {"eval": _eval, "generate": _generate, "plot": _plot}[
+        args.command](args)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    print(f"ir-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

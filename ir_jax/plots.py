@@ -1,0 +1,56 @@
+"""PNG curves from a workdir's metrics.jsonl (matplotlib, headless)."""
+
+import json
+import os
+from typing import Dict, List
+
+
+def read_metrics(workdir: str) -> List[Dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No metrics.jsonl in {workdir}; train first.")
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_workdir(workdir: str) -> List[str]:
+  """Writes loss.png, reward.png and eval.png; returns their paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  records = read_metrics(workdir)
+  train = [r for r in records if "split" not in r]
+  evals = [r for r in records if "split" in r]
+  panels = {
+      "loss.png": ("training loss", ["loss", "ce"], train),
+      "reward.png": ("reward terms", ["reward", "soft_ed", "cosine", "alpha",
+                                      "token_accuracy"], train),
+  }
+  paths = []
+  for name, (title, keys, rows) in panels.items():
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+      pts = [(r["step"], r[k]) for r in rows if k in r]
+      if pts and any(v for _, v in pts):
+        ax.plot(*zip(*pts), label=k)
+    ax.set(xlabel="step", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(os.path.join(workdir, name))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for split in sorted({r["split"] for r in evals}):
+    for k, style in (("per", "o-"), ("wer", "s--")):
+      pts = [(r["step"], 100 * r[k]) for r in evals if r["split"] == split]
+      if pts:
+        ax.plot(*zip(*pts), style, label=f"{split} {k.upper()}")
+  ax.set(xlabel="step", ylabel="%", title="error rates")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  paths.append(os.path.join(workdir, "eval.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=100)
+  plt.close(fig)
+  return paths

@@ -1,0 +1,376 @@
+"""train_and_evaluate(config, workdir): the one training loop.
+
+config -> task (data) + model + objective -> one jitted step -> metrics and
+checkpoints. Running the same command on the same workdir resumes from the
+latest checkpoint, data iterator included, so the resumed run reproduces the
+uninterrupted one bit for bit on CPU.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from ir_jax import config as config_lib
+from ir_jax import evaluate, models, objectives
+from ir_jax.data import tasks
+from ir_jax.data.vocab import PAD
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field a config may set (experiments start from this)."""
+  c = ml_collections.ConfigDict()
+  c.task = "g2p"
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 128            # Global, over all processes and devices.
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.eval_batch_size = 1024
+  c.init_from = ""              # A workdir whose latest params start this run.
+  c.max_nonfinite = 20          # Consecutive skipped steps before stopping.
+  c.data = ml_collections.ConfigDict(dict(
+      source_len=18, target_len=18, stress=False, max_train_words=0,
+      max_eval_words=0, paths=(), context=32, continuation=16, stride=8,
+      max_eval_items=512))
+  c.model = ml_collections.ConfigDict(dict(
+      kind="transformer", embed_dim=128, num_layers=2, num_heads=4,
+      mlp_dim=512, dropout=0.0, scan_layers=False, remat=False,
+      dtype="float32"))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=200, weight_decay=1e-4, grad_clip=1.0,
+      b2=0.98, label_smoothing=0.0))
+  c.objective = ml_collections.ConfigDict(dict(
+      alpha=0.0, alpha_schedule="constant", alpha_warmup_steps=0,
+      soft_ed_weight=1.0, cosine_weight=0.0, gamma=1.0))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Unknown keys fail with the list of valid ones (model is per kind)."""
+  reference = default_config()
+  trimmed = ml_collections.ConfigDict(config.to_dict())
+  trimmed.model = reference.model
+  config_lib.check_keys(trimmed, reference)
+  for name in ("total_steps", "batch_size", "log_every", "eval_every",
+               "checkpoint_every"):
+    if int(config[name]) <= 0:
+      raise ValueError(f"config.{name} must be > 0, got {config[name]}.")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  reward_embeddings: jax.Array   # Frozen [V, D] table for the cosine reward.
+  nonfinite: jax.Array           # Consecutive skipped (non-finite) steps.
+  skipped: jax.Array             # Total skipped steps.
+  rng: jax.Array
+
+
+def make_model(config, task):
+  try:
+    return models.build(config.model, task.vocab.size)
+  except TypeError as e:
+    raise ValueError(f"config.model has a field the {config.model.kind} "
+                     f"model does not take: {e}") from None
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.learning_rate, max(1, min(o.warmup_steps, config.total_steps - 1)),
+      config.total_steps, end_value=o.learning_rate * 0.01)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.adamw(schedule, b2=o.b2, weight_decay=o.weight_decay))
+
+
+def model_inputs(batch) -> Tuple[jax.Array, jax.Array]:
+  """Teacher forcing: the prompt plus all target tokens but the last."""
+  tokens = jnp.concatenate([batch["source"], batch["target"][:, :-1]], axis=1)
+  return tokens, tokens != PAD
+
+
+def target_logits(model, params, batch, rng=None):
+  """float32[B, T, V]: logits at the positions that predict the target."""
+  tokens, valid = model_inputs(batch)
+  kwargs = {} if rng is None else {"rngs": {"dropout": rng},
+                                   "deterministic": False}
+  logits, _ = model.apply({"params": params}, tokens, valid, **kwargs)
+  return logits[:, batch["source"].shape[1] - 1:]
+
+
+def init_state(config, model, tx, task) -> TrainState:
+  rng = jax.random.PRNGKey(config.seed)  # Raw uint32 key: checkpointable.
+  init_rng, train_rng = jax.random.split(rng)
+  sample = {k: jnp.asarray(v[:1]) for k, v in task.train.items()}
+  tokens, valid = model_inputs(sample)
+  params = nn.meta.unbox(model.init(init_rng, tokens, valid)["params"])
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      reward_embeddings=jnp.copy(params["embed"]["embedding"]),
+      nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
+      rng=train_rng)
+
+
+def make_train_step(config, model, tx):
+  """(state, batch) -> (state, metrics), pure; the caller jits it."""
+  obj = config.objective
+  alpha_fn = objectives.alpha_schedule(obj)
+  reward_on = float(obj.alpha) > 0.0
+
+  def loss_fn(params, state, batch, rng):
+    logits = target_logits(model, params, batch, rng)
+    return objectives.fused_loss(
+        logits, batch["target"], batch["target_lengths"],
+        alpha=alpha_fn(state.step), soft_ed_weight=obj.soft_ed_weight,
+        cosine_weight=obj.cosine_weight, gamma=obj.gamma,
+        embeddings=state.reward_embeddings,
+        label_smoothing=config.optim.label_smoothing,
+        compute_reward=reward_on)
+
+  def train_step(state: TrainState, batch) -> Tuple[TrainState, Dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    use_dropout = float(config.model.get("dropout", 0.0)) > 0
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state, batch, rng if use_dropout else None)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A non-finite step leaves params and optimizer untouched (skipped).
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
+        skipped=state.skipped + (~finite).astype(jnp.int32))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   skipped_nonfinite=state.skipped)
+    return state, metrics
+
+  return train_step
+
+
+# ----------------------------------------------------------------- I/O
+
+
+class MetricWriter:
+  """metrics.jsonl + TensorBoard (tensorboardX); process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, record: Dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    prefix = record.get("split", "train")
+    for k, v in record.items():
+      if isinstance(v, (int, float)) and k != "step":
+        self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+    self.tb.flush()
+
+  def text(self, tag: str, text: str, step: int) -> None:
+    if self.enabled:
+      self.tb.add_text(tag, text, step)
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.keep_checkpoints, create=True),
+      item_names=("state", "data"))
+
+
+def _model_signature(config, task) -> Dict:
+  return {"task": config.task, "model": config.model.to_dict(),
+          "vocab": list(task.vocab.symbols)}
+
+
+def check_compatible(workdir: str, config, task) -> None:
+  """Refuses a workdir whose checkpoints belong to another model or vocab."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  old = config_lib.from_json(path)
+  old_sig = {"task": old.task, "model": old.model.to_dict()}
+  new_sig = {"task": config.task, "model": config.model.to_dict()}
+  if json.dumps(old_sig, sort_keys=True) != json.dumps(new_sig, sort_keys=True):
+    raise ValueError(
+        f"{workdir} holds a run of another model:\n  saved   {old_sig}\n"
+        f"  current {new_sig}\nUse a new --workdir (the old checkpoints are "
+        "left untouched).")
+
+
+def restore_params(workdir: str, target_params) -> Any:
+  """Latest params of another run (for init_from / eval / generate)."""
+  manager = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      item_names=("state", "data"))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+  meta = manager.item_metadata(step)["state"]
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, meta)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))["state"]
+  params = restored["params"]
+  want = jax.tree.map(jnp.shape, target_params)
+  got = jax.tree.map(jnp.shape, params)
+  if want != got:
+    raise ValueError(f"Params in {workdir} do not fit this model "
+                     f"(saved {got}, expected {want}).")
+  return params
+
+
+def load_run(workdir: str):
+  """(config, task, model, params) of a trained workdir."""
+  config = config_lib.from_json(os.path.join(workdir, "config.json"))
+  task = tasks.build(config)
+  model = make_model(config, task)
+  tx = make_optimizer(config)
+  abstract = jax.eval_shape(lambda: init_state(config, model, tx, task))
+  params = restore_params(workdir, abstract.params)
+  return config, task, model, params
+
+
+# ----------------------------------------------------------------- loop
+
+
+def _progress(total, initial):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, file=sys.stderr, unit="step",
+              dynamic_ncols=True, disable=jax.process_index() != 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, Any]:
+  """Trains, evaluates dev/test at the end; returns the final eval records."""
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  task = tasks.build(config)
+  check_compatible(workdir, config, task)
+  lead = jax.process_index() == 0
+  if lead:
+    config_lib.save(config, os.path.join(workdir, "config.json"))
+    if any(task.report.values()):
+      print(f"Data report (skipped / replaced, never silent): {task.report}",
+            file=sys.stderr)
+  model = make_model(config, task)
+  tx = make_optimizer(config)
+  state = init_state(config, model, tx, task)
+  if config.init_from:
+    state = state.replace(params=restore_params(config.init_from, state.params))
+    state = state.replace(
+        reward_embeddings=jnp.copy(state.params["embed"]["embedding"]),
+                          opt_state=tx.init(state.params))
+  dataset = tasks.train_dataset(task.train, config.batch_size, config.seed,
+                                config.total_steps, jax.process_index(),
+                                jax.process_count())
+  iterator = iter(dataset.to_iter_dataset())
+  manager = checkpoint_manager(workdir, config)
+  start = manager.latest_step()
+  if start is not None:
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state),
+        data=ocp.args.JsonRestore()))
+    state = restored["state"]
+    iterator.set_state(restored["data"])
+    if lead:
+      print(f"Resumed from step {start} in {workdir}.", file=sys.stderr)
+  start = int(state.step)
+
+  step_fn = jax.jit(make_train_step(config, model, tx), donate_argnums=(0,))
+  writer = MetricWriter(workdir, enabled=lead)
+  bar = _progress(config.total_steps, start)
+  pending, t_log = [], time.time()
+  step = start
+  try:
+    while step < config.total_steps:
+      batch = next(iterator)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      pending.append(metrics)
+      bar.update(1)
+      if step % config.log_every == 0 or step == config.total_steps:
+        means = jax.tree.map(lambda *x: float(np.mean(x)),
+                             *jax.device_get(pending))
+        means["skipped_nonfinite"] = int(state.skipped)
+        elapsed = time.time() - t_log
+        means["steps_per_sec"] = len(pending) / max(elapsed, 1e-9)
+        writer.write({"step": step, **means})
+        bar.set_postfix(loss=f"{means['loss']:.3f}",
+                        reward=f"{means['reward']:.3f}")
+        pending, t_log = [], time.time()
+        if int(state.nonfinite) >= config.max_nonfinite:
+          raise FloatingPointError(
+              f"{int(state.nonfinite)} consecutive non-finite losses at step "
+              f"{step} (limit config.max_nonfinite={config.max_nonfinite}); "
+              "lower optim.learning_rate or check the data. The last finite "
+              "params are in the latest checkpoint.")
+      if step % config.eval_every == 0 and step < config.total_steps:
+        _evaluate(model, state.params, task, config, writer, step, ("dev",))
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(iterator.get_state())))
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+  results = _evaluate(model, state.params, task, config, writer, step,
+                      ("dev", "test"))
+  writer.close()
+  manager.close()
+  return results
+
+
+def _evaluate(model, params, task, config, writer, step, splits):
+  results = {}
+  for split in splits:
+    t0 = time.time()
+    outputs = evaluate.generate_symbols(model, {"params": params}, task,
+                                        task.eval_sets[split].source,
+                                        config.eval_batch_size)
+    rates = evaluate.error_rates(outputs, task.eval_sets[split].references)
+    record = {"step": step, "split": split, "per": rates["per"],
+              "wer": rates["wer"], "words": rates["words"],
+              "eval_seconds": time.time() - t0}
+    writer.write(record)
+    sample = "\n".join(
+        f"{k}\t{' '.join(o)}\t(ref {' '.join(r[0])})" for k, o, r in zip(
+            task.eval_sets[split].keys[:8], outputs[:8],
+            task.eval_sets[split].references[:8]))
+    writer.text(f"{split}/samples", sample.replace("\n", "  \n"), step)
+    if jax.process_index() == 0:
+      print(f"step {step} {split}: PER {100 * rates['per']:.2f}%  "
+            f"WER {100 * rates['wer']:.2f}%  ({rates['words']} items)",
+            file=sys.stderr)
+    results[split] = record
+  return results

@@ -1,0 +1,86 @@
+"""Fused objective: alpha = 0 is plain CE; the reward enters with the right sign."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ir_jax import objectives
+
+
+def batch(seed=0, b=4, t=6, v=9):
+  rng = np.random.default_rng(seed)
+  logits = jnp.asarray(rng.normal(size=(b, t, v)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32)
+  lengths = jnp.asarray([6, 3, 1, 5], jnp.int32)
+  return logits, targets, lengths
+
+
+def kw(**over):
+  d = dict(alpha=0.0, soft_ed_weight=1.0, cosine_weight=0.5, gamma=0.5,
+           embeddings=jnp.ones((9, 3)))
+  d.update(over)
+  return d
+
+
+def test_alpha_zero_equals_plain_cross_entropy():
+  logits, targets, lengths = batch()
+  mask = np.arange(6)[None] < np.asarray(lengths)[:, None]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  want = float((np.asarray(ce) * mask).sum() / mask.sum())
+  for compute in (True, False):
+    loss, m = objectives.fused_loss(logits, targets, lengths, **kw(),
+                                    compute_reward=compute)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(m["ce"], want, rtol=1e-6)
+  g1 = jax.grad(lambda l: objectives.fused_loss(l, targets, lengths, **kw())[0])(logits)
+  g2 = jax.grad(lambda l: objectives.fused_loss(
+      l, targets, lengths, **kw(), compute_reward=False)[0])(logits)
+  np.testing.assert_allclose(g1, g2, atol=1e-7)
+
+
+def test_padding_does_not_change_loss():
+  logits, targets, lengths = batch()
+  noisy = logits.at[2, 1:].set(100.0)
+  a = objectives.fused_loss(logits, targets, lengths, **kw(alpha=0.5))[0]
+  b = objectives.fused_loss(noisy, targets, lengths, **kw(alpha=0.5))[0]
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_minimising_fused_loss_raises_reward():
+  logits, targets, lengths = batch(1)
+  emb = jax.random.normal(jax.random.PRNGKey(0), (9, 3))
+  f = lambda l: objectives.fused_loss(l, targets, lengths,
+                                      **kw(alpha=1.0, embeddings=emb))
+  _, before = f(logits)
+  for _ in range(30):
+    logits = logits - 0.5 * jax.grad(lambda l: f(l)[0])(logits)
+  _, after = f(logits)
+  assert after["reward"] > before["reward"]
+  assert after["soft_ed"] < before["soft_ed"]
+
+
+def test_cosine_reward_embeddings_get_no_gradient():
+  logits, targets, lengths = batch()
+  emb = jnp.ones((9, 3)) + jnp.arange(27.0).reshape(9, 3)
+  g = jax.grad(lambda e: objectives.fused_loss(
+      logits, targets, lengths, **kw(alpha=1.0, embeddings=e))[0])(emb)
+  assert np.all(np.asarray(g) == 0)
+
+
+def test_alpha_schedules():
+  import ml_collections
+  c = ml_collections.ConfigDict(dict(alpha=0.4, alpha_schedule="warmup",
+                                     alpha_warmup_steps=10))
+  f = objectives.alpha_schedule(c)
+  np.testing.assert_allclose([f(0), f(5), f(10), f(50)], [0, 0.2, 0.4, 0.4],
+                             rtol=1e-6)
+  c.alpha_schedule = "constant"
+  assert float(objectives.alpha_schedule(c)(0)) == np.float32(0.4)
+  c.alpha = 1.5
+  try:
+    objectives.alpha_schedule(c)
+  except ValueError as e:
+    assert "alpha" in str(e)
+  else:
+    raise AssertionError("alpha > 1 accepted")

@@ -1,0 +1,139 @@
+"""The pipeline end to end on the `tiny` config: CLI, outputs, exact resume."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ir_jax import cli
+from ir_jax import config as config_lib
+from ir_jax import train
+from ir_jax.data import tasks
+
+CONFIG = "experiments/g2p.py:tiny"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _chdir(monkeypatch):
+  monkeypatch.chdir(ROOT)
+
+
+def tiny(**overrides):
+  c = config_lib.load(CONFIG)
+  return config_lib.apply_overrides(c, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def read(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def latest_params(workdir):
+  _, _, _, params = train.load_run(str(workdir))
+  return params
+
+
+@pytest.mark.slow
+def test_cli_train_eval_generate_plot(tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  assert cli.main(["train", "--config", CONFIG, "--workdir", wd,
+                   "--config.objective.alpha=0.5"]) == 0
+  out = capsys.readouterr().out
+  assert "test: PER" in out and "TensorBoard" in out
+  records = read(os.path.join(wd, "metrics.jsonl"))
+  steps = [r for r in records if "split" not in r]
+  assert [r["step"] for r in steps] == [5, 10, 15, 20]
+  for key in ("loss", "ce", "soft_ed", "cosine", "reward", "alpha",
+              "token_accuracy", "grad_norm"):
+    assert np.isfinite(steps[-1][key])
+  assert steps[-1]["soft_ed"] > 0
+  evals = [r for r in records if "split" in r]
+  assert {r["split"] for r in evals} == {"dev", "test"}
+  assert all(0 <= r["per"] and 0 <= r["wer"] <= 1 for r in evals)
+  assert os.listdir(os.path.join(wd, "tensorboard"))
+  assert os.path.exists(os.path.join(wd, "config.json"))
+
+  assert cli.main(["eval", "--workdir", wd, "--split", "dev"]) == 0
+  assert "dev: PER" in capsys.readouterr().out
+  assert read(os.path.join(wd, "metrics.jsonl"))[-1]["split"] == "dev"
+
+  assert cli.main(["generate", "--workdir", wd, "hello", "world"]) == 0
+  lines = capsys.readouterr().out.strip().split("\n")
+  assert [l.split("\t")[0] for l in lines] == ["hello", "world"]
+  vocab = set(tasks.build(config_lib.from_json(
+      os.path.join(wd, "config.json"))).vocab.symbols)
+  for line in lines:
+    phones = line.split("\t")[1].split()
+    assert all(p in vocab and not p[-1].isdigit() for p in phones)
+
+  assert cli.main(["plot", "--workdir", wd]) == 0
+  for name in ("loss.png", "reward.png", "eval.png"):
+    assert os.path.getsize(os.path.join(wd, name)) > 1000
+
+
+@pytest.mark.slow
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+  full = tmp_path / "full"
+  train.train_and_evaluate(tiny(), str(full))
+
+  # Crash after step 12: the checkpoint of step 10 survives.
+  real = tasks.train_dataset
+  def crashing(*args, **kwargs):
+    ds = real(*args, **kwargs)
+    count = {"n": 0}
+    def fail_after(batch):
+      count["n"] += 1
+      if count["n"] > 12:
+        raise KeyboardInterrupt("simulated crash")
+      return batch
+    return ds.map(fail_after)
+  monkeypatch.setattr(tasks, "train_dataset", crashing)
+  part = tmp_path / "part"
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny(), str(part))
+  monkeypatch.setattr(tasks, "train_dataset", real)
+  train.train_and_evaluate(tiny(), str(part))
+
+  a, b = latest_params(full), latest_params(part)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  train_a = {r["step"]: r["loss"] for r in read(full / "metrics.jsonl")
+             if "split" not in r}
+  train_b = {r["step"]: r["loss"] for r in read(part / "metrics.jsonl")
+             if "split" not in r}
+  assert train_a[15] == train_b[15] and train_a[20] == train_b[20]
+
+
+def test_incompatible_workdir_is_refused(tmp_path):
+  wd = tmp_path / "run"
+  train.train_and_evaluate(tiny(total_steps=5, eval_every=100), str(wd))
+  before = sorted(os.listdir(wd / "checkpoints"))
+  with pytest.raises(ValueError, match="another model"):
+    train.train_and_evaluate(tiny(**{"model.embed_dim": 48}), str(wd))
+  assert sorted(os.listdir(wd / "checkpoints")) == before
+
+
+def test_unknown_config_key_lists_valid_keys():
+  with pytest.raises(ValueError, match="Valid keys"):
+    tiny(**{"optim.learnign_rate": 1.0})
+  with pytest.raises(ValueError, match="variants"):
+    config_lib.load("experiments/g2p.py:huge")
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
+  c = tiny(**{"optim.learning_rate": 1e30, "optim.grad_clip": 1e30,
+              "max_nonfinite": 3, "log_every": 1, "total_steps": 12})
+  with pytest.raises(FloatingPointError, match="non-finite"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  records = read(tmp_path / "run" / "metrics.jsonl")
+  assert records[-1]["skipped_nonfinite"] >= 3
+
+
+def test_lstm_config_trains(tmp_path):
+  c = config_lib.load("experiments/g2p.py:lstm,tiny")
+  c.total_steps, c.eval_every = 6, 100
+  results = train.train_and_evaluate(c, str(tmp_path / "lstm"))
+  assert set(results) == {"dev", "test"}
