@@ -22,9 +22,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from ir_jax import config as config_lib
-from ir_jax import evaluate, models, objectives
+from ir_jax import decode, evaluate, models, objectives, rewards
 from ir_jax.data import tasks
-from ir_jax.data.vocab import PAD
+from ir_jax.data.vocab import EOS, PAD
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,7 +54,14 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.98, label_smoothing=0.0))
   c.objective = ml_collections.ConfigDict(dict(
       alpha=0.0, alpha_schedule="constant", alpha_warmup_steps=0,
-      soft_ed_weight=1.0, cosine_weight=0.0, gamma=1.0))
+      soft_ed_weight=1.0, cosine_weight=0.0, gamma=1.0,
+      # alpha_schedule="adaptive": the reward-driven controller.
+      alpha_min=0.0, alpha_max=1.0, alpha_rate=0.002))
+  # RL on the model's own samples (ir_jax.decode.sample_with_rewards):
+  # mode "" (off), "seq", "instant" or "ocd"; alpha mixes CE (1 - alpha).
+  c.rl = ml_collections.ConfigDict(dict(
+      mode="", num_samples=4, temperature=1.0, top_k=0, top_p=1.0,
+      baseline="group", kl_weight=0.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
 
@@ -77,6 +84,7 @@ class TrainState:
   params: Any
   opt_state: Any
   reward_embeddings: jax.Array   # Frozen [V, D] table for the cosine reward.
+  controller: Dict[str, jax.Array]  # Reward-adaptive alpha (if enabled).
   nonfinite: jax.Array           # Consecutive skipped (non-finite) steps.
   skipped: jax.Array             # Total skipped steps.
   rng: jax.Array
@@ -123,31 +131,120 @@ def init_state(config, model, tx, task) -> TrainState:
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       reward_embeddings=jnp.copy(params["embed"]["embedding"]),
+      controller=objectives.controller_init(config.objective.alpha),
       nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
       rng=train_rng)
 
 
 def make_train_step(config, model, tx):
-  """(state, batch) -> (state, metrics), pure; the caller jits it."""
-  obj = config.objective
-  alpha_fn = objectives.alpha_schedule(obj)
-  reward_on = float(obj.alpha) > 0.0
+  """(state, batch, ref_params) -> (state, metrics), pure; the caller jits it.
 
-  def loss_fn(params, state, batch, rng):
+  `ref_params` (the frozen reference of the RL KL penalty) is an argument,
+  not state: it never changes and is never checkpointed twice.
+  """
+  obj, rl = config.objective, config.rl
+  if rl.mode not in ("", "seq", "instant", "ocd"):
+    raise ValueError(f"rl.mode must be '', 'seq', 'instant' or 'ocd', got "
+                     f"{rl.mode!r}.")
+  if rl.baseline not in ("group", "greedy", "none"):
+    raise ValueError(f"rl.baseline must be 'group', 'greedy' or 'none', got "
+                     f"{rl.baseline!r}.")
+  adaptive = obj.alpha_schedule == "adaptive"
+  alpha_fn = None if adaptive else objectives.alpha_schedule(obj)
+  reward_on = float(obj.alpha) > 0.0 or adaptive
+  use_dropout = float(config.model.get("dropout", 0.0)) > 0
+
+  def alpha_of(state):
+    return state.controller["alpha"] if adaptive else alpha_fn(state.step)
+
+  def fused_loss_fn(params, state, batch, rng, ref_params):
+    del ref_params
     logits = target_logits(model, params, batch, rng)
     return objectives.fused_loss(
         logits, batch["target"], batch["target_lengths"],
-        alpha=alpha_fn(state.step), soft_ed_weight=obj.soft_ed_weight,
+        alpha=alpha_of(state), soft_ed_weight=obj.soft_ed_weight,
         cosine_weight=obj.cosine_weight, gamma=obj.gamma,
         embeddings=state.reward_embeddings,
         label_smoothing=config.optim.label_smoothing,
         compute_reward=reward_on)
 
-  def train_step(state: TrainState, batch) -> Tuple[TrainState, Dict]:
+  def rl_loss_fn(params, state, batch, rng, ref_params):
+    k = rl.num_samples
+    sample_rng, dropout_rng = jax.random.split(rng)
+    frozen = {"params": jax.lax.stop_gradient(params)}
+    t = batch["target"].shape[1]
+    out = decode.sample_with_rewards(
+        model, frozen, batch["source"], batch["target"],
+        batch["target_lengths"], sample_rng, max_len=t, num_samples=k,
+        temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p)
+    tokens, lengths = out["tokens"], out["lengths"]
+    m = jnp.repeat(batch["target_lengths"], k)
+    # Rewards per target symbol (EOS excluded): returns are -ED / length.
+    scale = 1.0 / jnp.maximum(m - 1, 1).astype(jnp.float32)
+    token_rewards = out["rewards"] * scale[:, None]
+    returns = token_rewards.sum(-1)
+    if rl.baseline == "group":
+      baseline = objectives.leave_one_out_mean(returns, k)
+    elif rl.baseline == "greedy":  # Self-critical (SCST).
+      greedy = decode.sample_with_rewards(
+          model, frozen, batch["source"], batch["target"],
+          batch["target_lengths"], sample_rng, max_len=t, num_samples=1,
+          temperature=0.0)
+      baseline = jnp.repeat(greedy["rewards"].sum(-1), k) * scale
+    else:
+      baseline = jnp.zeros_like(returns)
+    samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+               "target": tokens, "target_lengths": lengths}
+    logits = target_logits(model, params, samples,
+                           dropout_rng if use_dropout else None)
+    if rl.mode == "ocd":
+      optimal = rewards.optimal_completion_targets(
+          tokens, jnp.repeat(batch["target"], k, axis=0),
+          vocab_size=logits.shape[-1], eos_id=EOS, pred_lengths=lengths,
+          target_lengths=m)[:, :t]
+      rl_loss = objectives.ocd_loss(logits, optimal, lengths)
+    else:
+      adv_fn = (objectives.sequence_advantages if rl.mode == "seq" else
+                objectives.reward_to_go_advantages)
+      advantages = adv_fn(token_rewards, lengths, baseline)
+      rl_loss = objectives.policy_gradient_loss(logits, tokens, lengths,
+                                                advantages)
+    kl = jnp.zeros(())
+    if rl.kl_weight:
+      ref_logits = target_logits(model, ref_params, samples)
+      kl = objectives.kl_to_reference(logits, ref_logits, lengths)
+    alpha = alpha_of(state)
+    ce = jnp.zeros(())
+    if not (float(obj.alpha) >= 1.0 and not adaptive):
+      ce_logits = target_logits(model, params, batch)
+      ce, _ = objectives.masked_cross_entropy(
+          ce_logits, batch["target"], batch["target_lengths"],
+          config.optim.label_smoothing)
+    loss = (1.0 - alpha) * ce + alpha * (rl_loss + rl.kl_weight * kl)
+    valid = objectives.token_mask(lengths, t)
+    per_token = jnp.where(valid, token_rewards, 0.0)
+    count = jnp.maximum(valid.sum(), 1)
+    mean_tok = per_token.sum() / count
+    metrics = {
+        "ce": ce, "rl_loss": rl_loss, "kl": kl, "alpha": alpha,
+        "reward": returns.mean(), "reward_std": returns.std(),
+        "edit_distance": out["edit_distance"].mean(),
+        "token_reward_mean": mean_tok,
+        "token_reward_std": jnp.sqrt(jnp.sum(jnp.where(
+            valid, (token_rewards - mean_tok) ** 2, 0.0)) / count),
+        "token_reward_nonzero": jnp.sum(per_token != 0) / count,
+        "sample_length": lengths.mean()}
+    return loss, metrics
+
+  loss_fn = rl_loss_fn if rl.mode else fused_loss_fn
+
+  def train_step(state: TrainState, batch, ref_params=None
+                 ) -> Tuple[TrainState, Dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    use_dropout = float(config.model.get("dropout", 0.0)) > 0
+    if not rl.mode and not use_dropout:
+      rng = None
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state, batch, rng if use_dropout else None)
+        state.params, state, batch, rng, ref_params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -155,9 +252,14 @@ def make_train_step(config, model, tx):
     # A non-finite step leaves params and optimizer untouched (skipped).
     keep = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(finite, a, b), new, old)
+    controller = state.controller
+    if adaptive:
+      controller = keep(objectives.controller_update(
+          controller, metrics["reward"], rate=obj.alpha_rate,
+          low=obj.alpha_min, high=obj.alpha_max), controller)
     state = state.replace(
         step=state.step + 1, params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        opt_state=keep(opt_state, state.opt_state), controller=controller,
         nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
         skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
@@ -286,11 +388,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = make_model(config, task)
   tx = make_optimizer(config)
   state = init_state(config, model, tx, task)
+  ref_params = None
   if config.init_from:
-    state = state.replace(params=restore_params(config.init_from, state.params))
+    loaded = restore_params(config.init_from, state.params)
     state = state.replace(
-        reward_embeddings=jnp.copy(state.params["embed"]["embedding"]),
-                          opt_state=tx.init(state.params))
+        params=loaded, opt_state=tx.init(loaded),
+        reward_embeddings=jnp.copy(loaded["embed"]["embedding"]))
+    if config.rl.mode and config.rl.kl_weight:
+      ref_params = jax.tree.map(jnp.copy, loaded)
+  elif config.rl.mode and config.rl.kl_weight:
+    raise ValueError("rl.kl_weight > 0 needs --config.init_from=WORKDIR (the "
+                     "frozen reference model).")
   dataset = tasks.train_dataset(task.train, config.batch_size, config.seed,
                                 config.total_steps, jax.process_index(),
                                 jax.process_count())
@@ -315,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     while step < config.total_steps:
       batch = next(iterator)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, ref_params)
       step += 1
       pending.append(metrics)
       bar.update(1)

@@ -137,3 +137,32 @@ def test_lstm_config_trains(tmp_path):
   c.total_steps, c.eval_every = 6, 100
   results = train.train_and_evaluate(c, str(tmp_path / "lstm"))
   assert set(results) == {"dev", "test"}
+
+
+def test_charlm_tiny_trains_and_generates(tmp_path, capsys):
+  wd = str(tmp_path / "charlm")
+  assert cli.main(["train", "--config", "experiments/charlm.py:tiny",
+                   "--workdir", wd]) == 0
+  capsys.readouterr()
+  assert cli.main(["generate", "--workdir", wd, "The quick brown fox"]) == 0
+  line = capsys.readouterr().out.rstrip("\n")
+  assert line.startswith("The quick brown fox\t")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["seq", "instant", "ocd"])
+def test_rl_modes_train_from_ce_checkpoint(tmp_path_factory, mode):
+  base = tmp_path_factory.getbasetemp() / "ce_for_rl"
+  if not (base / "checkpoints").exists():
+    train.train_and_evaluate(tiny(total_steps=10, eval_every=100), str(base))
+  c = config_lib.load(f"experiments/g2p_rl.py:{mode},tiny")
+  c.init_from, c.total_steps, c.log_every, c.eval_every = str(base), 4, 2, 100
+  wd = tmp_path_factory.mktemp(mode)
+  results = train.train_and_evaluate(c, str(wd))
+  rows = [r for r in read(wd / "metrics.jsonl") if "split" not in r]
+  for key in ("reward", "reward_std", "kl", "alpha", "token_reward_mean",
+              "edit_distance", "rl_loss"):
+    assert np.isfinite(rows[-1][key]), key
+  assert rows[-1]["reward"] <= 0
+  assert 0.2 <= rows[-1]["alpha"] <= 0.8
+  assert set(results) == {"dev", "test"}

@@ -1,0 +1,56 @@
+"""G2P with instant rewards in the loop, starting from a CE run.
+
+  ir-jax train --config experiments/g2p.py --workdir runs/g2p       # CE first
+  ir-jax train --config experiments/g2p_rl.py:instant \
+      --workdir runs/g2p_instant --config.init_from=runs/g2p
+
+MODE is `seq` (REINFORCE, one sequence reward per sample), `instant`
+(per-token rewards from the in-loop edit-distance rows, reward-to-go
+advantages) or `ocd` (Optimal Completion Distillation on the model's own
+prefixes). All use K samples per word with a leave-one-out group baseline
+(`--config.rl.baseline=greedy` for SCST), an exact KL to the frozen CE
+model and CE mixing: loss = (1 - alpha) CE + alpha (RL + kl_weight KL),
+with alpha from the reward-adaptive controller. Add `,tiny` for tests and
+`,lstm` for the LSTM model (the CE run must use the same model).
+
+Result reached: see the README table "Instant rewards".
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "g2p_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "g2p.py"))
+_g2p = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_g2p)
+
+
+def get_config(arg=None):
+  parts = [p for p in (arg or "").split(",") if p]
+  modes = [p for p in parts if p in ("seq", "instant", "ocd")]
+  if len(modes) != 1:
+    raise ValueError("g2p_rl.py needs exactly one MODE of seq, instant, ocd "
+                     f"(got {arg!r}), e.g. experiments/g2p_rl.py:instant,tiny.")
+  c = _g2p.get_config(",".join(p for p in parts if p not in modes))
+  c.rl.mode = modes[0]
+  c.rl.num_samples = 4
+  c.rl.temperature = 1.0
+  c.rl.baseline = "group"
+  c.rl.kl_weight = 0.05
+  c.objective.alpha = 0.5
+  c.objective.alpha_schedule = "adaptive"
+  c.objective.alpha_min = 0.2
+  c.objective.alpha_max = 0.8
+  c.objective.alpha_rate = 0.002
+  c.optim.learning_rate = 3e-4
+  c.optim.warmup_steps = 20
+  if "tiny" not in parts:
+    c.total_steps = 300
+    c.batch_size = 64
+    c.log_every = 25
+    c.eval_every = 150
+    c.checkpoint_every = 150
+  else:
+    c.rl.num_samples = 2
+  return c
