@@ -1,6 +1,7 @@
 """`ir-jax` command line: train | eval | generate | plot.
 
   ir-jax train --config experiments/g2p.py[:ARG] --workdir DIR [--config.x=v]
+      [--dry-run] [--coordinator_address H:P --num_processes N --process_id I]
   ir-jax eval --workdir DIR [--split dev|test]
   ir-jax generate --workdir DIR [WORD ...] [--input FILE]
   ir-jax plot --workdir DIR
@@ -17,10 +18,22 @@ from typing import List, Optional
 
 def _train(args, overrides: List[str]) -> int:
   from ir_jax import config as config_lib
-  from ir_jax import train
+  from ir_jax import parallel, train
+  if args.coordinator_address or args.num_processes or args.distributed:
+    parallel.initialize_distributed(args.coordinator_address,
+                                    args.num_processes, args.process_id)
   config = config_lib.load(args.config)
   config_lib.apply_overrides(config, overrides)
+  if args.dry_run:
+    train.dry_run(config)
+    return 0
+  if not args.workdir:
+    raise ValueError("--workdir is required (except with --dry-run).")
   results = train.train_and_evaluate(config, args.workdir)
+  if "preempted_at" in results:
+    print(f"Preempted at step {results['preempted_at']}; checkpoint saved. "
+          "Rerun the same command to resume.")
+    return 0
   for split, r in results.items():
     print(f"{split}: PER {100 * r['per']:.2f}%  WER {100 * r['wer']:.2f}%  "
           f"({r['words']} items, step {r['step']})")
@@ -91,7 +104,15 @@ def main(argv: Optional[List[str]] = None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("train", help="train (resumes from the workdir)")
   p.add_argument("--config", required=True, help="FILE[:ARG]")
-  p.add_argument("--workdir", required=True)
+  p.add_argument("--workdir")
+  p.add_argument("--dry-run", action="store_true",
+                 help="validate mesh/batch/rules and print memory per device")
+  p.add_argument("--coordinator_address", help="HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int)
+  p.add_argument("--process_id", type=int)
+  p.add_argument("--distributed", action="store_true",
+                 help="jax.distributed.initialize() with auto-detection "
+                      "(Cloud TPU VMs, SLURM)")
   p = sub.add_parser("eval", help="PER/WER of the latest checkpoint")
   p.add_argument("--workdir", required=True)
   p.add_argument("--split", default="test", choices=("dev", "test"))

@@ -67,6 +67,9 @@ def generate_symbols(model, params, task, source: np.ndarray,
                                                0)])
     tokens, _ = decode.generate(model, params, jax.numpy.asarray(chunk),
                                 max_len=task.target_len)
+    if jax.process_count() > 1:  # Params are sharded across hosts.
+      from jax.experimental import multihost_utils
+      tokens = multihost_utils.process_allgather(tokens, tiled=True)
     out += [tuple(task.vocab.decode(t)) for t in np.asarray(tokens)[:size]]
   return out
 

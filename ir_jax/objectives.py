@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ir_jax import rewards
+from ir_jax import parallel, rewards
 
 Metrics = Dict[str, jax.Array]
 
@@ -51,17 +51,22 @@ def reward_terms(logits: jax.Array, targets: jax.Array,
   ([B]; zeros when `embeddings` is None). The prediction length is the target
   length: position t of the logits predicts target token t.
   """
-  soft = rewards.soft_edit_distance_from_logits(
-      logits, targets, gamma, pred_lengths=target_lengths,
-      target_lengths=target_lengths)
-  soft = soft / jnp.maximum(target_lengths, 1)
-  if embeddings is None:
-    cos = jnp.zeros_like(soft)
-  else:
+  def per_shard(logits, targets, target_lengths, *table):
+    soft = rewards.soft_edit_distance_from_logits(
+        logits, targets, gamma, pred_lengths=target_lengths,
+        target_lengths=target_lengths)
+    soft = soft / jnp.maximum(target_lengths, 1)
+    if not table:
+      return jnp.stack([soft, jnp.zeros_like(soft)], axis=-1)
     cos = rewards.cosine_reward(
-        logits, targets, jax.lax.stop_gradient(embeddings),
+        logits, targets, jax.lax.stop_gradient(table[0]),
         pred_lengths=target_lengths, target_lengths=target_lengths)
-  return {"soft_ed": soft, "cosine": cos}
+    return jnp.stack([soft, cos], axis=-1)
+
+  # Under a mesh each batch shard runs its own DP (ir_jax.parallel).
+  terms = parallel.batch_map(per_shard, (logits, targets, target_lengths),
+                             () if embeddings is None else (embeddings,))
+  return {"soft_ed": terms[:, 0], "cosine": terms[:, 1]}
 
 
 def fused_loss(logits: jax.Array, targets: jax.Array,

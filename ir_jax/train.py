@@ -6,8 +6,11 @@ latest checkpoint, data iterator included, so the resumed run reproduces the
 uninterrupted one bit for bit on CPU.
 """
 
+import functools
 import json
+import math
 import os
+import signal
 import sys
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -22,7 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from ir_jax import config as config_lib
-from ir_jax import decode, evaluate, models, objectives, rewards
+from ir_jax import decode, evaluate, models, objectives, parallel, rewards
 from ir_jax.data import tasks
 from ir_jax.data.vocab import EOS, PAD
 
@@ -41,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1024
   c.init_from = ""              # A workdir whose latest params start this run.
   c.max_nonfinite = 20          # Consecutive skipped steps before stopping.
+  # The model's vocab is padded to a multiple of this (ids past the task's
+  # vocab never occur), so the vocab axis shards over any tensor size.
+  c.vocab_multiple = 128
   c.data = ml_collections.ConfigDict(dict(
       source_len=18, target_len=18, stress=False, max_train_words=0,
       max_eval_words=0, paths=(), context=32, continuation=16, stride=8,
@@ -63,6 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
       mode="", num_samples=4, temperature=1.0, top_k=0, top_p=1.0,
       baseline="group", kl_weight=0.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical param axis -> mesh axes (MaxText style), see ir_jax.parallel.
+  c.logical_rules = parallel.DEFAULT_RULES
   return c
 
 
@@ -91,8 +99,10 @@ class TrainState:
 
 
 def make_model(config, task):
+  multiple = max(1, int(config.get("vocab_multiple", 1)))
+  vocab = -(-task.vocab.size // multiple) * multiple
   try:
-    return models.build(config.model, task.vocab.size)
+    return models.build(config.model, vocab)
   except TypeError as e:
     raise ValueError(f"config.model has a field the {config.model.kind} "
                      f"model does not take: {e}") from None
@@ -122,18 +132,44 @@ def target_logits(model, params, batch, rng=None):
   return logits[:, batch["source"].shape[1] - 1:]
 
 
-def init_state(config, model, tx, task) -> TrainState:
+def init_state(config, model, tx, task, boxed: bool = False) -> TrainState:
+  """A fresh TrainState. `boxed=True` keeps the logical-axis boxes on params
+  and optimizer moments, for deriving shardings from `jax.eval_shape`."""
   rng = jax.random.PRNGKey(config.seed)  # Raw uint32 key: checkpointable.
   init_rng, train_rng = jax.random.split(rng)
   sample = {k: jnp.asarray(v[:1]) for k, v in task.train.items()}
   tokens, valid = model_inputs(sample)
-  params = nn.meta.unbox(model.init(init_rng, tokens, valid)["params"])
+  variables = model.init(init_rng, tokens, valid)["params"]
+  params = variables if boxed else nn.meta.unbox(variables)
+  embedding = nn.meta.unbox(variables)["embed"]["embedding"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-      reward_embeddings=jnp.copy(params["embed"]["embedding"]),
+      reward_embeddings=jnp.copy(embedding),
       controller=objectives.controller_init(config.objective.alpha),
       nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
       rng=train_rng)
+
+
+def state_shardings(config, model, tx, task, mesh):
+  """(abstract state, NamedShardings) from the logical rules; checks fit."""
+  init = functools.partial(init_state, config, model, tx, task)
+  boxed = jax.eval_shape(functools.partial(init, boxed=True))
+  shardings = parallel.logical_to_shardings(
+      boxed, mesh, parallel.rules_from_config(config))
+  abstract = jax.eval_shape(init)
+  parallel.check_divisible(abstract, shardings)
+  return abstract, shardings
+
+
+def check_batch(config, mesh) -> None:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % shards:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} does not divide over the "
+        f"batch axes data x fsdp = {shards}; use a multiple of {shards}.")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"config.batch_size={config.batch_size} must divide by "
+                     f"the {jax.process_count()} processes.")
 
 
 def make_train_step(config, model, tx):
@@ -372,9 +408,36 @@ def _progress(total, initial):
               dynamic_ncols=True, disable=jax.process_index() != 0)
 
 
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: no handler, no preemption.
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
-  """Trains, evaluates dev/test at the end; returns the final eval records."""
+  """Trains, then evaluates dev/test; returns the final eval records.
+
+  On SIGTERM it saves a checkpoint, returns {"preempted_at": step} and the
+  same command resumes.
+  """
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   task = tasks.build(config)
@@ -387,76 +450,220 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             file=sys.stderr)
   model = make_model(config, task)
   tx = make_optimizer(config)
-  state = init_state(config, model, tx, task)
-  ref_params = None
-  if config.init_from:
-    loaded = restore_params(config.init_from, state.params)
-    state = state.replace(
-        params=loaded, opt_state=tx.init(loaded),
-        reward_embeddings=jnp.copy(loaded["embed"]["embedding"]))
-    if config.rl.mode and config.rl.kl_weight:
-      ref_params = jax.tree.map(jnp.copy, loaded)
-  elif config.rl.mode and config.rl.kl_weight:
-    raise ValueError("rl.kl_weight > 0 needs --config.init_from=WORKDIR (the "
-                     "frozen reference model).")
-  dataset = tasks.train_dataset(task.train, config.batch_size, config.seed,
-                                config.total_steps, jax.process_index(),
-                                jax.process_count())
-  iterator = iter(dataset.to_iter_dataset())
-  manager = checkpoint_manager(workdir, config)
-  start = manager.latest_step()
-  if start is not None:
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state),
-        data=ocp.args.JsonRestore()))
-    state = restored["state"]
-    iterator.set_state(restored["data"])
-    if lead:
-      print(f"Resumed from step {start} in {workdir}.", file=sys.stderr)
-  start = int(state.step)
+  mesh = parallel.make_mesh(config.mesh)
+  check_batch(config, mesh)
+  rules = parallel.rules_from_config(config)
+  with jax.set_mesh(mesh):
+    _, shardings = state_shardings(config, model, tx, task, mesh)
+    # Created already sharded: nothing is materialised on one device first.
+    state = jax.jit(functools.partial(init_state, config, model, tx, task),
+                    out_shardings=shardings)()
+    ref_params = None
+    if config.init_from:
+      loaded = jax.device_put(restore_params(config.init_from, state.params),
+                              shardings.params)
+      state = state.replace(
+          params=loaded,
+          opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(loaded),
+          reward_embeddings=jax.device_put(
+              jnp.copy(loaded["embed"]["embedding"]),
+              shardings.reward_embeddings))
+      if config.rl.mode and config.rl.kl_weight:
+        ref_params = jax.tree.map(jnp.copy, loaded)
+    elif config.rl.mode and config.rl.kl_weight:
+      raise ValueError("rl.kl_weight > 0 needs --config.init_from=WORKDIR (the "
+                       "frozen reference model).")
+    dataset = tasks.train_dataset(task.train, config.batch_size, config.seed,
+                                  config.total_steps, jax.process_index(),
+                                  jax.process_count())
+    iterator = iter(dataset.to_iter_dataset())
+    manager = checkpoint_manager(workdir, config)
+    start = manager.latest_step()
+    if start is not None:
+      # Restores onto this run's shardings, whatever mesh wrote it.
+      restored = manager.restore(start, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state),
+          data=ocp.args.JsonRestore()))
+      state = restored["state"]
+      iterator.set_state(restored["data"])
+      if lead:
+        print(f"Resumed from step {start} in {workdir}.", file=sys.stderr)
+    step = int(state.step)
 
-  step_fn = jax.jit(make_train_step(config, model, tx), donate_argnums=(0,))
-  writer = MetricWriter(workdir, enabled=lead)
-  bar = _progress(config.total_steps, start)
-  pending, t_log = [], time.time()
-  step = start
-  try:
-    while step < config.total_steps:
-      batch = next(iterator)
-      state, metrics = step_fn(state, batch, ref_params)
-      step += 1
-      pending.append(metrics)
-      bar.update(1)
-      if step % config.log_every == 0 or step == config.total_steps:
-        means = jax.tree.map(lambda *x: float(np.mean(x)),
-                             *jax.device_get(pending))
-        means["skipped_nonfinite"] = int(state.skipped)
-        elapsed = time.time() - t_log
-        means["steps_per_sec"] = len(pending) / max(elapsed, 1e-9)
-        writer.write({"step": step, **means})
-        bar.set_postfix(loss=f"{means['loss']:.3f}",
-                        reward=f"{means['reward']:.3f}")
-        pending, t_log = [], time.time()
-        if int(state.nonfinite) >= config.max_nonfinite:
-          raise FloatingPointError(
-              f"{int(state.nonfinite)} consecutive non-finite losses at step "
-              f"{step} (limit config.max_nonfinite={config.max_nonfinite}); "
-              "lower optim.learning_rate or check the data. The last finite "
-              "params are in the latest checkpoint.")
-      if step % config.eval_every == 0 and step < config.total_steps:
-        _evaluate(model, state.params, task, config, writer, step, ("dev",))
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(iterator.get_state())))
-  finally:
-    bar.close()
-    manager.wait_until_finished()
-  results = _evaluate(model, state.params, task, config, writer, step,
-                      ("dev", "test"))
-  writer.close()
-  manager.close()
+    # Rules for the models' activation constraints (not for init: Flax would
+    # apply them to the flattened DenseGeneral kernels).
+    rules_scope = nn.logical_axis_rules(rules)
+    rules_scope.__enter__()
+    batch_sh = parallel.batch_sharding(mesh)
+    step_fn = jax.jit(
+        make_train_step(config, model, tx),
+        in_shardings=(shardings, batch_sh,
+                      None if ref_params is None else shardings.params),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,))
+    writer = MetricWriter(workdir, enabled=lead)
+    bar = _progress(config.total_steps, step)
+    pending, t_log = [], time.time()
+
+    def save(step):
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(iterator.get_state())), force=True)
+
+    try:
+      with _Preemption() as preemption:
+        while step < config.total_steps:
+          batch = parallel.global_batch(next(iterator), mesh)
+          state, metrics = step_fn(state, batch, ref_params)
+          step += 1
+          pending.append(metrics)
+          bar.update(1)
+          if step % config.log_every == 0 or step == config.total_steps:
+            means = jax.tree.map(lambda *x: float(np.mean(x)),
+                                 *jax.device_get(pending))
+            means["skipped_nonfinite"] = int(state.skipped)
+            means["steps_per_sec"] = len(pending) / max(time.time() - t_log,
+                                                        1e-9)
+            writer.write({"step": step, **means})
+            bar.set_postfix(loss=f"{means['loss']:.3f}",
+                            reward=f"{means['reward']:.3f}")
+            pending, t_log = [], time.time()
+            if int(state.nonfinite) >= config.max_nonfinite:
+              raise FloatingPointError(
+                  f"{int(state.nonfinite)} consecutive non-finite losses at "
+                  f"step {step} (limit config.max_nonfinite="
+                  f"{config.max_nonfinite}); lower optim.learning_rate or "
+                  "check the data. The last finite params are in the latest "
+                  "checkpoint.")
+          if preemption.requested:
+            save(step)
+            if lead:
+              print(f"SIGTERM: saved step {step} in {workdir}; rerun the "
+                    "same command to resume.", file=sys.stderr)
+            return {"preempted_at": step}
+          if step % config.eval_every == 0 and step < config.total_steps:
+            _evaluate(  # Rules scope is active here.model, state.params, task, config, writer, step,
+                      ("dev",))
+          if step % config.checkpoint_every == 0 or step == config.total_steps:
+            save(step)
+    finally:
+      bar.close()
+      manager.wait_until_finished()
+      rules_scope.__exit__(None, None, None)
+    with nn.logical_axis_rules(rules):
+      results = _evaluate(model, state.params, task, config, writer, step,
+                          ("dev", "test"))
+    writer.close()
+    manager.close()
   return results
+
+
+def dry_run(config: ml_collections.ConfigDict, print_fn=print) -> Dict:
+  """Validates a config against the visible devices and estimates memory.
+
+  Checks the mesh against the device count, the batch against the data
+  axes and the logical rules against the param shapes (errors name the
+  field); then reports per-device bytes of params, optimizer state,
+  gradients and activations (an analytic estimate), next to what XLA's
+  memory analysis of the compiled step says. Nothing is trained.
+  """
+  validate(config)
+  task = tasks.build(config)
+  model = make_model(config, task)
+  tx = make_optimizer(config)
+  mesh = parallel.make_mesh(config.mesh)
+  check_batch(config, mesh)
+  rules = parallel.rules_from_config(config)
+  with jax.set_mesh(mesh):
+    abstract, shardings = state_shardings(config, model, tx, task, mesh)
+    per_device = lambda tree, sh: sum(
+        leaf.size * leaf.dtype.itemsize / _shards(s)
+        for leaf, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sh)))
+    params = per_device(abstract.params, shardings.params)
+    optimizer = per_device(abstract.opt_state, shardings.opt_state)
+    other = per_device(abstract, shardings) - params - optimizer
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    local_batch = config.batch_size // batch_shards
+    activations = activation_bytes(config, task, local_batch,
+                                   mesh.shape["tensor"])
+    full_params = sum(l.size * l.dtype.itemsize
+                      for l in jax.tree.leaves(abstract.params))
+    # Sharded weights are all-gathered for compute, one copy at a time.
+    gathered = full_params - params
+    estimate = 2 * params + optimizer + other + activations + gathered
+    batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:],
+                                     v.dtype, sharding=parallel.batch_sharding(mesh))
+             for k, v in task.train.items()}
+    state_in = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, shardings)
+    with nn.logical_axis_rules(rules):
+      compiled = jax.jit(make_train_step(config, model, tx),
+                         out_shardings=(shardings, parallel.replicated(mesh)),
+                         donate_argnums=(0,)).lower(state_in, batch).compile()
+    mem = compiled.memory_analysis()
+    xla = None
+    if mem is not None:
+      xla = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
+             mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  report = {"devices": jax.device_count(), "processes": jax.process_count(),
+            "mesh": dict(mesh.shape), "global_batch": config.batch_size,
+            "params_count": sum(l.size for l in jax.tree.leaves(abstract.params)),
+            "params_bytes": params, "optimizer_bytes": optimizer,
+            "gradient_bytes": params, "other_state_bytes": other,
+            "activation_bytes": activations, "gathered_bytes": gathered,
+            "estimate_bytes": estimate,
+            "xla_bytes": xla}
+  mib = lambda b: f"{b / 2**20:9.2f} MiB"
+  print_fn(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices "
+           f"({jax.process_count()} processes); global batch "
+           f"{config.batch_size} -> {local_batch} per batch shard; "
+           f"{report['params_count']:,} params")
+  print_fn("per device:")
+  for k in ("params", "optimizer", "gradient", "other_state", "activation",
+            "gathered"):
+    print_fn(f"  {k:<12} {mib(report[k + '_bytes'])}")
+  print_fn(f"  {'total':<12} {mib(estimate)}  (estimate)")
+  if xla is not None:
+    print_fn(f"  {'XLA':<12} {mib(xla)}  (compiled step, memory_analysis)")
+  return report
+
+
+def _shards(sharding) -> int:
+  return math.prod(
+      math.prod(sharding.mesh.shape[a] for a in (ax if isinstance(ax, tuple)
+                                                 else (ax,)))
+      for ax in sharding.spec if ax is not None)
+
+
+_LSTM_FLOATS = 14  # Per hidden unit, layer and token (gates, cell, hidden).
+
+
+def activation_bytes(config, task, local_batch: int, tensor: int) -> float:
+  """Analytic bytes live at the peak of one training step on one device.
+
+  Coefficients (floats per token) fitted once to XLA:CPU's memory analysis
+  of this step (benchmarks in the README): a Transformer layer keeps
+  ~12 E + 5 F + 3 H S (norms, q/k/v, MLP in/out, attention weights; S the
+  sequence length); an LSTM layer ~14 H; embedding, logits, softmax and CE
+  gradient ~10 E + 3 V (XLA fuses most of the softmax); the fused reward adds the soft edit
+  distance's probability planes, ~4 T^2 per example. Sharded dims divide by
+  the tensor axis.
+  """
+  m = config.model
+  length = task.source_len + task.target_len - 1
+  tokens = local_batch * length
+  if m.kind == "transformer":
+    per_layer = (12 * m.embed_dim + 5 * m.mlp_dim / tensor +
+                 3 * m.num_heads / tensor * length)
+    body = m.num_layers * per_layer
+  else:
+    body = m.num_layers * _LSTM_FLOATS * m.hidden_dim
+  vocab = -(-task.vocab.size // config.vocab_multiple) * config.vocab_multiple
+  floats = tokens * (body + 10 * m.embed_dim + 3 * vocab / tensor)
+  if float(config.objective.alpha) > 0 or config.objective.alpha_schedule == "adaptive":
+    floats += local_batch * 4 * task.target_len ** 2
+  return 4.0 * floats
 
 
 def _evaluate(model, params, task, config, writer, step, splits):

@@ -91,7 +91,9 @@ def test_transformer_params_carry_logical_axes():
   specs = nn.get_partition_spec(boxed)["params"]
   assert tuple(specs["embed"]["embedding"]) == ("vocab", "embed")
   assert tuple(specs["layers"]["query"]["kernel"]) == ("layers", "embed",
-                                                       "heads", "kv")
+                                                       "heads")
+  assert tuple(specs["layers"]["out"]["kernel"]) == ("layers", "heads",
+                                                     "embed")
   assert tuple(specs["layers"]["wi_up"]["kernel"]) == ("layers", "embed",
                                                        "mlp")
   assert tuple(specs["logits"]["kernel"]) == ("embed", "vocab")

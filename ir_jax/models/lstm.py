@@ -61,7 +61,8 @@ class LSTM(nn.Module):
     x = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
                  embedding_init=nn.with_logical_partitioning(
                      nn.initializers.normal(1.0), ("vocab", "embed")))(tokens)
-    x = x.astype(self.dtype)
+    x = nn.with_logical_constraint(x.astype(self.dtype),
+                                   ("batch", "length", "act_embed"))
     scan = nn.scan(_MaskedLSTM, variable_broadcast="params",
                    split_rngs={"params": False}, in_axes=1, out_axes=1)
     cs, hs = [], []

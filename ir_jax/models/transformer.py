@@ -6,7 +6,7 @@ every valid slot at or before its own. Training passes no cache (a fresh one
 the size of the input is used), decoding passes the cache returned by the
 previous call; `decode_step == full forward` holds by construction.
 
-Params carry logical axis names (`vocab`, `embed`, `mlp`, `heads`, `kv`, and
+Params carry logical axis names (`vocab`, `embed`, `mlp`, `heads`, and
 `layers` when `scan_layers`) for the sharding rules of `ir_jax.parallel`.
 """
 
@@ -31,7 +31,7 @@ def rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0):
 
 
 def _dense(features, axes, name, dtype, use_bias=False):
-  return nn.DenseGeneral(
+  return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.lecun_normal(), axes))
@@ -54,10 +54,15 @@ class Block(nn.Module):
     norm = lambda name: nn.RMSNorm(dtype=self.dtype, name=name, scale_init=(
         nn.with_logical_partitioning(nn.initializers.ones, ("embed",))))
     h = norm("attn_norm")(x)
-    heads = (self.num_heads, self.head_dim)
-    q = _dense(heads, ("embed", "heads", "kv"), "query", self.dtype)(h)
-    k = _dense(heads, ("embed", "heads", "kv"), "key", self.dtype)(h)
-    v = _dense(heads, ("embed", "heads", "kv"), "value", self.dtype)(h)
+    # Projections to H * Dh features (head-major, so sharding the `heads`
+    # axis over `tensor` splits whole heads), reshaped to [B, L, H, Dh].
+    # Plain Dense: Flax's DenseGeneral evaluates boxed initializers on a
+    # flattened shape, which breaks under active logical-axis rules.
+    split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, self.head_dim))
+    width = self.num_heads * self.head_dim
+    q = split(_dense(width, ("embed", "heads"), "query", self.dtype)(h))
+    k = split(_dense(width, ("embed", "heads"), "key", self.dtype)(h))
+    v = split(_dense(width, ("embed", "heads"), "value", self.dtype)(h))
     q, k = rope(q, positions), rope(k, positions)
     index = layer_cache["index"]
     keys = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(
@@ -78,10 +83,8 @@ class Block(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
     attn = jnp.einsum("bhls,bshd->blhd", weights, values.astype(self.dtype))
-    out = nn.DenseGeneral(
-        x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
-        name="out", kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("heads", "kv", "embed")))(attn)
+    out = _dense(x.shape[-1], ("heads", "embed"), "out", self.dtype)(
+        attn.reshape(attn.shape[:2] + (width,)))
     x = x + nn.Dropout(self.dropout)(out, deterministic=deterministic)
     h = norm("mlp_norm")(x)
     gate = _dense(self.mlp_dim, ("embed", "mlp"), "wi_gate", self.dtype)(h)
@@ -89,6 +92,7 @@ class Block(nn.Module):
     h = _dense(x.shape[-1], ("mlp", "embed"), "wo", self.dtype)(
         nn.silu(gate) * up)
     x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     new_cache = {"k": keys, "v": values, "valid": key_valid,
                  "index": index + x.shape[1]}
     return x, new_cache
@@ -145,6 +149,10 @@ class Transformer(nn.Module):
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ("vocab", "embed")))
     x = embed(tokens).astype(self.dtype)
+    # Activations: batch over (data, fsdp), features whole. Without this XLA
+    # copies the params' `embed`-over-fsdp sharding onto activations and
+    # reshuffles them every layer.
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     layer_caches = {k: cache[k] for k in ("k", "v", "valid", "index")}
     kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim,
                   mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
@@ -165,6 +173,7 @@ class Transformer(nn.Module):
             x, positions, valid, jax.tree.map(lambda a: a[i], layer_caches))
         outs.append(c)
       new = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     x = nn.RMSNorm(dtype=self.dtype, name="final_norm", scale_init=(
         nn.with_logical_partitioning(nn.initializers.ones, ("embed",))))(x)
     logits = _dense(self.vocab_size, ("embed", "vocab"), "logits",
