@@ -5,6 +5,7 @@ Run (the README's main job; ~10 min on a 2-core CPU):
   ir-jax train --config experiments/g2p.py --workdir runs/g2p
 
 Variants (comma list): `lstm` (stacked LSTM instead of the Transformer),
+`bidi` (LSTM with the seed's bidirectional-LSTM source encoder),
 `fused` (CE + fused soft edit distance reward, alpha 0.3 after warm-up),
 `stress` (keep stress digits), `tiny` (seconds, for tests), `base` (an
 accelerator-sized model), e.g. `experiments/g2p.py:lstm,fused`.
@@ -17,10 +18,11 @@ from ir_jax.train import default_config
 
 def get_config(arg=None):
   variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - {"lstm", "fused", "stress", "tiny", "small", "base"}
+  unknown = variants - {"lstm", "bidi", "fused", "stress", "tiny", "small",
+                        "base"}
   if unknown:
     raise ValueError(f"Unknown g2p variants {sorted(unknown)}; choose from "
-                     "lstm, fused, stress, tiny, small, base.")
+                     "lstm, bidi, fused, stress, tiny, small, base.")
   c = default_config()
   c.task = "g2p"
   c.total_steps = 1400
@@ -39,9 +41,10 @@ def get_config(arg=None):
   c.optim.warmup_steps = 200
   if "stress" in variants:
     c.data.stress = True
-  if "lstm" in variants:
+  if "lstm" in variants or "bidi" in variants:
     c.model = c.model.__class__(dict(kind="lstm", embed_dim=64, hidden_dim=256,
                                      num_layers=2, dropout=0.0,
+                                     bidirectional_source="bidi" in variants,
                                      dtype="float32"))
   if "fused" in variants:
     c.objective.alpha = 0.3

@@ -47,6 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
   # The model's vocab is padded to a multiple of this (ids past the task's
   # vocab never occur), so the vocab axis shards over any tensor size.
   c.vocab_multiple = 128
+  # Pod metadata (tpu_configs/): the TPU topology the config is sized for.
+  c.topology = ""
+  c.chips = 0
   c.data = ml_collections.ConfigDict(dict(
       source_len=18, target_len=18, stress=False, max_train_words=0,
       max_eval_words=0, paths=(), context=32, continuation=16, stride=8,
@@ -453,7 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = parallel.make_mesh(config.mesh)
   check_batch(config, mesh)
   rules = parallel.rules_from_config(config)
-  with jax.set_mesh(mesh):
+  # The rules also drive the models' activation constraints.
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     _, shardings = state_shardings(config, model, tx, task, mesh)
     # Created already sharded: nothing is materialised on one device first.
     state = jax.jit(functools.partial(init_state, config, model, tx, task),
@@ -490,10 +494,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         print(f"Resumed from step {start} in {workdir}.", file=sys.stderr)
     step = int(state.step)
 
-    # Rules for the models' activation constraints (not for init: Flax would
-    # apply them to the flattened DenseGeneral kernels).
-    rules_scope = nn.logical_axis_rules(rules)
-    rules_scope.__enter__()
     batch_sh = parallel.batch_sharding(mesh)
     step_fn = jax.jit(
         make_train_step(config, model, tx),
@@ -542,17 +542,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     "same command to resume.", file=sys.stderr)
             return {"preempted_at": step}
           if step % config.eval_every == 0 and step < config.total_steps:
-            _evaluate(  # Rules scope is active here.model, state.params, task, config, writer, step,
+            _evaluate(model, state.params, task, config, writer, step,
                       ("dev",))
           if step % config.checkpoint_every == 0 or step == config.total_steps:
             save(step)
     finally:
       bar.close()
       manager.wait_until_finished()
-      rules_scope.__exit__(None, None, None)
-    with nn.logical_axis_rules(rules):
-      results = _evaluate(model, state.params, task, config, writer, step,
-                          ("dev", "test"))
+    results = _evaluate(model, state.params, task, config, writer, step,
+                        ("dev", "test"))
     writer.close()
     manager.close()
   return results
@@ -574,7 +572,7 @@ def dry_run(config: ml_collections.ConfigDict, print_fn=print) -> Dict:
   mesh = parallel.make_mesh(config.mesh)
   check_batch(config, mesh)
   rules = parallel.rules_from_config(config)
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state_shardings(config, model, tx, task, mesh)
     per_device = lambda tree, sh: sum(
         leaf.size * leaf.dtype.itemsize / _shards(s)
@@ -597,10 +595,9 @@ def dry_run(config: ml_collections.ConfigDict, print_fn=print) -> Dict:
     state_in = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract, shardings)
-    with nn.logical_axis_rules(rules):
-      compiled = jax.jit(make_train_step(config, model, tx),
-                         out_shardings=(shardings, parallel.replicated(mesh)),
-                         donate_argnums=(0,)).lower(state_in, batch).compile()
+    compiled = jax.jit(make_train_step(config, model, tx),
+                       out_shardings=(shardings, parallel.replicated(mesh)),
+                       donate_argnums=(0,)).lower(state_in, batch).compile()
     mem = compiled.memory_analysis()
     xla = None
     if mem is not None:
@@ -653,17 +650,21 @@ def activation_bytes(config, task, local_batch: int, tensor: int) -> float:
   m = config.model
   length = task.source_len + task.target_len - 1
   tokens = local_batch * length
+  width = 2 if m.get("dtype") == "bfloat16" else 4
   if m.kind == "transformer":
     per_layer = (12 * m.embed_dim + 5 * m.mlp_dim / tensor +
                  3 * m.num_heads / tensor * length)
-    body = m.num_layers * per_layer
+    if m.get("remat"):  # Layer inputs kept; one layer recomputed at a time.
+      body = m.num_layers * 2 * m.embed_dim + per_layer
+    else:
+      body = m.num_layers * per_layer
   else:
     body = m.num_layers * _LSTM_FLOATS * m.hidden_dim
   vocab = -(-task.vocab.size // config.vocab_multiple) * config.vocab_multiple
-  floats = tokens * (body + 10 * m.embed_dim + 3 * vocab / tensor)
+  total = tokens * (width * (body + 10 * m.embed_dim) + 4 * 3 * vocab / tensor)
   if float(config.objective.alpha) > 0 or config.objective.alpha_schedule == "adaptive":
-    floats += local_batch * 4 * task.target_len ** 2
-  return 4.0 * floats
+    total += 4 * local_batch * 4 * task.target_len ** 2
+  return float(total)
 
 
 def _evaluate(model, params, task, config, writer, step, splits):

@@ -1,0 +1,39 @@
+"""Shared body of the pod configs (loaded by path from each tpu_configs file).
+
+Pod configs are G2P with an accelerator-sized Transformer: bfloat16
+compute, layers under nn.scan (compile time flat in depth), batch sharded
+over (data, fsdp), params over fsdp (embed) and tensor (mlp, heads, vocab).
+"""
+
+import importlib.util
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def g2p(arg=""):
+  spec = importlib.util.spec_from_file_location(
+      "g2p_config", os.path.join(_HERE, "..", "experiments", "g2p.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def pod_config(*, topology, chips, mesh, batch_size, embed_dim, num_layers,
+               num_heads, mlp_dim, steps=60_000, fused=True):
+  c = g2p("fused" if fused else "")
+  c.total_steps = steps
+  c.batch_size = batch_size
+  c.data.source_len = 32
+  c.data.target_len = 32
+  c.model.update(dict(embed_dim=embed_dim, num_layers=num_layers,
+                      num_heads=num_heads, mlp_dim=mlp_dim, dropout=0.1,
+                      scan_layers=True, remat=True, dtype="bfloat16"))
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 2000
+  c.log_every, c.eval_every, c.checkpoint_every = 100, 5000, 2000
+  c.eval_batch_size = 4096
+  c.topology = topology  # Read by `ir-jax compile`, not by training.
+  c.chips = chips
+  return c

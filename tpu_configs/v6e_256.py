@@ -1,0 +1,26 @@
+"""G2P on a Cloud TPU v6e-256 slice (256 chips, topology v6e:16x16).
+
+  tpu_configs/launch.sh v6e-256 tpu_configs/v6e_256.py   # create, copy, run
+  ir-jax train --config tpu_configs/v6e_256.py --workdir gs://BUCKET/g2p --distributed
+  ir-jax train --config tpu_configs/v6e_256.py --dry-run      # on the slice
+
+Mesh (data, fsdp, tensor) = (16, 8, 2), global batch 32768, Transformer
+E=2048, 24 layers, 16 heads, MLP 8192, bfloat16, nn.scan over layers + remat.
+Not yet run on a pod from this repository: no TPU was available to us.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "pod_base", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "_base.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config(arg=None):
+  del arg
+  return _base.pod_config(topology="v6e:16x16", chips=256, mesh=(16, 8, 2),
+                          batch_size=32768, embed_dim=2048, num_layers=24,
+                          num_heads=16, mlp_dim=8192)
