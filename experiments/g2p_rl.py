@@ -16,14 +16,9 @@ with alpha from the reward-adaptive controller. Add `,tiny` for tests and
 Result reached: see the README table "Instant rewards".
 """
 
-import importlib.util
-import os
+from ir_jax.config import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "g2p_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               "g2p.py"))
-_g2p = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_g2p)
+_g2p = sibling(__file__, "g2p.py")
 
 
 def get_config(arg=None):

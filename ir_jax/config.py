@@ -13,14 +13,26 @@ from typing import Iterable, List
 import ml_collections
 
 
+def sibling(this_file: str, name: str):
+  """Imports config file `name` next to `this_file` (configs share bodies).
+
+  Config files are loaded by path, not as a package, so they reach each
+  other this way: `_base = sibling(__file__, "_base.py")`.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+  module_spec = importlib.util.spec_from_file_location(
+      "ir_jax_config_" + os.path.splitext(name)[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/file.py[:arg]` and returns its `get_config(arg)`."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--config {path!r}: no such file.")
-  module_spec = importlib.util.spec_from_file_location("ir_jax_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = sibling(path, os.path.basename(path))
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} defines no get_config(arg).")
   return module.get_config(arg or None)

@@ -434,6 +434,17 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _setup(config):
+  """Validated (task, model, optimizer, mesh, logical rules) of a config."""
+  validate(config)
+  task = tasks.build(config)
+  model = make_model(config, task)
+  tx = make_optimizer(config)
+  mesh = parallel.make_mesh(config.mesh)
+  check_batch(config, mesh)
+  return task, model, tx, mesh, parallel.rules_from_config(config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
   """Trains, then evaluates dev/test; returns the final eval records.
@@ -441,9 +452,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   On SIGTERM it saves a checkpoint, returns {"preempted_at": step} and the
   same command resumes.
   """
-  validate(config)
+  task, model, tx, mesh, rules = _setup(config)
   os.makedirs(workdir, exist_ok=True)
-  task = tasks.build(config)
   check_compatible(workdir, config, task)
   lead = jax.process_index() == 0
   if lead:
@@ -451,11 +461,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if any(task.report.values()):
       print(f"Data report (skipped / replaced, never silent): {task.report}",
             file=sys.stderr)
-  model = make_model(config, task)
-  tx = make_optimizer(config)
-  mesh = parallel.make_mesh(config.mesh)
-  check_batch(config, mesh)
-  rules = parallel.rules_from_config(config)
   # The rules also drive the models' activation constraints.
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     _, shardings = state_shardings(config, model, tx, task, mesh)
@@ -565,13 +570,7 @@ def dry_run(config: ml_collections.ConfigDict, print_fn=print) -> Dict:
   gradients and activations (an analytic estimate), next to what XLA's
   memory analysis of the compiled step says. Nothing is trained.
   """
-  validate(config)
-  task = tasks.build(config)
-  model = make_model(config, task)
-  tx = make_optimizer(config)
-  mesh = parallel.make_mesh(config.mesh)
-  check_batch(config, mesh)
-  rules = parallel.rules_from_config(config)
+  task, model, tx, mesh, rules = _setup(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state_shardings(config, model, tx, task, mesh)
     per_device = lambda tree, sh: sum(

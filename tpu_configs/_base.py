@@ -5,18 +5,11 @@ compute, layers under nn.scan (compile time flat in depth), batch sharded
 over (data, fsdp), params over fsdp (embed) and tensor (mlp, heads, vocab).
 """
 
-import importlib.util
-import os
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
+from ir_jax.config import sibling
 
 
 def g2p(arg=""):
-  spec = importlib.util.spec_from_file_location(
-      "g2p_config", os.path.join(_HERE, "..", "experiments", "g2p.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return sibling(__file__, "../experiments/g2p.py").get_config(arg)
 
 
 def pod_config(*, topology, chips, mesh, batch_size, embed_dim, num_layers,

@@ -9,14 +9,9 @@ E=1024, 12 layers, 16 heads, MLP 4096, bfloat16, nn.scan over layers + remat.
 Not yet run on a pod from this repository: no TPU was available to us.
 """
 
-import importlib.util
-import os
+from ir_jax.config import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "pod_base", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                             "_base.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+_base = sibling(__file__, "_base.py")
 
 
 def get_config(arg=None):

@@ -249,16 +249,40 @@ def _backward_rows(probs, n, m, num_target):
   return g.transpose(2, 0, 1), acc_ins, acc_del + e0.sum(0)
 
 
+def _forward_pallas(costs, n, m, gamma, ins, dele):
+  """The `diagonals` forward as a Pallas kernel (interpret mode on CPU)."""
+  from ir_jax.kernels import soft_edit_distance as kernels
+  num_diag = costs.shape[1] + costs.shape[2] + 1
+  skewed = _skew(jnp.pad(costs, ((0, 0), (1, 0), (1, 0))), num_diag)
+  return kernels.forward(skewed, n, m, gamma, ins, dele,
+                         interpret=jax.default_backend() == "cpu")
+
+
+def _backward_pallas(probs, n, m, num_target):
+  from ir_jax.kernels import soft_edit_distance as kernels
+  flows, g_ins, g_del = kernels.backward(
+      probs, n, m, interpret=jax.default_backend() == "cpu")
+  return _unskew(flows, num_target + 1)[:, 1:, 1:], g_ins, g_del
+
+
 _LAYOUTS = {"diagonals": (_forward, _backward),
-            "rows": (_forward_rows, _backward_rows)}
+            "rows": (_forward_rows, _backward_rows),
+            "pallas": (_forward_pallas, _backward_pallas)}
 
 
-def _resolve_layout(layout):
+def _resolve_layout(layout, implementation="auto"):
+  if implementation not in ("auto", "xla", "pallas"):
+    raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
+                     f"got {implementation!r}.")
+  if implementation == "pallas":
+    return "pallas"
+  # "auto" stays on XLA until the Pallas kernels are validated on a TPU/GPU
+  # (they are tested in interpret mode only; see ir_jax/kernels).
   if layout == "auto":
     # Measured in benchmarks/rewards.py: on CPU the batch-vectorized row
     # order wins; accelerators need the wavefront's per-step parallelism.
     return "rows" if jax.default_backend() == "cpu" else "diagonals"
-  if layout not in _LAYOUTS:
+  if layout not in ("rows", "diagonals"):
     raise ValueError(f"`layout` must be 'auto', 'rows' or 'diagonals', "
                      f"got {layout!r}.")
   return layout
@@ -295,7 +319,8 @@ def soft_edit_distance(costs: jax.Array,
                        target_lengths: Optional[jax.Array] = None,
                        insertion_cost=1.0,
                        deletion_cost=1.0,
-                       layout: str = "auto") -> jax.Array:
+                       layout: str = "auto",
+                       implementation: str = "auto") -> jax.Array:
   """Soft Levenshtein distance `R[n, m]` (recursion in the module docstring).
 
   Memory: the forward keeps the three float32 softmin-probability planes per
@@ -314,6 +339,9 @@ def soft_edit_distance(costs: jax.Array,
     layout: "diagonals" (the anti-diagonal wavefront: N + M steps, each a
       vector op over a whole diagonal), "rows" (N x M steps, each over the
       batch; fastest on CPU) or "auto" (rows on CPU, diagonals elsewhere).
+    implementation: "xla" (the `layout` above), "pallas" (the wavefront as a
+      Pallas kernel, `ir_jax.kernels`; interpret mode on CPU) or "auto"
+      (XLA for now: the kernels are not yet validated on accelerators).
 
   Returns:
     float32[...] soft distances; differentiable w.r.t. costs, gamma and the
@@ -339,7 +367,7 @@ def soft_edit_distance(costs: jax.Array,
   flat = jnp.where(rows & cols, flat, 0.0)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   value = _soft_ed(flat, n, m, f32(gamma), f32(insertion_cost),
-                   f32(deletion_cost), _resolve_layout(layout))
+                   f32(deletion_cost), _resolve_layout(layout, implementation))
   return value.reshape(batch)
 
 
