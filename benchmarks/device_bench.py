@@ -1,0 +1,63 @@
+"""Soft edit distance forward+backward on an accelerator: Pallas vs XLA vs ott.
+
+  python benchmarks/device_bench.py --out $OUT/device_bench.json
+
+B=512 pairs, N=M in {64, 256, 1024}. Each implementation is timed only if it
+compiles; failures are recorded, not fatal (the device run is one shot).
+"""
+
+import argparse
+import json
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, __file__.rsplit("/", 2)[0])
+from benchmarks import common  # noqa: E402
+from ir_jax import rewards  # noqa: E402
+
+
+def impl_fn(name):
+  if name == "ott":
+    from ott.geometry.costs import SoftDTW
+    sdtw = SoftDTW(1.0)
+    return jax.jit(jax.grad(lambda x, y: jax.vmap(sdtw)(x, y).sum()))
+  kw = ({"implementation": "pallas"} if name == "pallas" else
+        {"implementation": "xla", "layout": name})
+  return jax.jit(jax.grad(
+      lambda c: rewards.soft_edit_distance(c, 1.0, **kw).sum()))
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--out", required=True)
+  p.add_argument("--batch", type=int, default=512)
+  args = p.parse_args()
+  rng = np.random.default_rng(0)
+  rows = []
+  for length in (64, 256, 1024):
+    costs = jnp.asarray(rng.random((args.batch, length, length)), jnp.float32)
+    pts = (jnp.asarray(rng.random((args.batch, length, 1)), jnp.float32),
+           jnp.asarray(rng.random((args.batch, length, 1)), jnp.float32))
+    row = {"B": args.batch, "N=M": length}
+    for name in ("pallas", "diagonals", "rows", "ott"):
+      if name == "rows" and length > 256:
+        continue  # N*M sequential steps: minutes on a GPU at 1024.
+      try:
+        fn = impl_fn(name)
+        inputs = pts if name == "ott" else (costs,)
+        row[f"{name}_fwdbwd_ms"] = common.timeit(fn, *inputs, repeats=5) * 1e3
+      except Exception as e:  # Record and go on: one shot on the device.
+        row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
+        traceback.print_exc()
+      print(row, flush=True)
+    rows.append(row)
+  with open(args.out, "w") as f:
+    json.dump({"machine": common.machine(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

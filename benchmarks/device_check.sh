@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU (H200), under 5 minutes: the Pallas kernel
+# tests on the GPU, then forward+backward of Pallas vs the XLA path vs
+# ott-jax SoftDTW for B=512, N=M in {64, 256, 1024}. Results land in $OUT.
+#
+# Use the device image's own jax (CUDA build): nothing is pip-installed from
+# the network. ott-jax is not in that image; to include it, download its
+# wheel here first (see /work/.library/device/README.md) into .whl/ and pass
+# carry=[".whl"].
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/device}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
+  python3 -c "import jax; print(jax.__version__, jax.devices())"; } > "$OUT/device.txt" 2>&1
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+  > "$OUT/kernel_tests.log" 2>&1; echo "kernel tests exit $?" >> "$OUT/device.txt"
+timeout 120 python3 benchmarks/device_bench.py --out "$OUT/device_bench.json" \
+  > "$OUT/device_bench.log" 2>&1; echo "bench exit $?" >> "$OUT/device.txt"
+cat "$OUT/device.txt"
