@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from ir_jax import decode, rewards
-from ir_jax.data.vocab import PAD
 
 Seq = Tuple[str, ...]
 

@@ -11,7 +11,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
@@ -136,11 +135,10 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 
   On CPU, collectives across processes go through gloo.
   """
-  if jax.config.jax_platforms in (None, "", "cpu") or not jax.config.jax_platforms:
-    try:
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except Exception:  # Older/newer JAX without the flag: defaults apply.
-      pass
+  try:  # Only affects the CPU backend.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):  # A JAX without the flag.
+    pass
   kwargs = {}
   if coordinator_address:
     kwargs = dict(coordinator_address=coordinator_address,

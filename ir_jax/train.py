@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import flax
 import flax.linen as nn
@@ -348,11 +348,6 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(
           max_to_keep=config.keep_checkpoints, create=True),
       item_names=("state", "data"))
-
-
-def _model_signature(config, task) -> Dict:
-  return {"task": config.task, "model": config.model.to_dict(),
-          "vocab": list(task.vocab.symbols)}
 
 
 def check_compatible(workdir: str, config, task) -> None:

@@ -5,7 +5,6 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ir_jax import cli

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from ir_jax.data import cmudict
-from ir_jax.data.vocab import BOS, EOS, PAD, SEP, UNK, Vocab
+from ir_jax.data.vocab import BOS, EOS, PAD, SEP, Vocab
 
 
 @dataclasses.dataclass
