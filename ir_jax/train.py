@@ -363,6 +363,15 @@ def check_compatible(workdir: str, config, task) -> None:
         f"{workdir} holds a run of another model:\n  saved   {old_sig}\n"
         f"  current {new_sig}\nUse a new --workdir (the old checkpoints are "
         "left untouched).")
+  vocab_path = os.path.join(workdir, "vocab.json")
+  if os.path.exists(vocab_path):
+    with open(vocab_path) as f:
+      saved = json.load(f)
+    if saved != list(task.vocab.symbols):
+      raise ValueError(
+          f"{workdir} was trained with another vocabulary ({len(saved)} "
+          f"symbols, now {task.vocab.size}); the data config changed (e.g. "
+          "data.stress). Use a new --workdir.")
 
 
 def restore_params(workdir: str, target_params) -> Any:
@@ -453,6 +462,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lead = jax.process_index() == 0
   if lead:
     config_lib.save(config, os.path.join(workdir, "config.json"))
+    with open(os.path.join(workdir, "vocab.json"), "w") as f:
+      json.dump(list(task.vocab.symbols), f)
     if any(task.report.values()):
       print(f"Data report (skipped / replaced, never silent): {task.report}",
             file=sys.stderr)

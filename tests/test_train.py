@@ -112,6 +112,8 @@ def test_incompatible_workdir_is_refused(tmp_path):
   before = sorted(os.listdir(wd / "checkpoints"))
   with pytest.raises(ValueError, match="another model"):
     train.train_and_evaluate(tiny(**{"model.embed_dim": 48}), str(wd))
+  with pytest.raises(ValueError, match="another vocabulary"):
+    train.train_and_evaluate(tiny(**{"data.stress": True}), str(wd))
   assert sorted(os.listdir(wd / "checkpoints")) == before
 
 
