@@ -1,8 +1,8 @@
 """Pallas kernels for the soft edit distance wavefront (forward and backward).
 
-Same recursion, length semantics and skewed layout as the XLA `diagonals`
-path of `ir_jax.rewards.soft` (this module's kernels are drop-in replacements
-for its `_forward` / `_backward`): a program owns a tile of TB pairs (the
+Same recursion (the shared `diagonal_cell`), length semantics and skewed
+layout as the XLA `diagonals` path of `ir_jax.rewards.soft` (drop-in
+replacements for its `_forward` / `_backward`): a program owns a tile of TB pairs (the
 lane axis) and runs all N + M + 1 anti-diagonals in one `fori_loop`, so the
 two live diagonals stay on chip instead of round-tripping through HBM per
 step as XLA's loop does. On CPU the kernels run with `interpret=True`.
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-_BIG = 1e10
+from ir_jax.rewards.soft import _BIG, diagonal_cell
 _LANES = 128
 
 
@@ -37,7 +37,6 @@ def _shift_up(r, rows, last):
 def _forward_kernel(c_ref, nm_ref, prm_ref, out_ref, ps_ref, pi_ref, pd_ref):
   num_diag, num_rows, tile = c_ref.shape
   gamma, ins, dele = prm_ref[0, 0], prm_ref[0, 1], prm_ref[0, 2]
-  inv_gamma = 1.0 / gamma
   n, m = nm_ref[0, :], nm_ref[1, :]
   rows = lax.broadcasted_iota(jnp.int32, (num_rows, tile), 0)
   at_n = rows == n[None, :]
@@ -45,25 +44,10 @@ def _forward_kernel(c_ref, nm_ref, prm_ref, out_ref, ps_ref, pi_ref, pd_ref):
 
   def body(d, carry):
     r2, r1, out = carry
-    c = c_ref[d]
-    sub = _shift_down(r2, rows, _BIG) + c
-    ins_ = _shift_down(r1, rows, _BIG) + ins
-    del_ = r1 + dele
-    best = jnp.minimum(sub, jnp.minimum(ins_, del_))
-    w_sub = jnp.exp((best - sub) * inv_gamma)
-    w_ins = jnp.exp((best - ins_) * inv_gamma)
-    w_del = jnp.exp((best - del_) * inv_gamma)
-    total = w_sub + w_ins + w_del
-    r = best - gamma * jnp.log(total)
-    inv = 1.0 / total
-    top, left = rows == 0, rows == d
-    edge = top | left
-    df = d.astype(jnp.float32)
-    r = jnp.where(top, df * dele, jnp.where(left, df * ins, r))
-    live = d > 0
-    ps_ref[d] = jnp.where(edge, 0.0, w_sub * inv)
-    pi_ref[d] = jnp.where(edge, (left & live).astype(jnp.float32), w_ins * inv)
-    pd_ref[d] = jnp.where(edge, (top & live).astype(jnp.float32), w_del * inv)
+    r, (p_sub, p_ins, p_del) = diagonal_cell(
+        _shift_down(r2, rows, _BIG), _shift_down(r1, rows, _BIG), r1,
+        c_ref[d], d, rows, gamma, ins, dele)
+    ps_ref[d], pi_ref[d], pd_ref[d] = p_sub, p_ins, p_del
     hit = at_n & (d == n + m)[None, :]
     out = out + jnp.sum(jnp.where(hit, r, 0.0), axis=0)
     return r1, r, out

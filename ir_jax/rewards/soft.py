@@ -67,6 +67,38 @@ def _shift_down(r, fill):
   return jnp.concatenate([jnp.full_like(r[:1], fill), r[:-1]], axis=0)
 
 
+def diagonal_cell(diag, up, left, c, d, rows, gamma, ins, dele):
+  """One anti-diagonal d of the recursion, shared by XLA and Pallas paths.
+
+  `diag`, `up`, `left` hold R[i-1, j-1], R[i-1, j] and R[i, j-1] for the
+  cells (i, j = d - i) of the diagonal (rows i along axis 0, `_BIG` off the
+  grid); `c` their substitution costs; `rows` the row index i (broadcasts
+  against them). Returns the diagonal of R and the softmin probabilities
+  (substitution, insertion, deletion) of each cell.
+  """
+  sub, ins_, del_ = diag + c, up + ins, left + dele
+  best = jnp.minimum(sub, jnp.minimum(ins_, del_))
+  inv_gamma = 1.0 / gamma
+  w_sub = jnp.exp((best - sub) * inv_gamma)
+  w_ins = jnp.exp((best - ins_) * inv_gamma)
+  w_del = jnp.exp((best - del_) * inv_gamma)
+  total = w_sub + w_ins + w_del
+  r = best - gamma * jnp.log(total)
+  inv = 1.0 / total
+  # Boundaries R[0, j] = j * del and R[i, 0] = i * ins come by a single
+  # deletion / insertion chain, so their probability mass is one-hot. Cells
+  # off the grid (j < 0 or j > M) stay finite and feed no valid cell.
+  top, left_edge = rows == 0, rows == d
+  edge = top | left_edge
+  df = jnp.asarray(d, jnp.float32)
+  r = jnp.where(top, df * dele, jnp.where(left_edge, df * ins, r))
+  live = d > 0  # R[0, 0] has no predecessor.
+  p = (jnp.where(edge, 0.0, w_sub * inv),
+       jnp.where(edge, (left_edge & live).astype(jnp.float32), w_ins * inv),
+       jnp.where(edge, (top & live).astype(jnp.float32), w_del * inv))
+  return r, p
+
+
 def _forward(costs, n, m, gamma, ins, dele):
   """Runs the wavefront. costs f32[B, N, M], n/m int32[B].
 
@@ -80,32 +112,13 @@ def _forward(costs, n, m, gamma, ins, dele):
   skewed = _skew(grid, num_diag)                               # [D, N + 1, B]
   final_diag = n + m
   at_final = jnp.arange(num_pred + 1)[:, None] == n[None]      # [N + 1, B]
-  inv_gamma = 1.0 / gamma
   rows = jnp.arange(num_pred + 1, dtype=jnp.int32)[:, None]
 
   def step(carry, xs):
     r2, r1, out = carry  # Diagonals d - 2 and d - 1, each [N + 1, B].
     c, d = xs
-    sub = _shift_down(r2, _BIG) + c
-    ins_ = _shift_down(r1, _BIG) + ins
-    del_ = r1 + dele
-    best = jnp.minimum(sub, jnp.minimum(ins_, del_))
-    w_sub = jnp.exp((best - sub) * inv_gamma)
-    w_ins = jnp.exp((best - ins_) * inv_gamma)
-    w_del = jnp.exp((best - del_) * inv_gamma)
-    total = w_sub + w_ins + w_del
-    r = best - gamma * jnp.log(total)
-    inv = 1.0 / total
-    # Boundaries R[0, j] = j * del and R[i, 0] = i * ins come by a single
-    # deletion / insertion chain, so their probability mass is one-hot. Cells
-    # off the grid (j < 0 or j > M) stay finite and feed no valid cell.
-    top, left = rows == 0, rows == d
-    edge = top | left
-    r = jnp.where(top, d * dele, jnp.where(left, d * ins, r))
-    live = d > 0  # R[0, 0] has no predecessor.
-    p = (jnp.where(edge, 0.0, w_sub * inv),
-         jnp.where(edge, (left & live).astype(jnp.float32), w_ins * inv),
-         jnp.where(edge, (top & live).astype(jnp.float32), w_del * inv))
+    r, p = diagonal_cell(_shift_down(r2, _BIG), _shift_down(r1, _BIG), r1, c,
+                         d, rows, gamma, ins, dele)
     hit = at_final & (d == final_diag)[None]
     out = out + jnp.where(hit, r, 0.0).sum(0)
     return (r1, r, out), p
