@@ -12,15 +12,12 @@ Variants: `lstm`, `fused`, `tiny`.
 Result reached (CPU default, 2 cores): see the README.
 """
 
+from ir_jax import config as config_lib
 from ir_jax.train import default_config
 
 
 def get_config(arg=None):
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - {"lstm", "fused", "tiny"}
-  if unknown:
-    raise ValueError(f"Unknown charlm variants {sorted(unknown)}; choose from "
-                     "lstm, fused, tiny.")
+  variants = config_lib.variants(arg, ("lstm", "fused", "tiny"), "charlm")
   c = default_config()
   c.task = "charlm"
   c.total_steps = 1500

@@ -13,16 +13,13 @@ accelerator-sized model), e.g. `experiments/g2p.py:lstm,fused`.
 Result reached (CPU default, 2 cores): see the README table "Main job".
 """
 
+from ir_jax import config as config_lib
 from ir_jax.train import default_config
 
 
 def get_config(arg=None):
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - {"lstm", "bidi", "fused", "stress", "tiny", "small",
-                        "base"}
-  if unknown:
-    raise ValueError(f"Unknown g2p variants {sorted(unknown)}; choose from "
-                     "lstm, bidi, fused, stress, tiny, small, base.")
+  variants = config_lib.variants(
+      arg, ("lstm", "bidi", "fused", "stress", "tiny", "small", "base"), "g2p")
   c = default_config()
   c.task = "g2p"
   c.total_steps = 1400

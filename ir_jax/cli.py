@@ -59,11 +59,8 @@ def _eval(args) -> int:
 
 
 def _latest_step(workdir: str) -> Optional[int]:
-  import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      item_names=("state", "data"))
-  return manager.latest_step()
+  from ir_jax import train
+  return train.checkpoint_manager(workdir).latest_step()
 
 
 def _generate(args) -> int:

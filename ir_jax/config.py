@@ -27,6 +27,16 @@ def sibling(this_file: str, name: str):
   return module
 
 
+def variants(arg, allowed, name: str) -> set:
+  """The comma list `arg` of a `FILE:ARG` spec, checked against `allowed`."""
+  chosen = set(filter(None, (arg or "").split(",")))
+  unknown = chosen - set(allowed)
+  if unknown:
+    raise ValueError(f"Unknown {name} variants {sorted(unknown)}; choose "
+                     f"from {', '.join(allowed)}.")
+  return chosen
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/file.py[:arg]` and returns its `get_config(arg)`."""
   path, _, arg = spec.partition(":")

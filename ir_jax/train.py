@@ -342,11 +342,15 @@ class MetricWriter:
       self.tb.close()
 
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: str, config=None) -> ocp.CheckpointManager:
+  """The workdir's orbax manager (items `state` and `data`); read-only use
+  (eval, generate, init_from) passes no config."""
+  options = None
+  if config is not None:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep_checkpoints, create=True)
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints, create=True),
+      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
       item_names=("state", "data"))
 
 
@@ -376,9 +380,7 @@ def check_compatible(workdir: str, config, task) -> None:
 
 def restore_params(workdir: str, target_params) -> Any:
   """Latest params of another run (for init_from / eval / generate)."""
-  manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      item_names=("state", "data"))
+  manager = checkpoint_manager(workdir)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
