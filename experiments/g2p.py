@@ -7,7 +7,9 @@ Run (the README's main job; ~10 min on a 2-core CPU):
 Variants (comma list): `lstm` (stacked LSTM instead of the Transformer),
 `bidi` (LSTM with the seed's bidirectional-LSTM source encoder),
 `fused` (CE + fused soft edit distance reward, alpha 0.3 after warm-up),
-`stress` (keep stress digits), `tiny` (seconds, for tests), `base` (an
+`stress` (keep stress digits), `multi` (one model for letters->phonemes
+and phonemes->letters, chosen by a task tag after BOS: the frozen model of
+experiments/prompt.py), `tiny` (seconds, for tests), `base` (an
 accelerator-sized model), e.g. `experiments/g2p.py:lstm,fused`.
 
 Result reached (CPU default, 2 cores): see the README table "Main job".
@@ -19,7 +21,8 @@ from ir_jax.train import default_config
 
 def get_config(arg=None):
   variants = config_lib.variants(
-      arg, ("lstm", "bidi", "fused", "stress", "tiny", "small", "base"), "g2p")
+      arg, ("lstm", "bidi", "fused", "stress", "multi", "tiny", "small",
+                "base"), "g2p")
   c = default_config()
   c.task = "g2p"
   c.total_steps = 1400
@@ -38,6 +41,13 @@ def get_config(arg=None):
   c.optim.warmup_steps = 200
   if "stress" in variants:
     c.data.stress = True
+  if "multi" in variants:
+    c.data.directions = "g2p,p2g"
+    c.data.tags = True
+    c.data.source_len = 20     # BOS + tag + up to 17 symbols + SEP.
+    c.total_steps = 2000
+    c.eval_every = 1000
+    c.checkpoint_every = 500
   if "lstm" in variants or "bidi" in variants:
     c.model = c.model.__class__(dict(kind="lstm", embed_dim=64, hidden_dim=256,
                                      num_layers=2, dropout=0.0,

@@ -2,6 +2,8 @@
 
   ir-jax train --config experiments/g2p.py[:ARG] --workdir DIR [--config.x=v]
       [--dry-run] [--coordinator_address H:P --num_processes N --process_id I]
+  ir-jax compile --config tpu_configs/v5p_64.py [--topology v5p:2x4x4]
+      [--json FILE] [--no-sampling] [--config.x=v]
   ir-jax eval --workdir DIR [--split dev|test]
   ir-jax generate --workdir DIR [WORD ...] [--input FILE]
   ir-jax plot --workdir DIR
@@ -40,6 +42,26 @@ def _train(args, overrides: List[str]) -> int:
   print(f"Metrics: {os.path.join(args.workdir, 'metrics.jsonl')}\n"
         f"TensorBoard: tensorboard --logdir {os.path.join(args.workdir, 'tensorboard')}\n"
         f"Curves: ir-jax plot --workdir {args.workdir}")
+  return 0
+
+
+def _compile(args, overrides: List[str]) -> int:
+  """AOT-compiles the config for a TPU topology; 1 when it does not fit."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Host side stays on CPU.
+  from ir_jax import aot
+  from ir_jax import config as config_lib
+  config = config_lib.load(args.config)
+  config_lib.apply_overrides(config, overrides)
+  report = aot.compile_config(config, args.topology,
+                              sampling=not args.no_sampling)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=1)
+  if not report["fits"]:
+    print("ir-jax compile: does not fit in HBM (largest buffers above); "
+          "shard more (config.mesh.fsdp / tensor), lower config.batch_size "
+          "or set model.remat=True.", file=sys.stderr)
+    return 1
   return 0
 
 
@@ -110,6 +132,14 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--distributed", action="store_true",
                  help="jax.distributed.initialize() with auto-detection "
                       "(Cloud TPU VMs, SLURM)")
+  p = sub.add_parser("compile", help="AOT-compile a config for a TPU "
+                     "topology on this machine: HBM per chip, FLOPs, tokens/s")
+  p.add_argument("--config", required=True, help="FILE[:ARG]")
+  p.add_argument("--topology", default="",
+                 help="e.g. v5p:4x4x4 (default: the config's topology)")
+  p.add_argument("--json", help="also write the report to this file")
+  p.add_argument("--no-sampling", action="store_true",
+                 help="skip the sampling loop (train step only)")
   p = sub.add_parser("eval", help="PER/WER of the latest checkpoint")
   p.add_argument("--workdir", required=True)
   p.add_argument("--split", default="test", choices=("dev", "test"))
@@ -122,14 +152,16 @@ def main(argv: Optional[List[str]] = None) -> int:
   args, rest = parser.parse_known_args(argv)
   overrides = [r for r in rest if r.startswith("--config.")]
   others = [r for r in rest if not r.startswith("--config.")]
-  if others or (overrides and args.command != "train"):
+  if others or (overrides and args.command not in ("train", "compile")):
     parser.error(f"unrecognized arguments: {' '.join(others or overrides)}")
   try:
     if args.command == "train":
       return _train(args, overrides)
+    if args.command == "compile":
+      return _compile(args, overrides)
     return {"eval": _eval, "generate": _generate, "plot": _plot}[
         args.command](args)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
     print(f"ir-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
 

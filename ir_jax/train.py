@@ -53,7 +53,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source_len=18, target_len=18, stress=False, max_train_words=0,
       max_eval_words=0, paths=(), context=32, continuation=16, stride=8,
-      max_eval_items=512))
+      max_eval_items=512,
+      # G2P: "g2p", "p2g" or "g2p,p2g" (multi-task); task tags in the
+      # vocab and in the prompt slot(s) after BOS; number of prompt slots.
+      directions="g2p", tags=False, prompt_len=0))
   c.model = ml_collections.ConfigDict(dict(
       kind="transformer", embed_dim=128, num_layers=2, num_heads=4,
       mlp_dim=512, dropout=0.0, scan_layers=False, remat=False,
@@ -440,13 +443,14 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def _setup(config):
-  """Validated (task, model, optimizer, mesh, logical rules) of a config."""
+def _setup(config, devices=None):
+  """Validated (task, model, optimizer, mesh, logical rules) of a config;
+  the mesh spans `devices` (default: all visible devices)."""
   validate(config)
   task = tasks.build(config)
   model = make_model(config, task)
   tx = make_optimizer(config)
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh, devices)
   check_batch(config, mesh)
   return task, model, tx, mesh, parallel.rules_from_config(config)
 
@@ -556,14 +560,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             return {"preempted_at": step}
           if step % config.eval_every == 0 and step < config.total_steps:
             _evaluate(model, state.params, task, config, writer, step,
-                      ("dev",))
+                      dev_splits(task))
           if step % config.checkpoint_every == 0 or step == config.total_steps:
             save(step)
     finally:
       bar.close()
       manager.wait_until_finished()
     results = _evaluate(model, state.params, task, config, writer, step,
-                        ("dev", "test"))
+                        tuple(task.eval_sets))
     writer.close()
     manager.close()
   return results
@@ -596,15 +600,8 @@ def dry_run(config: ml_collections.ConfigDict, print_fn=print) -> Dict:
     # Sharded weights are all-gathered for compute, one copy at a time.
     gathered = full_params - params
     estimate = 2 * params + optimizer + other + activations + gathered
-    batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:],
-                                     v.dtype, sharding=parallel.batch_sharding(mesh))
-             for k, v in task.train.items()}
-    state_in = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract, shardings)
-    compiled = jax.jit(make_train_step(config, model, tx),
-                       out_shardings=(shardings, parallel.replicated(mesh)),
-                       donate_argnums=(0,)).lower(state_in, batch).compile()
+    compiled = lower_train_step(config, model, tx, task, mesh, abstract,
+                                shardings).compile()
     mem = compiled.memory_analysis()
     xla = None
     if mem is not None:
@@ -631,6 +628,20 @@ def dry_run(config: ml_collections.ConfigDict, print_fn=print) -> Dict:
   if xla is not None:
     print_fn(f"  {'XLA':<12} {mib(xla)}  (compiled step, memory_analysis)")
   return report
+
+
+def lower_train_step(config, model, tx, task, mesh, abstract, shardings):
+  """The jitted, sharded train step lowered from shapes only (no arrays):
+  state donated, batch over (data, fsdp). Call under the mesh and rules."""
+  batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:],
+                                   v.dtype, sharding=parallel.batch_sharding(mesh))
+           for k, v in task.train.items()}
+  state_in = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+  return jax.jit(make_train_step(config, model, tx),
+                 out_shardings=(shardings, parallel.replicated(mesh)),
+                 donate_argnums=(0,)).lower(state_in, batch)
 
 
 def _shards(sharding) -> int:
@@ -672,6 +683,11 @@ def activation_bytes(config, task, local_batch: int, tensor: int) -> float:
   if float(config.objective.alpha) > 0 or config.objective.alpha_schedule == "adaptive":
     total += 4 * local_batch * 4 * task.target_len ** 2
   return float(total)
+
+
+def dev_splits(task):
+  """Eval sets scored during training: "dev" and the other directions'."""
+  return tuple(s for s in task.eval_sets if s.split("_")[0] == "dev")
 
 
 def _evaluate(model, params, task, config, writer, step, splits):

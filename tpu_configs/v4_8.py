@@ -3,6 +3,7 @@
   tpu_configs/launch.sh v4-8 tpu_configs/v4_8.py   # create, copy, run
   ir-jax train --config tpu_configs/v4_8.py --workdir gs://BUCKET/g2p --distributed
   ir-jax train --config tpu_configs/v4_8.py --dry-run      # on the slice
+  ir-jax compile --config tpu_configs/v4_8.py    # here, before renting it
 
 Mesh (data, fsdp, tensor) = (4, 1, 1), global batch 2048, Transformer
 E=512, 6 layers, 8 heads, MLP 2048, bfloat16, nn.scan over layers + remat.

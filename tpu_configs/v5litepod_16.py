@@ -3,6 +3,7 @@
   tpu_configs/launch.sh v5litepod-16 tpu_configs/v5litepod_16.py   # create, copy, run
   ir-jax train --config tpu_configs/v5litepod_16.py --workdir gs://BUCKET/g2p --distributed
   ir-jax train --config tpu_configs/v5litepod_16.py --dry-run      # on the slice
+  ir-jax compile --config tpu_configs/v5litepod_16.py    # here, before renting it
 
 Mesh (data, fsdp, tensor) = (4, 4, 1), global batch 4096, Transformer
 E=1024, 12 layers, 16 heads, MLP 4096, bfloat16, nn.scan over layers + remat.

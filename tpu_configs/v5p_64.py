@@ -3,6 +3,7 @@
   tpu_configs/launch.sh v5p-64 tpu_configs/v5p_64.py   # create, copy, run
   ir-jax train --config tpu_configs/v5p_64.py --workdir gs://BUCKET/g2p --distributed
   ir-jax train --config tpu_configs/v5p_64.py --dry-run      # on the slice
+  ir-jax compile --config tpu_configs/v5p_64.py    # here, before renting it
 
 Mesh (data, fsdp, tensor) = (4, 4, 2), global batch 8192, Transformer
 E=1536, 16 layers, 16 heads, MLP 6144, bfloat16, nn.scan over layers + remat.

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from ir_jax.data import cmudict
-from ir_jax.data.vocab import BOS, EOS, PAD, SEP, Vocab
+from ir_jax.data.vocab import BOS, EOS, PAD, SEP, UNK, Vocab
 
 
 @dataclasses.dataclass
@@ -47,8 +47,11 @@ class Task:
                      for s in items])
 
 
-def encode_source(vocab: Vocab, symbols: Sequence[str], length: int):
-  ids = [BOS] + vocab.encode(symbols)[:length - 2] + [SEP]
+def encode_source(vocab: Vocab, symbols: Sequence[str], length: int,
+                  prompt: Sequence[int] = ()):
+  """[PAD.., BOS, prompt.., symbols.., SEP]; `prompt` ids fill the slots
+  right after BOS (task tags, or placeholders a soft prompt overwrites)."""
+  ids = [BOS, *prompt] + vocab.encode(symbols)[:length - 2 - len(prompt)] + [SEP]
   return np.asarray([PAD] * (length - len(ids)) + ids, np.int32)
 
 
@@ -57,55 +60,91 @@ def encode_target(vocab: Vocab, symbols: Sequence[str], length: int):
   return np.asarray(ids + [PAD] * (length - len(ids)), np.int32)
 
 
-def _arrays(vocab, pairs, source_len, target_len):
-  source = np.stack([encode_source(vocab, s, source_len) for s, _ in pairs])
+def _arrays(vocab, pairs, source_len, target_len, prompt=()):
+  source = np.stack([encode_source(vocab, s, source_len, prompt)
+                     for s, _ in pairs])
   target = np.stack([encode_target(vocab, t, target_len) for _, t in pairs])
   lengths = (target != PAD).sum(1).astype(np.int32)
   return {"source": source, "target": target, "target_lengths": lengths}
 
 
+DIRECTIONS = ("g2p", "p2g")
+TAGS = {"g2p": "<g2p>", "p2g": "<p2g>"}
+
+
 def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
         max_train_words: Optional[int] = None, max_eval_words: Optional[int] = None,
-        path: Optional[str] = None) -> Task:
-  """Letters -> phonemes on CMUdict (split cmudict-hash-v1).
+        path: Optional[str] = None, directions: Sequence[str] = ("g2p",),
+        tags: bool = False, prompt_len: int = 0) -> Task:
+  """Letters -> phonemes (and/or phonemes -> letters) on CMUdict.
 
-  Every training pronunciation is an example. Words whose letters or
-  phonemes exceed the lengths are dropped from training and counted; in
-  evaluation they stay (truncated source) and are scored against the full
-  references, so the reported PER/WER cover every word of the split.
+  Split cmudict-hash-v1. Every training pronunciation is an example. Words
+  whose letters or phonemes exceed the lengths are dropped from training and
+  counted; in evaluation they stay (truncated source) and are scored against
+  the full references, so the reported PER/WER cover every word of the split.
+
+  directions: "g2p" and/or "p2g". p2g sources are pronunciations (one item per
+    distinct pronunciation of the split; references = every split word with
+    it). Eval sets: "dev"/"test" for the first direction, "dev_p2g" etc. for
+    the others.
+  tags: add the task tags `<g2p>`/`<p2g>` to the vocab and put the
+    direction's tag in the prompt slot(s) after BOS (multi-task training).
+  prompt_len: number of prompt slots after BOS (default 1 with tags, else 0);
+    slots hold the direction's tag (or UNK without tags); soft prompts
+    overwrite their embeddings, discrete prompts their ids.
   """
+  directions = tuple(directions)
+  if not directions or any(d not in DIRECTIONS for d in directions):
+    raise ValueError(f"data.directions must be a non-empty subset of "
+                     f"{DIRECTIONS}, got {directions}.")
+  prompt_len = max(int(prompt_len), 1 if tags else 0)
   lexicon, skipped = cmudict.load(stress=stress, path=path)
   report = collections.Counter({f"cmudict_{k}": v for k, v in skipped.items()})
   letters = {c for w in lexicon["train"] for c in w}
   phones = {p for prons in lexicon["train"].values() for pr in prons for p in pr}
-  vocab = Vocab.build(sorted(letters) + sorted(phones))
-  pairs = []
-  for word in sorted(lexicon["train"])[:max_train_words]:
-    for pron in lexicon["train"][word]:
-      if len(word) + 2 > source_len or len(pron) + 1 > target_len:
-        report["train_too_long"] += 1
-        continue
-      pairs.append((list(word), list(pron)))
-  eval_sets, eval_targets = {}, {}
-  for split in ("dev", "test"):
-    words = sorted(lexicon[split])[:max_eval_words]
-    too_long = sum(len(w) + 2 > source_len for w in words)
-    if too_long:
-      report[f"{split}_source_truncated"] = too_long
-    eval_sets[split] = EvalSet(
-        keys=words,
-        source=np.stack([encode_source(vocab, list(w), source_len)
-                         for w in words]),
-        references=[lexicon[split][w] for w in words])
-    eval_targets[split] = _arrays(
-        vocab, [(list(w), list(lexicon[split][w][0])) for w in words],
-        source_len, target_len)
+  vocab = Vocab.build(sorted(letters) + sorted(phones) +
+                      (sorted(TAGS.values()) if tags else []))
+  pairs, eval_sets, eval_targets = [], {}, {}
+  slots = lambda d: [vocab.index[TAGS[d]] if tags else UNK] * prompt_len
+  for d in directions:
+    for word in sorted(lexicon["train"])[:max_train_words]:
+      for pron in lexicon["train"][word]:
+        src, tgt = (list(word), list(pron)) if d == "g2p" else (
+            list(pron), list(word))
+        if len(src) + 2 + prompt_len > source_len or len(tgt) + 1 > target_len:
+          report[f"train_too_long_{d}"] += 1
+          continue
+        pairs.append((src, tgt, d))
+    for split in ("dev", "test"):
+      name = split if d == directions[0] else f"{split}_{d}"
+      words = sorted(lexicon[split])[:max_eval_words]
+      if d == "g2p":
+        items = [(list(w), lexicon[split][w]) for w in words]
+      else:
+        by_pron = collections.defaultdict(list)
+        for w in words:
+          for pron in lexicon[split][w]:
+            by_pron[pron].append(tuple(w))
+        items = [(list(p), sorted(ws)) for p, ws in sorted(by_pron.items())]
+      too_long = sum(len(s) + 2 + prompt_len > source_len for s, _ in items)
+      if too_long:
+        report[f"{name}_source_truncated"] = too_long
+      eval_sets[name] = EvalSet(
+          keys=[" ".join(s) if d == "p2g" else "".join(s) for s, _ in items],
+          source=np.stack([encode_source(vocab, s, source_len, slots(d))
+                           for s, _ in items]),
+          references=[list(refs) for _, refs in items])
+      eval_targets[name] = _arrays(vocab, [(s, list(refs[0])) for s, refs in items],
+                                   source_len, target_len, slots(d))
   unknown = sum(c not in letters for s in ("dev", "test")
                 for w in lexicon[s] for c in w)
   if unknown:
     report["eval_unknown_letters"] = unknown
-  train = _arrays(vocab, pairs, source_len, target_len)
-  return Task("g2p", vocab, source_len, target_len, train, eval_sets,
+  parts = [_arrays(vocab, [(s, t) for s, t, dd in pairs if dd == d],
+                   source_len, target_len, slots(d)) for d in directions]
+  train = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  name = "g2p" if directions == ("g2p",) else "+".join(directions)
+  return Task(name, vocab, source_len, target_len, train, eval_sets,
               eval_targets, dict(report))
 
 
@@ -171,8 +210,13 @@ def build(config) -> Task:
   """The task named by `config.task` (ConfigDict with a `data` section)."""
   d = config.data
   if config.task == "g2p":
+    directions = d.get("directions") or "g2p"
+    if isinstance(directions, str):
+      directions = tuple(x.strip() for x in directions.split(","))
     return g2p(d.source_len, d.target_len, d.stress,
-               d.get("max_train_words") or None, d.get("max_eval_words") or None)
+               d.get("max_train_words") or None, d.get("max_eval_words") or None,
+               directions=directions, tags=bool(d.get("tags", False)),
+               prompt_len=int(d.get("prompt_len", 0)))
   if config.task == "charlm":
     return charlm(tuple(d.get("paths") or ()), d.context, d.continuation,
                   d.stride, d.get("max_eval_items") or None)

@@ -1,0 +1,328 @@
+"""Ahead-of-time compilation for TPU topologies, on any machine (no TPU).
+
+With `libtpu` installed (`pip install -e ".[tpu-aot]"`),
+`jax.experimental.topologies` describes the devices of a TPU slice that is
+not there; a mesh over them, shape-only inputs (`ShapeDtypeStruct` with
+shardings) and `jit(...).lower(...).compile()` give the per-chip program
+XLA would run, with its memory and cost analysis and nothing allocated.
+
+  ir-jax compile --config tpu_configs/v5p_64.py [--topology v5p:4x4x4]
+
+reports, per chip: HBM (arguments, outputs, temporaries) against the chip's
+HBM, FLOPs per step, and the step time and tokens/s at 40% and 60% of the
+chip's peak bf16 FLOP/s, for the train step and the sampling loop with
+in-loop rewards; it fails, naming the largest buffers, when either does not
+fit.
+
+FLOPs: XLA's cost analysis counts a while-loop body once, whatever its trip
+count, so for a model under `nn.scan` it undercounts by ~the depth. The
+train-step FLOPs are therefore measured on the same step compiled with 1 and
+2 unrolled layers, f(L) = f(1) + (L - 1) (f(2) - f(1)), which is exact for a
+step linear in depth (tested against an unrolled compile). Memory comes from
+the real, full-depth compile.
+"""
+
+import copy
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: int
+  peak_bf16_flops: float   # Per chip, dense, from the Cloud TPU spec pages.
+  megacore: bool = False   # Two TensorCores presented as one JAX device.
+
+
+CHIPS = {
+    "v4": Chip("TPU v4", 32 * GiB, 275e12, megacore=True),
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, megacore=True),
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12),
+}
+_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
+
+MFU_POINTS = (0.4, 0.6)
+
+
+def chip_of(topology: str) -> Chip:
+  """The chip of a topology string such as "v5p:4x4x4"."""
+  gen = topology.split(":", 1)[0].strip().lower()
+  gen = _ALIASES.get(gen, gen)
+  if gen not in CHIPS:
+    raise ValueError(f"Unknown TPU generation in topology {topology!r}; "
+                     f"known: {', '.join(CHIPS)} (e.g. 'v5p:2x4x4').")
+  return CHIPS[gen]
+
+
+def _quiet_libtpu(topology: str) -> None:
+  """libtpu looks for a TPU VM's metadata server and lockfile unless told
+  it is compiling only; these defaults never override a user's settings."""
+  gen = _ALIASES.get(topology.split(":")[0], topology.split(":")[0])
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{gen}-8")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def libtpu_available() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def topology_devices(topology: str) -> List[Any]:
+  """Devices of a (virtual) TPU slice, e.g. 64 for "v5p:4x4x4"."""
+  chip = chip_of(topology)
+  if not libtpu_available():
+    raise RuntimeError(
+        "AOT compilation for TPU needs libtpu: pip install -e '.[tpu-aot]' "
+        "(jax[tpu] at the pinned jax version).")
+  _quiet_libtpu(topology)
+  from jax.experimental import topologies
+  try:
+    return list(topologies.get_topology_desc(
+        topology_name=topology, platform="tpu",
+        chip_config_name="megacore" if chip.megacore else "default").devices)
+  except Exception as e:  # libtpu's message names the bad part.
+    raise ValueError(f"Topology {topology!r} could not be resolved by "
+                     f"libtpu: {e}") from e
+
+
+# --------------------------------------------------------------- analysis
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2,
+                "f16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
+                "f64": 8, "c64": 8}
+_HLO_VALUE = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]")
+
+
+def largest_buffers(hlo_text: str, k: int = 5) -> List[Tuple[int, str, str]]:
+  """The k largest array values of an optimized HLO module (per chip):
+  [(bytes, instruction name, "dtype[dims]")], largest first."""
+  seen = {}
+  for line in hlo_text.splitlines():
+    m = _HLO_VALUE.match(line)
+    if not m or m.group(2) not in _DTYPE_BYTES:
+      continue
+    name, dtype, dims = m.groups()
+    size = math.prod(int(d) for d in dims.split(",") if d) * _DTYPE_BYTES[dtype]
+    seen[name] = (size, name, f"{dtype}[{dims}]")
+  return sorted(seen.values(), reverse=True)[:k]
+
+
+def memory_report(compiled, hbm_bytes: int) -> Dict[str, Any]:
+  """Per-chip bytes of a compiled program against the chip's HBM."""
+  mem = compiled.memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
+           mem.alias_size_in_bytes + mem.temp_size_in_bytes +
+           mem.generated_code_size_in_bytes)
+  return {"argument_bytes": int(mem.argument_size_in_bytes),
+          "output_bytes": int(mem.output_size_in_bytes),
+          "alias_bytes": int(mem.alias_size_in_bytes),
+          "temp_bytes": int(mem.temp_size_in_bytes),
+          "code_bytes": int(mem.generated_code_size_in_bytes),
+          "total_bytes": int(total), "hbm_bytes": int(hbm_bytes),
+          "fits": bool(total <= hbm_bytes)}
+
+
+def compile_or_oom(lowered, hbm_bytes: int):
+  """(compiled or None, memory report). The TPU compiler refuses a program
+  that cannot fit (RESOURCE_EXHAUSTED); the report then carries its message
+  and the largest values of the lowered program (global shapes, before
+  partitioning: the per-chip program was never built)."""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # jax.errors.JaxRuntimeError
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return None, {"fits": False, "hbm_bytes": int(hbm_bytes),
+                  "compiler_error": str(e).strip(),
+                  "largest_buffers_global": largest_buffers(
+                      lowered.as_text(dialect="hlo"))}
+  return compiled, memory_report(compiled, hbm_bytes)
+
+
+def compiled_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
+    cost = cost[0]
+  return float(cost.get("flops", 0.0))
+
+
+def throughput(flops_per_chip: float, tokens_per_step: int, chip: Chip
+               ) -> Dict[str, float]:
+  """Step time and global tokens/s implied at each MFU point."""
+  out = {}
+  for mfu in MFU_POINTS:
+    seconds = flops_per_chip / (mfu * chip.peak_bf16_flops)
+    out[f"step_s_at_{int(mfu * 100)}"] = seconds
+    out[f"tokens_per_s_at_{int(mfu * 100)}"] = (
+        tokens_per_step / seconds if seconds else float("inf"))
+  return out
+
+
+# --------------------------------------------------------------- programs
+
+
+def _lower_step(config, devices):
+  """(lowered train step, abstract state, shardings, task, model, mesh)."""
+  import flax.linen as nn
+  import jax
+  from ir_jax import train
+  task, model, tx, mesh, rules = train._setup(config, devices)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = train.state_shardings(config, model, tx, task, mesh)
+    lowered = train.lower_train_step(config, model, tx, task, mesh, abstract,
+                                     shardings)
+  return lowered, abstract, shardings, task, model, mesh, rules
+
+
+def step_flops(config, devices, compiled=None) -> Tuple[float, str]:
+  """(per-chip FLOPs of one train step, how they were counted).
+
+  Transformer: exact under nn.scan, from 1- and 2-layer unrolled compiles
+  (module doc). Other models: XLA's count of `compiled`, whose recurrent
+  loops (an LSTM's scan over time) are counted once: a lower bound.
+  """
+  if config.model.kind != "transformer":
+    compiled = compiled or _lower_step(config, devices)[0].compile()
+    return compiled_flops(compiled), "xla (loop bodies counted once)"
+  f = []
+  for layers in (1, 2):
+    c = copy.deepcopy(config)
+    c.model.num_layers = layers
+    c.model.scan_layers = False
+    f.append(compiled_flops(_lower_step(c, devices)[0].compile()))
+  return f[0] + (config.model.num_layers - 1) * (f[1] - f[0]), (
+      "xla, 1- and 2-layer unrolled compiles extrapolated to depth")
+
+
+def sampling_batch(config) -> Tuple[int, int]:
+  """(prompts, samples per prompt) of the RL sampling loop: every prompt of
+  the global batch, `rl.num_samples` each."""
+  return int(config.batch_size), max(1, int(config.rl.num_samples))
+
+
+def lower_sampling(config, model, task, mesh, rules, param_shardings,
+                   abstract_params):
+  """`decode.sample_with_rewards` at the config's sampling batch, lowered."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from ir_jax import decode, parallel
+  prompts, k = sampling_batch(config)
+  sharding = parallel.batch_sharding(mesh)
+  spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+  params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_params, param_shardings)
+  rl = config.rl
+
+  def sample(params, source, target, lengths, rng):
+    return decode.sample_with_rewards(
+        model, {"params": params}, source, target, lengths, rng,
+        max_len=task.target_len, num_samples=k,
+        temperature=float(rl.temperature) or 1.0, top_k=int(rl.top_k),
+        top_p=float(rl.top_p))
+
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32,
+                             sharding=parallel.replicated(mesh))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return jax.jit(sample).lower(
+        params, spec((prompts, task.source_len)),
+        spec((prompts, task.target_len)), spec((prompts,)), rng)
+
+
+def compile_config(config, topology: str = "", print_fn: Callable = print,
+                   sampling: bool = True, flops: bool = True) -> Dict[str, Any]:
+  """AOT-compiles a config's train step (and sampling loop) for a topology.
+
+  Returns a JSON-able report; `report["fits"]` is False when either program
+  needs more HBM per chip than the chip has. `flops=False` skips the two
+  extra compiles that count FLOPs (then no throughput is reported).
+  """
+  import jax
+  topology = topology or config.get("topology", "")
+  if not topology:
+    raise ValueError("No topology: pass --topology (e.g. v5p:2x4x4) or set "
+                     "config.topology.")
+  chip = chip_of(topology)
+  devices = topology_devices(topology)
+  if config.get("chips") and int(config.chips) != len(devices):
+    raise ValueError(f"config.chips={config.chips} but topology {topology} "
+                     f"has {len(devices)} chips.")
+  lowered, abstract, shardings, task, model, mesh, rules = _lower_step(
+      config, devices)
+  compiled, train_mem = compile_or_oom(lowered, chip.hbm_bytes)
+  tokens = config.batch_size * (task.source_len + task.target_len - 1)
+  params = sum(l.size for l in jax.tree.leaves(abstract.params))
+  report = {"topology": topology, "chip": chip.name, "chips": len(devices),
+            "mesh": dict(mesh.shape), "params": int(params),
+            "global_batch": int(config.batch_size), "tokens_per_step": tokens,
+            "train": dict(train_mem, model_flops_per_chip=(
+                6 * params * tokens / len(devices)))}
+  if compiled is None:  # Does not fit: nothing else is worth compiling.
+    report["fits"] = False
+    _print_report(report, print_fn)
+    return report
+  if flops:
+    count, counted = step_flops(config, devices, compiled)
+    report["train"].update(flops_per_chip=count, flops_counted=counted,
+                           **throughput(count, tokens, chip))
+  if not train_mem["fits"]:
+    report["train"]["largest_buffers"] = largest_buffers(compiled.as_text())
+  if sampling:
+    sampled, sample_mem = compile_or_oom(
+        lower_sampling(config, model, task, mesh, rules, shardings.params,
+                       abstract.params), chip.hbm_bytes)
+    prompts, k = sampling_batch(config)
+    report["sampling"] = dict(sample_mem, prompts=prompts, samples=k,
+                              sampled_tokens=prompts * k * task.target_len)
+    if sampled is not None and not sample_mem["fits"]:
+      report["sampling"]["largest_buffers"] = largest_buffers(sampled.as_text())
+  report["fits"] = bool(train_mem["fits"] and
+                        (not sampling or report["sampling"]["fits"]))
+  _print_report(report, print_fn)
+  return report
+
+
+def _print_report(r, print_fn):
+  gib = lambda b: f"{b / GiB:7.2f} GiB"
+  print_fn(f"{r['topology']}: {r['chips']} x {r['chip']}, mesh {r['mesh']}, "
+           f"{r['params']:,} params, global batch {r['global_batch']} "
+           f"({r['tokens_per_step']:,} tokens/step)")
+  programs = [("train step", r["train"])]
+  if "sampling" in r:
+    s = r["sampling"]
+    programs.append((f"sampling {s['prompts']}x{s['samples']}", s))
+  for name, p in programs:
+    if "compiler_error" in p:
+      print_fn(f"  {name}: DOES NOT FIT in {gib(p['hbm_bytes'])} HBM per chip; "
+               f"the TPU compiler says: {p['compiler_error']}\n"
+               "  largest values of the program (global shapes):")
+      for size, inst, shape in p["largest_buffers_global"]:
+        print_fn(f"    {gib(size)}  {shape}  {inst}")
+      continue
+    print_fn(f"  {name} per chip: arguments {gib(p['argument_bytes'])}, "
+             f"outputs {gib(p['output_bytes'])} (aliased "
+             f"{gib(p['alias_bytes'])}), temp {gib(p['temp_bytes'])} -> "
+             f"total {gib(p['total_bytes'])} of {gib(p['hbm_bytes'])} HBM "
+             f"({100 * p['total_bytes'] / p['hbm_bytes']:.0f}%) "
+             f"{'fits' if p['fits'] else 'DOES NOT FIT'}")
+    for size, inst, shape in p.get("largest_buffers", ()):
+      print_fn(f"    {gib(size)}  {shape}  {inst}")
+  t = r["train"]
+  if "flops_per_chip" not in t:
+    return
+  print_fn(f"  train step: {t['flops_per_chip'] / 1e12:.2f} TFLOP per chip "
+           f"(6 N T model FLOPs {t['model_flops_per_chip'] / 1e12:.2f}); "
+           + "; ".join(f"at {int(m * 100)}% MFU {t[f'step_s_at_{int(m * 100)}'] * 1e3:.1f}"
+                       f" ms/step, {t[f'tokens_per_s_at_{int(m * 100)}']:,.0f} tokens/s"
+                       for m in MFU_POINTS))

@@ -1,0 +1,108 @@
+"""Ahead-of-time compilation for TPU topologies (ir_jax.aot, `ir-jax compile`).
+
+The pod configs are compiled for their real topologies with libtpu on this
+CPU (the `tpu-aot` extra, installed by .ci/run); without libtpu those tests
+skip and say why. FLOP counting is checked on the CPU backend.
+"""
+
+import copy
+import glob
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from ir_jax import aot
+from ir_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POD_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(
+    os.path.join(ROOT, "tpu_configs", "*.py")) if "/_" not in p)
+needs_libtpu = pytest.mark.skipif(
+    not aot.libtpu_available(),
+    reason="libtpu not installed: pip install -e '.[tpu-aot]' (the .ci/run "
+           "command installs it)")
+
+
+def test_every_pod_config_names_its_topology():
+  assert POD_CONFIGS, "no tpu_configs found"
+  for name in POD_CONFIGS:
+    c = config_lib.load(os.path.join(ROOT, "tpu_configs", name))
+    chip = aot.chip_of(c.topology)
+    dims = [int(d) for d in c.topology.split(":")[1].split("x")]
+    assert c.chips == int(__import__("math").prod(dims)), name
+    assert chip.hbm_bytes > 0
+
+
+@needs_libtpu
+@pytest.mark.slow
+@pytest.mark.parametrize("name", POD_CONFIGS)
+def test_pod_config_compiles_for_its_topology_and_fits(name):
+  c = config_lib.load(os.path.join(ROOT, "tpu_configs", name))
+  report = aot.compile_config(c, flops=False, print_fn=lambda *_: None)
+  assert report["chips"] == c.chips
+  assert report["fits"], report
+  train = report["train"]
+  assert 0 < train["total_bytes"] <= train["hbm_bytes"]
+  # Params + Adam moments (f32) sharded over the mesh are a lower bound.
+  assert train["argument_bytes"] >= 12 * report["params"] / c.chips * 0.9
+  assert report["sampling"]["prompts"] == c.batch_size
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_compile_cli_fails_and_names_buffers_when_it_does_not_fit(tmp_path):
+  out = tmp_path / "r.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "ir_jax.cli", "compile", "--config",
+       os.path.join(ROOT, "experiments", "g2p.py") + ":tiny",
+       "--topology", "v5e:2x2", "--no-sampling", "--json", str(out),
+       "--config.batch_size=4194304", "--config.mesh.data=-1"],
+      capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "DOES NOT FIT" in proc.stdout
+  assert "does not fit in HBM" in proc.stderr
+  import json
+  report = json.loads(out.read_text())
+  assert not report["fits"]
+  assert "RESOURCE_EXHAUSTED" in report["train"]["compiler_error"]
+  sizes = [b[0] for b in report["train"]["largest_buffers_global"]]
+  assert sizes and sizes == sorted(sizes, reverse=True)
+  assert sizes[0] > 2 ** 30
+  assert "[4194304," in report["train"]["largest_buffers_global"][0][2]
+
+
+def test_unknown_topology_and_chip_mismatch_are_clear():
+  with pytest.raises(ValueError, match="Unknown TPU generation"):
+    aot.chip_of("v9z:2x2")
+  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py") + ":tiny")
+  with pytest.raises(ValueError, match="No topology"):
+    aot.compile_config(c)
+
+
+def test_flops_extrapolated_from_one_and_two_layers_equal_unrolled():
+  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py") + ":tiny")
+  c.model.update(num_layers=3, scan_layers=True)
+  devices = jax.devices()[:1]
+  c.mesh.data = 1
+  extrapolated, how = aot.step_flops(c, devices)
+  assert "extrapolated" in how
+  unrolled = copy.deepcopy(c)
+  unrolled.model.scan_layers = False
+  direct = aot.compiled_flops(aot._lower_step(unrolled, devices)[0].compile())
+  scanned = aot.compiled_flops(aot._lower_step(c, devices)[0].compile())
+  assert extrapolated == pytest.approx(direct, rel=1e-3)
+  assert scanned < 0.8 * direct  # Why the extrapolation exists.
+
+
+def test_throughput_and_largest_buffers():
+  chip = aot.chip_of("v5p:2x2x1")
+  t = aot.throughput(chip.peak_bf16_flops * 0.4, 1000, chip)
+  assert t["step_s_at_40"] == pytest.approx(1.0)
+  assert t["tokens_per_s_at_60"] == pytest.approx(1500.0)
+  hlo = ("  %a = f32[1024,1024]{1,0} fusion(...)\n"
+         "  ROOT %b = bf16[8]{0} add(...)\n  %c = (f32[2], s32[]) tuple()\n")
+  assert aot.largest_buffers(hlo) == [(4 * 2 ** 20, "a", "f32[1024,1024]"),
+                                      (16, "b", "bf16[8]")]
