@@ -262,20 +262,42 @@ def _backward_rows(probs, n, m, num_target):
   return g.transpose(2, 0, 1), acc_ins, acc_del + e0.sum(0)
 
 
+def target_platform() -> str:
+  """The platform being compiled for: the devices of the mesh in context
+  (`jax.set_mesh`, also inside jit and shard_map; an AOT compile for a TPU
+  topology from a CPU host says "tpu"), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = getattr(mesh, "abstract_device", None)
+  if not mesh.empty and device is not None:
+    return device.platform
+  return jax.default_backend()
+
+
+def _pallas_interpret():
+  """Interpret mode off the accelerators (CPU): Pallas runs the kernel body
+  as JAX ops, so tests exercise the exact kernel code here."""
+  return target_platform() not in ("tpu", "gpu")
+
+
 def _forward_pallas(costs, n, m, gamma, ins, dele):
-  """The `diagonals` forward as a Pallas kernel (interpret mode on CPU)."""
+  """The wavefront as a Pallas kernel (ir_jax.kernels.soft_edit_distance);
+  probabilities stay in the kernel's padded skewed layout."""
   from ir_jax.kernels import soft_edit_distance as kernels
-  num_diag = costs.shape[1] + costs.shape[2] + 1
-  skewed = _skew(jnp.pad(costs, ((0, 0), (1, 0), (1, 0))), num_diag)
+  _, num_pred, num_target = costs.shape
+  rows = kernels.padded_rows(num_pred)
+  grid = jnp.pad(costs, ((0, 0), (1, rows - 1 - num_pred), (1, 0)))
+  skewed = _skew(grid, rows + num_target)
   return kernels.forward(skewed, n, m, gamma, ins, dele,
-                         interpret=jax.default_backend() == "cpu")
+                         interpret=_pallas_interpret())
 
 
 def _backward_pallas(probs, n, m, num_target):
   from ir_jax.kernels import soft_edit_distance as kernels
-  flows, g_ins, g_del = kernels.backward(
-      probs, n, m, interpret=jax.default_backend() == "cpu")
-  return _unskew(flows, num_target + 1)[:, 1:, 1:], g_ins, g_del
+  flows, g_ins, g_del = kernels.backward(probs, n, m,
+                                         interpret=_pallas_interpret())
+  # [B, R, M + 1]: row/col 0 and the padded rows carry no flow; the caller
+  # keeps [:, 1:N + 1, 1:].
+  return _unskew(flows, num_target + 1), g_ins, g_del
 
 
 _LAYOUTS = {"diagonals": (_forward, _backward),
@@ -287,14 +309,17 @@ def _resolve_layout(layout, implementation="auto"):
   if implementation not in ("auto", "xla", "pallas"):
     raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
                      f"got {implementation!r}.")
-  if implementation == "pallas":
+  platform = target_platform()
+  # "auto": the Pallas kernel on TPU (it lowers with Mosaic for v5e, v5p and
+  # v6e: tests/test_kernels.py compiles it AOT). On GPU it stays on XLA:
+  # the kernel is written for Mosaic TPU and has not been lowered for GPU.
+  if implementation == "pallas" or (implementation == "auto" and
+                                    platform == "tpu" and layout == "auto"):
     return "pallas"
-  # "auto" stays on XLA until the Pallas kernels are validated on a TPU/GPU
-  # (they are tested in interpret mode only; see ir_jax/kernels).
   if layout == "auto":
     # Measured in benchmarks/rewards.py: on CPU the batch-vectorized row
     # order wins; accelerators need the wavefront's per-step parallelism.
-    return "rows" if jax.default_backend() == "cpu" else "diagonals"
+    return "rows" if platform == "cpu" else "diagonals"
   if layout not in ("rows", "diagonals"):
     raise ValueError(f"`layout` must be 'auto', 'rows' or 'diagonals', "
                      f"got {layout!r}.")
@@ -314,6 +339,8 @@ def _soft_ed_fwd(costs, n, m, gamma, ins, dele, layout):
 def _soft_ed_bwd(layout, res, g):
   probs, costs, n, m, gamma, ins, dele, value = res
   g_costs, g_ins, g_del = _LAYOUTS[layout][1](probs, n, m, costs.shape[-1])
+  if layout == "pallas":  # Padded grid [B, R, M + 1] -> [B, N, M].
+    g_costs = g_costs[:, 1:costs.shape[1] + 1, 1:]
   inner = (jnp.sum(g_costs * costs, axis=(1, 2)) + ins * g_ins +
            dele * g_del)
   g_gamma = (value - inner) / gamma
