@@ -5,7 +5,7 @@
   ir-jax compile --config tpu_configs/v5p_64.py [--topology v5p:2x4x4]
       [--json FILE] [--no-sampling] [--config.x=v]
   ir-jax eval --workdir DIR [--split dev|test]
-  ir-jax generate --workdir DIR [WORD ...] [--input FILE]
+  ir-jax generate --workdir DIR [WORD ...] [--input FILE] [--prompt P]
   ir-jax plot --workdir DIR
 
 Results go to stdout; logs and progress bars to stderr.
@@ -95,7 +95,15 @@ def _generate(args) -> int:
     print("No input: pass WORDs or --input FILE.", file=sys.stderr)
     return 2
   config, task, model, params = train.load_run(args.workdir)
-  items = [list(w.lower()) if config.task == "g2p" else list(w) for w in words]
+  direction = str(config.data.get("directions", "g2p")).split(",")[0]
+  if args.prompt:
+    model, params, task, direction = _with_prompt(args.prompt, config, task,
+                                                  model, params, direction)
+  if config.task != "g2p":
+    items = [list(w) for w in words]
+  else:
+    items = [w.split() if direction == "p2g" else list(w.lower())
+             for w in words]
   unknown = sorted({c for it in items for c in it} - set(task.vocab.symbols))
   if unknown:
     print(f"Warning: symbols unseen in training map to <unk>: {unknown}",
@@ -103,10 +111,38 @@ def _generate(args) -> int:
   source = task.encode_sources(items)
   outputs = evaluate.generate_symbols(model, {"params": params}, task, source,
                                       min(config.eval_batch_size, 1024))
-  sep = " " if config.task == "g2p" else ""
+  sep = "" if config.task != "g2p" or direction == "p2g" else " "
   for word, out in zip(words, outputs):
     print(f"{word}\t{sep.join(out)}")
   return 0
+
+
+def _with_prompt(spec, config, task, model, params, direction):
+  """(model, params, task, direction) using a prompt: a directory saved by a
+  soft-prompt or search run (checked against this model), or symbols
+  ("<p2g>", "a UW W v") written into the slots after BOS."""
+  import dataclasses
+  from ir_jax import prompts
+  from ir_jax.data.vocab import UNK
+  if os.path.isdir(spec):
+    loaded = prompts.load_prompt(spec, params)
+    direction = str(loaded["data"].get("directions", direction)).split(",")[0]
+    if loaded["kind"] == "soft":
+      model = model.clone(prompt_length=int(loaded["length"]))
+      params = dict(params, prompt=loaded["value"])
+      ids = [UNK] * int(loaded["length"])
+    else:
+      ids = [int(i) for i in loaded["value"]]
+  else:
+    index = task.vocab.index
+    missing = [s for s in spec.split() if s not in index]
+    if missing:
+      raise ValueError(f"--prompt symbols not in the vocabulary: {missing}")
+    ids = [index[s] for s in spec.split()]
+  task = dataclasses.replace(
+      task, prompt=tuple(ids),
+      source_len=task.source_len + max(0, len(ids) - len(task.prompt)))
+  return model, params, task, direction
 
 
 def _plot(args) -> int:
@@ -147,6 +183,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("words", nargs="*")
   p.add_argument("--input", help="a file with one word per line")
+  p.add_argument("--prompt", help="a tuned prompt (the workdir of a "
+                 "prompt.mode=soft|search run, or its prompt/ directory) or "
+                 "prompt symbols such as '<p2g>'")
   p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
   p.add_argument("--workdir", required=True)
   args, rest = parser.parse_known_args(argv)

@@ -118,3 +118,21 @@ def save(config: ml_collections.ConfigDict, path: str) -> None:
 def from_json(path: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def with_defaults(config: ml_collections.ConfigDict,
+                  defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the fields it lacks taken from `defaults` (recursively);
+  configs saved by older versions gain the sections added since. The model
+  section is per kind, so it is kept as saved."""
+  merged = ml_collections.ConfigDict(defaults.to_dict())
+  def fill(dst, src):
+    for k, v in src.items():
+      if isinstance(v, ml_collections.ConfigDict) and k in dst and \
+          isinstance(dst[k], ml_collections.ConfigDict) and k != "model":
+        fill(dst[k], v)
+      else:
+        dst[k] = v
+  with merged.unlocked():
+    fill(merged, config)
+  return merged

@@ -71,9 +71,15 @@ def rules_from_config(config) -> Tuple:
 
 
 def logical_to_shardings(boxed_tree, mesh, rules):
-  """NamedShardings for a pytree of (possibly) `nn.LogicallyPartitioned`."""
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  """NamedShardings for a pytree of (possibly) `nn.LogicallyPartitioned`
+  leaves (unboxed leaves are replicated). Leafless nodes, such as optax's
+  MaskedNode for params a `multi_transform` freezes, stay as they are."""
+  boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)
+  def sharding(leaf):
+    spec = (nn.logical_to_mesh_axes(leaf.names, rules) if boxed(leaf)
+            else P())
+    return NamedSharding(mesh, spec)
+  return jax.tree.map(sharding, boxed_tree, is_leaf=boxed)
 
 
 def check_divisible(abstract_tree, shardings) -> None:

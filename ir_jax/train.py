@@ -74,6 +74,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl = ml_collections.ConfigDict(dict(
       mode="", num_samples=4, temperature=1.0, top_k=0, top_p=1.0,
       baseline="group", kl_weight=0.0))
+  # Prompt optimisation on a frozen model (--config.init_from=WORKDIR,
+  # ir_jax.prompts): mode "" (off), "soft" (P learned embeddings in the
+  # data.prompt_len slots, trained with any objective above) or "search"
+  # (a discrete prompt of P tokens by evolution or greedy replacement).
+  c.prompt = ml_collections.ConfigDict(dict(
+      mode="", length=4, init="random",       # soft: random | tag | vocab
+      strategy="evolve", population=32, rounds=20, elite=8,
+      mutation_rate=0.25, score_words=256))   # search
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical param axis -> mesh axes (MaxText style), see ir_jax.parallel.
   c.logical_rules = parallel.DEFAULT_RULES
@@ -90,6 +98,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "checkpoint_every"):
     if int(config[name]) <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}.")
+  p = config.prompt
+  if p.mode not in ("", "soft", "search"):
+    raise ValueError(f"prompt.mode must be '', 'soft' or 'search', got "
+                     f"{p.mode!r}.")
+  if p.mode:
+    if not config.init_from:
+      raise ValueError(f"prompt.mode={p.mode!r} tunes a prompt for a frozen "
+                       "model: set --config.init_from=WORKDIR.")
+    if int(config.data.get("prompt_len", 0)) != int(p.length):
+      raise ValueError(f"data.prompt_len={config.data.get('prompt_len')} must "
+                       f"equal prompt.length={p.length} (the slots the prompt "
+                       "fills).")
+  if p.mode == "soft" and p.init not in ("random", "tag", "vocab"):
+    raise ValueError(f"prompt.init must be 'random', 'tag' or 'vocab', got "
+                     f"{p.init!r}.")
 
 
 @flax.struct.dataclass
@@ -107,8 +130,11 @@ class TrainState:
 def make_model(config, task):
   multiple = max(1, int(config.get("vocab_multiple", 1)))
   vocab = -(-task.vocab.size // multiple) * multiple
+  model_config = dict(config.model)
+  if config.get("prompt") and config.prompt.mode == "soft":
+    model_config["prompt_length"] = int(config.prompt.length)
   try:
-    return models.build(config.model, vocab)
+    return models.build(model_config, vocab)
   except TypeError as e:
     raise ValueError(f"config.model has a field the {config.model.kind} "
                      f"model does not take: {e}") from None
@@ -119,8 +145,16 @@ def make_optimizer(config) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, o.learning_rate, max(1, min(o.warmup_steps, config.total_steps - 1)),
       config.total_steps, end_value=o.learning_rate * 0.01)
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.adamw(schedule, b2=o.b2, weight_decay=o.weight_decay))
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                   optax.adamw(schedule, b2=o.b2, weight_decay=o.weight_decay))
+  if config.get("prompt") and config.prompt.mode == "soft":
+    # Only the prompt has optimizer state; the frozen model gets none.
+    # A prefix of the params tree: one label per top-level entry.
+    labels = lambda params: {k: "prompt" if k == "prompt" else "frozen"
+                             for k in params}
+    tx = optax.multi_transform({"prompt": tx, "frozen": optax.set_to_zero()},
+                               labels)
+  return tx
 
 
 def model_inputs(batch) -> Tuple[jax.Array, jax.Array]:
@@ -279,18 +313,32 @@ def make_train_step(config, model, tx):
     return loss, metrics
 
   loss_fn = rl_loss_fn if rl.mode else fused_loss_fn
+  soft_prompt = config.prompt.mode == "soft"
+
+  def value_and_grad(params, *args):
+    if not soft_prompt:
+      return jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+    # Differentiate w.r.t. the prompt alone: no weight gradients computed.
+    out, g = jax.value_and_grad(
+        lambda prompt: loss_fn(dict(params, prompt=prompt), *args),
+        has_aux=True)(params["prompt"])
+    grads = {k: g if k == "prompt" else jax.tree.map(jnp.zeros_like, v)
+             for k, v in params.items()}
+    return out, grads
 
   def train_step(state: TrainState, batch, ref_params=None
                  ) -> Tuple[TrainState, Dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     if not rl.mode and not use_dropout:
       rng = None
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state, batch, rng, ref_params)
+    (loss, metrics), grads = value_and_grad(state.params, state, batch, rng,
+                                            ref_params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if soft_prompt:  # Frozen params bit-identical (no -0.0 + 0.0 = +0.0).
+      params = dict(state.params, prompt=params["prompt"])
     # A non-finite step leaves params and optimizer untouched (skipped).
     keep = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(finite, a, b), new, old)
@@ -402,7 +450,9 @@ def restore_params(workdir: str, target_params) -> Any:
 
 def load_run(workdir: str):
   """(config, task, model, params) of a trained workdir."""
-  config = config_lib.from_json(os.path.join(workdir, "config.json"))
+  config = config_lib.with_defaults(
+      config_lib.from_json(os.path.join(workdir, "config.json")),
+      default_config())
   task = tasks.build(config)
   model = make_model(config, task)
   tx = make_optimizer(config)
@@ -462,9 +512,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   On SIGTERM it saves a checkpoint, returns {"preempted_at": step} and the
   same command resumes.
   """
+  if config.prompt.mode == "search":  # No training: a search over tokens.
+    from ir_jax import prompts
+    return prompts.search_and_evaluate(config, workdir)
   task, model, tx, mesh, rules = _setup(config)
   os.makedirs(workdir, exist_ok=True)
   check_compatible(workdir, config, task)
+  soft_prompt = config.prompt.mode == "soft"
+  if soft_prompt:
+    from ir_jax import prompts
+    prompts.check_frozen(config.init_from, config, task)
   lead = jax.process_index() == 0
   if lead:
     config_lib.save(config, os.path.join(workdir, "config.json"))
@@ -481,8 +538,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     out_shardings=shardings)()
     ref_params = None
     if config.init_from:
-      loaded = jax.device_put(restore_params(config.init_from, state.params),
-                              shardings.params)
+      if soft_prompt:  # Frozen model + a fresh prompt.
+        frozen = restore_params(config.init_from, {
+            k: v for k, v in state.params.items() if k != "prompt"})
+        frozen["prompt"] = prompts.init_soft_prompt(
+            config, task, frozen["embed"]["embedding"])
+        loaded = jax.device_put(frozen, shardings.params)
+      else:
+        loaded = jax.device_put(restore_params(config.init_from, state.params),
+                                shardings.params)
       state = state.replace(
           params=loaded,
           opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(loaded),
@@ -568,6 +632,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       manager.wait_until_finished()
     results = _evaluate(model, state.params, task, config, writer, step,
                         tuple(task.eval_sets))
+    if soft_prompt and lead:
+      params = jax.device_get(state.params)
+      prompts.save_prompt(workdir, params["prompt"], {
+          "kind": "soft", "length": int(config.prompt.length),
+          "init": config.prompt.init, "fingerprint": prompts.fingerprint(params),
+          "frozen_from": os.path.abspath(config.init_from), "step": step,
+          "data": config.data.to_dict()})
     writer.close()
     manager.close()
   return results

@@ -41,9 +41,10 @@ class Task:
   eval_sets: Dict[str, EvalSet]
   eval_targets: Dict[str, Dict[str, np.ndarray]]  # Teacher-forced eval CE.
   report: Dict[str, int]                # Bad-data counts, never silent.
+  prompt: Tuple[int, ...] = ()          # Slot ids after BOS (task tag).
 
   def encode_sources(self, items: Sequence[Sequence[str]]) -> np.ndarray:
-    return np.stack([encode_source(self.vocab, s, self.source_len)
+    return np.stack([encode_source(self.vocab, s, self.source_len, self.prompt)
                      for s in items])
 
 
@@ -145,7 +146,7 @@ def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
   train = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   name = "g2p" if directions == ("g2p",) else "+".join(directions)
   return Task(name, vocab, source_len, target_len, train, eval_sets,
-              eval_targets, dict(report))
+              eval_targets, dict(report), tuple(slots(directions[0])))
 
 
 def default_corpus() -> str:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ir_jax.data.vocab import SEP
+from ir_jax.models import prompting
 
 Cache = Dict[str, jax.Array]
 
@@ -53,6 +54,7 @@ class LSTM(nn.Module):
   dropout: float = 0.0
   bidirectional_source: bool = False
   dtype: Any = jnp.float32
+  prompt_length: int = 0    # > 0: a learned soft prompt of this many slots.
 
   def init_cache(self, batch: int, slots: int = 0) -> Cache:
     """Zero carries, stacked over layers (`slots` is unused: O(1) state)."""
@@ -92,6 +94,7 @@ class LSTM(nn.Module):
     x = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
                  embedding_init=nn.with_logical_partitioning(
                      nn.initializers.normal(1.0), ("vocab", "embed")))(tokens)
+    x = prompting.with_prompt(self, x, tokens)
     x = nn.with_logical_constraint(x.astype(self.dtype),
                                    ("batch", "length", "act_embed"))
     new_context = {}

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ir_jax.models import prompting
+
 Cache = Dict[str, jax.Array]
 
 
@@ -121,6 +123,7 @@ class Transformer(nn.Module):
   scan_layers: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
+  prompt_length: int = 0    # > 0: a learned soft prompt of this many slots.
 
   @property
   def head_dim(self) -> int:
@@ -148,7 +151,7 @@ class Transformer(nn.Module):
         self.vocab_size, self.embed_dim, name="embed",
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ("vocab", "embed")))
-    x = embed(tokens).astype(self.dtype)
+    x = prompting.with_prompt(self, embed(tokens), tokens).astype(self.dtype)
     # Activations: batch over (data, fsdp), features whole. Without this XLA
     # copies the params' `embed`-over-fsdp sharding onto activations and
     # reshuffles them every layer.

@@ -1,0 +1,139 @@
+"""Prompts for a frozen multi-task G2P model: hand tag vs random vs soft vs
+searched, per task, on the dev split.
+
+  ir-jax train --config experiments/g2p.py:multi --workdir runs/g2p_multi
+  python experiments/prompt_compare.py --frozen runs/g2p_multi \
+      --out benchmarks/results/prompt
+
+Rows per task (g2p: letters->phonemes, p2g: phonemes->letters): `hand tag`
+(the tag the model was trained with, 1 slot), `random` (4 random symbols),
+`soft CE` / `soft fused` (4 learned vectors, experiments/prompt.py:soft and
+:soft,fused), `search` (4 symbols by evolution, experiments/prompt.py:search).
+Writes prompt.md (dev/test PER and WER, wall time), prompt.json and
+prompt_search.png (best and mean reward over search rounds).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ir_jax import config as config_lib  # noqa: E402
+from ir_jax import evaluate, prompts, train  # noqa: E402
+from ir_jax.data import tasks  # noqa: E402
+from ir_jax.models import prompting  # noqa: E402
+
+ARMS = {"soft CE": "soft", "soft fused": "soft,fused", "search": "search"}
+
+
+def prompt_config(variant, direction, frozen, steps):
+  extra = ",p2g" if direction == "p2g" else ""
+  c = config_lib.load(os.path.join(ROOT, "experiments/prompt.py") +
+                      f":{variant}{extra}")
+  c.init_from = frozen
+  if steps:
+    c.total_steps = c.eval_every = c.checkpoint_every = steps
+  return c
+
+
+def fixed_prompt_rates(config, frozen, ids, splits=("dev", "test")):
+  """PER/WER of the frozen model with prompt `ids` in the slots."""
+  c = config_lib.load(os.path.join(ROOT, "experiments/g2p.py") + ":multi")
+  c.data.directions = config.data.directions
+  c.data.prompt_len = len(ids)
+  c.data.source_len = config.data.source_len
+  task = tasks.build(c)
+  model = train.make_model(c, task)
+  _, _, _, params = train.load_run(frozen)
+  out = {}
+  for split in splits:
+    data = task.eval_sets[split]
+    source = np.asarray(prompting.fill_slots(jnp.asarray(data.source),
+                                             jnp.asarray(ids, jnp.int32)))
+    outputs = evaluate.generate_symbols(model, {"params": params}, task, source,
+                                        config.eval_batch_size)
+    out[split] = evaluate.error_rates(outputs, data.references)
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--frozen", default="runs/g2p_multi")
+  ap.add_argument("--out", default="benchmarks/results/prompt")
+  ap.add_argument("--runs", default="runs/prompt")
+  ap.add_argument("--steps", type=int, default=0, help="soft steps (0: config)")
+  ap.add_argument("--tasks", default="g2p,p2g")
+  args = ap.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  rows, curves = [], {}
+  for direction in args.tasks.split(","):
+    c = prompt_config("soft", direction, args.frozen, args.steps)
+    task = tasks.build(c)
+    tag = task.vocab.index[tasks.TAGS[direction]]
+    rng = np.random.default_rng(0)
+    fixed = {"hand tag": [tag],
+             "random": rng.choice(prompts.symbol_ids(task), 4).tolist()}
+    for name, ids in fixed.items():
+      t0 = time.time()
+      rates = fixed_prompt_rates(c, args.frozen, ids)
+      rows.append(dict(task=direction, method=name, seconds=0.0,
+                       prompt=" ".join(task.vocab.symbols[i] for i in ids),
+                       **{f"{s}_{k}": 100 * rates[s][k] for s in rates
+                          for k in ("per", "wer")}))
+      print(rows[-1], f"({time.time() - t0:.0f} s eval)", flush=True)
+    for name, variant in ARMS.items():
+      cfg = prompt_config(variant, direction, args.frozen, args.steps)
+      workdir = os.path.join(args.runs, f"{direction}_{variant.replace(',', '_')}")
+      t0 = time.time()
+      results = train.train_and_evaluate(cfg, workdir)
+      seconds = time.time() - t0
+      meta = prompts.load_prompt(workdir)
+      rows.append(dict(task=direction, method=name, seconds=seconds,
+                       prompt=" ".join(meta.get("symbols", [])) or
+                       f"{meta['length']} vectors",
+                       **{f"{s}_{k}": 100 * results[s][k]
+                          for s in ("dev", "test") for k in ("per", "wer")}))
+      print(rows[-1], flush=True)
+      if variant == "search":
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+          curves[direction] = [json.loads(l) for l in f
+                               if "best_reward" in l]
+  with open(os.path.join(args.out, "prompt.json"), "w") as f:
+    json.dump({"rows": rows, "search": curves}, f, indent=1)
+  lines = ["| task | prompt method | prompt | dev PER % | dev WER % | "
+           "test PER % | test WER % | wall s (tuning + eval) |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['task']} | {r['method']} | `{r['prompt']}` | "
+                 f"{r['dev_per']:.2f} | {r['dev_wer']:.2f} | "
+                 f"{r['test_per']:.2f} | {r['test_wer']:.2f} | "
+                 f"{r['seconds']:.0f} |")
+  with open(os.path.join(args.out, "prompt.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for direction, recs in curves.items():
+    x = [r["step"] for r in recs]
+    line, = ax.plot(x, [r["best_reward"] for r in recs], label=f"{direction} best")
+    ax.plot(x, [r["mean_reward"] for r in recs], "--", color=line.get_color(),
+            label=f"{direction} population mean")
+  ax.set_xlabel("search round")
+  ax.set_ylabel("reward (-ED / |target|)")
+  ax.set_title("Discrete prompt search on the frozen multi-task model")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, "prompt_search.png"), dpi=120)
+
+
+if __name__ == "__main__":
+  main()
