@@ -27,7 +27,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 GiB = 2 ** 30
 

@@ -402,7 +402,8 @@ def checkpoint_manager(workdir: str, config=None) -> ocp.CheckpointManager:
         max_to_keep=config.keep_checkpoints, create=True)
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
-      item_names=("state", "data"))
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": ocp.JsonCheckpointHandler()})
 
 
 def check_compatible(workdir: str, config, task) -> None:

@@ -310,6 +310,10 @@ def _resolve_layout(layout, implementation="auto"):
     raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
                      f"got {implementation!r}.")
   platform = target_platform()
+  if implementation == "pallas" and platform == "gpu":
+    raise ValueError("The Pallas soft-edit-distance kernel is written for "
+                     "Mosaic TPU (and interpret mode on CPU); on GPU use "
+                     "implementation='xla' (or 'auto').")
   # "auto": the Pallas kernel on TPU (it lowers with Mosaic for v5e, v5p and
   # v6e: tests/test_kernels.py compiles it AOT). On GPU it stays on XLA:
   # the kernel is written for Mosaic TPU and has not been lowered for GPU.
