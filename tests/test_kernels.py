@@ -65,27 +65,30 @@ from ir_jax.rewards import soft  # noqa: E402
 def _skewed(costs):
   _, num_pred, num_target = costs.shape
   rows = kernels.padded_rows(num_pred)
+  skewed = soft._skew_lanes(costs, rows, rows + num_target)
+  # The same layout as the XLA wavefront's skew of the padded grid.
   grid = jnp.pad(costs, ((0, 0), (1, rows - 1 - num_pred), (1, 0)))
-  return soft._skew(grid, rows + num_target)
+  np.testing.assert_array_equal(skewed, soft._skew(grid, rows + num_target))
+  return skewed
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64])
 def test_diagonal_blocks_give_identical_results(block):
-  """The wavefront split over several grid steps (carries in VMEM scratch)
-  equals one block holding every diagonal, bit for bit."""
+  """The wavefront split over several grid steps (carries in VMEM scratch,
+  probabilities recomputed per block in the backward) equals one block
+  holding every diagonal, bit for bit."""
   rng = np.random.default_rng(block)
   costs = jnp.asarray(rng.random((4, 13, 9)), jnp.float32)
   n, m = jnp.array([13, 5, 0, 8]), jnp.array([9, 9, 4, 0])
   sk = _skewed(costs)
-  one = kernels.forward(sk, n, m, 0.7, 0.9, 1.1, interpret=True,
-                        block=sk.shape[0])
-  blk = kernels.forward(sk, n, m, 0.7, 0.9, 1.1, interpret=True, block=block)
-  np.testing.assert_array_equal(blk[0], one[0])
   d = sk.shape[0]
-  for a, b in zip(blk[1], one[1]):
-    np.testing.assert_array_equal(a[:d], b[:d])
-  g_one = kernels.backward(one[1], n, m, interpret=True, block=sk.shape[0])
-  g_blk = kernels.backward(blk[1], n, m, interpret=True, block=block)
+  args = (sk, n, m, 0.7, 0.9, 1.1)
+  one = kernels.forward(*args, interpret=True, block=d)
+  blk = kernels.forward(*args, interpret=True, block=block)
+  np.testing.assert_array_equal(blk[0], one[0])
+  assert blk[1].shape[0] == -(-d // block)       # One checkpoint a block.
+  g_one = kernels.backward(sk, one[1], *args[1:], interpret=True, block=d)
+  g_blk = kernels.backward(sk, blk[1], *args[1:], interpret=True, block=block)
   np.testing.assert_array_equal(g_blk[0][:d], g_one[0][:d])
   np.testing.assert_array_equal(g_blk[1], g_one[1])
   np.testing.assert_array_equal(g_blk[2], g_one[2])
@@ -115,11 +118,11 @@ needs_libtpu = pytest.mark.skipif(
     not aot.libtpu_available(),
     reason="libtpu not installed: pip install -e '.[tpu-aot]'")
 
-# (batch, N = M): beyond one 128 tile, up to 4096 where HBM allows (the
-# stored probabilities take 3 (N + M + 1) (N + 1) max(B, 128) 4 bytes).
-TPU_SHAPES = {"v5e:2x2": [(512, 64), (512, 256), (64, 1024)],
-              "v6e:2x2": [(512, 256), (64, 1024)],
-              "v5p:2x2x1": [(512, 256), (8, 4096)]}
+# (batch, N = M): several 128-row tiles and many diagonal blocks, up to the
+# ~2k rows a whole diagonal of 128 pairs allows in VMEM.
+TPU_SHAPES = {"v5e:2x2": [(512, 64), (512, 256), (128, 1024)],
+              "v6e:2x2": [(512, 256), (128, 2048)],
+              "v5p:2x2x1": [(512, 1024), (128, 2048)]}
 
 
 @needs_libtpu

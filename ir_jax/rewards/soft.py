@@ -279,25 +279,58 @@ def _pallas_interpret():
   return target_platform() not in ("tpu", "gpu")
 
 
+def _diagonal_rows(num_rows, num_diag, num_pred, num_target):
+  """int32[D, R]: flat index i * M + j of costs[i, j] at cell (row i + 1,
+  column j + 1) of each diagonal; N * M (a zero row) off the grid."""
+  i = jnp.arange(num_rows)[None, :] - 1
+  j = jnp.arange(num_diag)[:, None] - i - 2
+  inside = (i >= 0) & (i < num_pred) & (j >= 0) & (j < num_target)
+  return jnp.where(inside, i * num_target + j, num_pred * num_target)
+
+
+def _skew_lanes(costs, num_rows, num_diag):
+  """costs f32[B, N, M] -> f32[D, R, B] (pairs on the minor axis): one
+  transpose and one gather of B-vectors (off-grid cells read a zero row),
+  no [B, N + 1, D] intermediate."""
+  batch, num_pred, num_target = costs.shape
+  flat = jnp.concatenate([
+      costs.transpose(1, 2, 0).reshape(num_pred * num_target, batch),
+      jnp.zeros((1, batch), costs.dtype)])
+  return flat[_diagonal_rows(num_rows, num_diag, num_pred, num_target)]
+
+
+def _unskew_lanes(flows, num_pred, num_target):
+  """Inverse of `_skew_lanes` on the grid: f32[D', R, B] -> f32[B, N, M]."""
+  i = jnp.arange(num_pred)[:, None]
+  j = jnp.arange(num_target)[None, :]
+  out = flows[i + j + 2, i + 1]                               # [N, M, B]
+  return out.transpose(2, 0, 1)
+
+
 def _forward_pallas(costs, n, m, gamma, ins, dele):
-  """The wavefront as a Pallas kernel (ir_jax.kernels.soft_edit_distance);
-  probabilities stay in the kernel's padded skewed layout."""
+  """The wavefront as a Pallas kernel (ir_jax.kernels.soft_edit_distance).
+  Residuals: the (unskewed) costs the custom VJP keeps anyway and one pair
+  of diagonals per block; the backward re-skews the costs and recomputes
+  the probabilities block by block, so nothing of size D x R outlives the
+  forward."""
   from ir_jax.kernels import soft_edit_distance as kernels
   _, num_pred, num_target = costs.shape
   rows = kernels.padded_rows(num_pred)
-  grid = jnp.pad(costs, ((0, 0), (1, rows - 1 - num_pred), (1, 0)))
-  skewed = _skew(grid, rows + num_target)
-  return kernels.forward(skewed, n, m, gamma, ins, dele,
-                         interpret=_pallas_interpret())
+  skewed = _skew_lanes(costs, rows, rows + num_target)
+  value, ckpt = kernels.forward(skewed, n, m, gamma, ins, dele,
+                                interpret=_pallas_interpret())
+  return value, (costs, ckpt, jnp.stack([gamma, ins, dele]))
 
 
-def _backward_pallas(probs, n, m, num_target):
+def _backward_pallas(residuals, n, m, num_target):
   from ir_jax.kernels import soft_edit_distance as kernels
-  flows, g_ins, g_del = kernels.backward(probs, n, m,
-                                         interpret=_pallas_interpret())
-  # [B, R, M + 1]: row/col 0 and the padded rows carry no flow; the caller
-  # keeps [:, 1:N + 1, 1:].
-  return _unskew(flows, num_target + 1), g_ins, g_del
+  costs, ckpt, (gamma, ins, dele) = residuals
+  num_pred = costs.shape[1]
+  rows = kernels.padded_rows(num_pred)
+  flows, g_ins, g_del = kernels.backward(
+      _skew_lanes(costs, rows, rows + num_target), ckpt, n, m, gamma, ins,
+      dele, interpret=_pallas_interpret())
+  return _unskew_lanes(flows, num_pred, num_target), g_ins, g_del
 
 
 _LAYOUTS = {"diagonals": (_forward, _backward),
@@ -343,8 +376,6 @@ def _soft_ed_fwd(costs, n, m, gamma, ins, dele, layout):
 def _soft_ed_bwd(layout, res, g):
   probs, costs, n, m, gamma, ins, dele, value = res
   g_costs, g_ins, g_del = _LAYOUTS[layout][1](probs, n, m, costs.shape[-1])
-  if layout == "pallas":  # Padded grid [B, R, M + 1] -> [B, N, M].
-    g_costs = g_costs[:, 1:costs.shape[1] + 1, 1:]
   inner = (jnp.sum(g_costs * costs, axis=(1, 2)) + ins * g_ins +
            dele * g_del)
   g_gamma = (value - inner) / gamma
@@ -384,8 +415,10 @@ def soft_edit_distance(costs: jax.Array,
       vector op over a whole diagonal), "rows" (N x M steps, each over the
       batch; fastest on CPU) or "auto" (rows on CPU, diagonals elsewhere).
     implementation: "xla" (the `layout` above), "pallas" (the wavefront as a
-      Pallas kernel, `ir_jax.kernels`; interpret mode on CPU) or "auto"
-      (XLA for now: the kernels are not yet validated on accelerators).
+      Pallas Mosaic-TPU kernel, `ir_jax.kernels`; interpret mode on CPU; it
+      keeps the skewed costs plus two diagonals per block and recomputes
+      the probabilities in the backward) or "auto" (Pallas when compiling
+      for TPU, XLA on CPU and GPU).
 
   Returns:
     float32[...] soft distances; differentiable w.r.t. costs, gamma and the
