@@ -22,13 +22,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ir_jax import config as config_lib  # noqa: E402
-from ir_jax import evaluate, prompts, train  # noqa: E402
+from ir_jax import prompts, train  # noqa: E402
 from ir_jax.data import tasks  # noqa: E402
-from ir_jax.models import prompting  # noqa: E402
 
 ARMS = {"soft CE": "soft", "soft fused": "soft,fused", "search": "search"}
 
@@ -50,17 +48,9 @@ def fixed_prompt_rates(config, frozen, ids, splits=("dev", "test")):
   c.data.prompt_len = len(ids)
   c.data.source_len = config.data.source_len
   task = tasks.build(c)
-  model = train.make_model(c, task)
-  _, _, _, params = train.load_run(frozen)
-  out = {}
-  for split in splits:
-    data = task.eval_sets[split]
-    source = np.asarray(prompting.fill_slots(jnp.asarray(data.source),
-                                             jnp.asarray(ids, jnp.int32)))
-    outputs = evaluate.generate_symbols(model, {"params": params}, task, source,
-                                        config.eval_batch_size)
-    out[split] = evaluate.error_rates(outputs, data.references)
-  return out
+  _, _, model, params = train.load_run(frozen)
+  return prompts.evaluate_ids(model, {"params": params}, task, ids,
+                              config.eval_batch_size, splits)
 
 
 def main():

@@ -233,11 +233,26 @@ def greedy_replace(score_fn, symbols: np.ndarray, length: int, *, rounds: int,
   return best, best_score, history
 
 
+def evaluate_ids(model, variables, task, ids, batch_size: int,
+                 splits=None) -> Dict[str, Dict[str, float]]:
+  """{split: PER/WER} of greedy outputs with prompt `ids` in the slots."""
+  from ir_jax import evaluate
+  out = {}
+  for split in splits or tuple(task.eval_sets):
+    data = task.eval_sets[split]
+    source = np.asarray(prompting.fill_slots(jnp.asarray(data.source),
+                                             jnp.asarray(ids, jnp.int32)))
+    outputs = evaluate.generate_symbols(model, variables, task, source,
+                                        batch_size)
+    out[split] = evaluate.error_rates(outputs, data.references)
+  return out
+
+
 def search_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """`prompt.mode="search"`: finds P prompt tokens for the frozen model in
   `config.init_from`, logs the reward per round (metrics.jsonl,
   TensorBoard), evaluates the best prompt on every eval set, saves it."""
-  from ir_jax import evaluate, train
+  from ir_jax import train
   from ir_jax.data import tasks
   train.validate(config)
   task = tasks.build(config)
@@ -282,16 +297,10 @@ def search_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                      f"{p.strategy!r}.")
   search_seconds = time.time() - t0
   results = {}
-  for split, data in task.eval_sets.items():
-    source = np.asarray(prompting.fill_slots(jnp.asarray(data.source),
-                                             jnp.asarray(best)))
-    outputs = evaluate.generate_symbols(model, variables, task, source,
-                                        config.eval_batch_size)
-    rates = evaluate.error_rates(outputs, data.references)
-    record = {"step": int(p.rounds), "split": split, "per": rates["per"],
-              "wer": rates["wer"], "words": rates["words"]}
-    writer.write(record)
-    results[split] = record
+  for split, rates in evaluate_ids(model, variables, task, best,
+                                   config.eval_batch_size).items():
+    results[split] = dict(step=int(p.rounds), split=split, **rates)
+    writer.write(results[split])
   writer.close()
   symbols_of = [task.vocab.symbols[i] for i in best]
   save_prompt(workdir, best.astype(np.int32), {
