@@ -132,13 +132,19 @@ def memory_report(compiled, hbm_bytes: int) -> Dict[str, Any]:
           "fits": bool(total <= hbm_bytes)}
 
 
-def compile_or_oom(lowered, hbm_bytes: int):
+# Fast mode: XLA:TPU's least optimisation effort, ~7x quicker compiles.
+# Memory analysis then tracks the full compile within a few percent
+# (tests/test_aot.py compares both on one config); FLOPs are unaffected.
+FAST_OPTIONS = {"exec_time_optimization_effort": -1.0}
+
+
+def compile_or_oom(lowered, hbm_bytes: int, options=None):
   """(compiled or None, memory report). The TPU compiler refuses a program
   that cannot fit (RESOURCE_EXHAUSTED); the report then carries its message
   and the largest values of the lowered program (global shapes, before
   partitioning: the per-chip program was never built)."""
   try:
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=options or None)
   except Exception as e:  # jax.errors.JaxRuntimeError
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -241,12 +247,14 @@ def lower_sampling(config, model, task, mesh, rules, param_shardings,
 
 
 def compile_config(config, topology: str = "", print_fn: Callable = print,
-                   sampling: bool = True, flops: bool = True) -> Dict[str, Any]:
+                   sampling: bool = True, flops: bool = True,
+                   fast: bool = False) -> Dict[str, Any]:
   """AOT-compiles a config's train step (and sampling loop) for a topology.
 
   Returns a JSON-able report; `report["fits"]` is False when either program
   needs more HBM per chip than the chip has. `flops=False` skips the two
-  extra compiles that count FLOPs (then no throughput is reported).
+  extra compiles that count FLOPs (then no throughput is reported);
+  `fast=True` compiles with `FAST_OPTIONS`.
   """
   import jax
   topology = topology or config.get("topology", "")
@@ -260,10 +268,12 @@ def compile_config(config, topology: str = "", print_fn: Callable = print,
                      f"has {len(devices)} chips.")
   lowered, abstract, shardings, task, model, mesh, rules = _lower_step(
       config, devices)
-  compiled, train_mem = compile_or_oom(lowered, chip.hbm_bytes)
+  options = FAST_OPTIONS if fast else None
+  compiled, train_mem = compile_or_oom(lowered, chip.hbm_bytes, options)
   tokens = config.batch_size * (task.source_len + task.target_len - 1)
   params = sum(l.size for l in jax.tree.leaves(abstract.params))
   report = {"topology": topology, "chip": chip.name, "chips": len(devices),
+            "fast": bool(fast),
             "mesh": dict(mesh.shape), "params": int(params),
             "global_batch": int(config.batch_size), "tokens_per_step": tokens,
             "train": dict(train_mem, model_flops_per_chip=(
@@ -281,7 +291,7 @@ def compile_config(config, topology: str = "", print_fn: Callable = print,
   if sampling:
     sampled, sample_mem = compile_or_oom(
         lower_sampling(config, model, task, mesh, rules, shardings.params,
-                       abstract.params), chip.hbm_bytes)
+                       abstract.params), chip.hbm_bytes, options)
     prompts, k = sampling_batch(config)
     report["sampling"] = dict(sample_mem, prompts=prompts, samples=k,
                               sampled_tokens=prompts * k * task.target_len)

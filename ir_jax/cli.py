@@ -3,7 +3,7 @@
   ir-jax train --config experiments/g2p.py[:ARG] --workdir DIR [--config.x=v]
       [--dry-run] [--coordinator_address H:P --num_processes N --process_id I]
   ir-jax compile --config tpu_configs/v5p_64.py [--topology v5p:2x4x4]
-      [--json FILE] [--no-sampling] [--config.x=v]
+      [--json FILE] [--no-sampling] [--fast] [--config.x=v]
   ir-jax eval --workdir DIR [--split dev|test]
   ir-jax generate --workdir DIR [WORD ...] [--input FILE] [--prompt P]
   ir-jax plot --workdir DIR
@@ -53,7 +53,7 @@ def _compile(args, overrides: List[str]) -> int:
   config = config_lib.load(args.config)
   config_lib.apply_overrides(config, overrides)
   report = aot.compile_config(config, args.topology,
-                              sampling=not args.no_sampling)
+                              sampling=not args.no_sampling, fast=args.fast)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=1)
@@ -176,6 +176,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--json", help="also write the report to this file")
   p.add_argument("--no-sampling", action="store_true",
                  help="skip the sampling loop (train step only)")
+  p.add_argument("--fast", action="store_true",
+                 help="least XLA optimisation effort: ~7x faster compiles, "
+                      "memory within a few percent")
   p = sub.add_parser("eval", help="PER/WER of the latest checkpoint")
   p.add_argument("--workdir", required=True)
   p.add_argument("--split", default="test", choices=("dev", "test"))

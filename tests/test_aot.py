@@ -40,8 +40,11 @@ def test_every_pod_config_names_its_topology():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", POD_CONFIGS)
 def test_pod_config_compiles_for_its_topology_and_fits(name):
+  """Real shapes and topology, fast compile (FAST_OPTIONS); the full-effort
+  numbers are benchmarks/tpu_compile.py's README table."""
   c = config_lib.load(os.path.join(ROOT, "tpu_configs", name))
-  report = aot.compile_config(c, flops=False, print_fn=lambda *_: None)
+  report = aot.compile_config(c, flops=False, fast=True,
+                              print_fn=lambda *_: None)
   assert report["chips"] == c.chips
   assert report["fits"], report
   train = report["train"]
@@ -49,6 +52,17 @@ def test_pod_config_compiles_for_its_topology_and_fits(name):
   # Params + Adam moments (f32) sharded over the mesh are a lower bound.
   assert train["argument_bytes"] >= 12 * report["params"] / c.chips * 0.9
   assert report["sampling"]["prompts"] == c.batch_size
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_fast_compile_memory_tracks_full_compile():
+  c = config_lib.load(os.path.join(ROOT, "tpu_configs", "v4_8.py"))
+  full, fast = (aot.compile_config(c, flops=False, sampling=False, fast=f,
+                                   print_fn=lambda *_: None)["train"]
+                for f in (False, True))
+  assert fast["argument_bytes"] == full["argument_bytes"]
+  assert fast["total_bytes"] == pytest.approx(full["total_bytes"], rel=0.1)
 
 
 @needs_libtpu
