@@ -8,7 +8,9 @@ searched, per task, on the dev split.
 Rows per task (g2p: letters->phonemes, p2g: phonemes->letters): `hand tag`
 (the tag the model was trained with, 1 slot), `random` (4 random symbols),
 `soft CE` / `soft fused` (4 learned vectors, experiments/prompt.py:soft and
-:soft,fused), `search` (4 symbols by evolution, experiments/prompt.py:search).
+:soft,fused), `soft from tag` (1 vector initialised from the hand tag,
+:soft,tag), `search` (4 symbols by evolution, experiments/prompt.py:search).
+`--arms "soft from tag"` reruns one arm and keeps the other rows.
 Writes prompt.md (dev/test PER and WER, wall time), prompt.json and
 prompt_search.png (best and mean reward over search rounds).
 """
@@ -28,7 +30,9 @@ from ir_jax import config as config_lib  # noqa: E402
 from ir_jax import prompts, train  # noqa: E402
 from ir_jax.data import tasks  # noqa: E402
 
-ARMS = {"soft CE": "soft", "soft fused": "soft,fused", "search": "search"}
+ARMS = {"soft CE": "soft", "soft fused": "soft,fused",
+        "soft from tag": "soft,tag", "search": "search"}
+FIXED = ("hand tag", "random")
 
 
 def prompt_config(variant, direction, frozen, steps):
@@ -60,9 +64,19 @@ def main():
   ap.add_argument("--runs", default="runs/prompt")
   ap.add_argument("--steps", type=int, default=0, help="soft steps (0: config)")
   ap.add_argument("--tasks", default="g2p,p2g")
+  ap.add_argument("--arms", default=",".join(FIXED + tuple(ARMS)),
+                  help="comma list; rows of other arms are kept from an "
+                       "earlier prompt.json")
   args = ap.parse_args()
+  arms = args.arms.split(",")
   os.makedirs(args.out, exist_ok=True)
   rows, curves = [], {}
+  previous = os.path.join(args.out, "prompt.json")
+  if os.path.exists(previous):
+    with open(previous) as f:
+      old = json.load(f)
+    rows = [r for r in old["rows"] if r["method"] not in arms]
+    curves = {} if "search" in arms else old.get("search", {})
   for direction in args.tasks.split(","):
     c = prompt_config("soft", direction, args.frozen, args.steps)
     task = tasks.build(c)
@@ -71,6 +85,8 @@ def main():
     fixed = {"hand tag": [tag],
              "random": rng.choice(prompts.symbol_ids(task), 4).tolist()}
     for name, ids in fixed.items():
+      if name not in arms:
+        continue
       t0 = time.time()
       rates = fixed_prompt_rates(c, args.frozen, ids)
       rows.append(dict(task=direction, method=name, seconds=0.0,
@@ -79,6 +95,8 @@ def main():
                           for k in ("per", "wer")}))
       print(rows[-1], f"({time.time() - t0:.0f} s eval)", flush=True)
     for name, variant in ARMS.items():
+      if name not in arms:
+        continue
       cfg = prompt_config(variant, direction, args.frozen, args.steps)
       workdir = os.path.join(args.runs, f"{direction}_{variant.replace(',', '_')}")
       t0 = time.time()
@@ -95,6 +113,8 @@ def main():
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
           curves[direction] = [json.loads(l) for l in f
                                if "best_reward" in l]
+  order = {m: i for i, m in enumerate(FIXED + tuple(ARMS))}
+  rows.sort(key=lambda r: (r["task"], order[r["method"]]))
   with open(os.path.join(args.out, "prompt.json"), "w") as f:
     json.dump({"rows": rows, "search": curves}, f, indent=1)
   lines = ["| task | prompt method | prompt | dev PER % | dev WER % | "
