@@ -105,7 +105,7 @@ def main():
       meta = prompts.load_prompt(workdir)
       rows.append(dict(task=direction, method=name, seconds=seconds,
                        prompt=" ".join(meta.get("symbols", [])) or
-                       f"{meta['length']} vectors",
+                       f"{meta['length']} vector" + ("s" if meta["length"] > 1 else ""),
                        **{f"{s}_{k}": 100 * results[s][k]
                           for s in ("dev", "test") for k in ("per", "wer")}))
       print(rows[-1], flush=True)
