@@ -68,6 +68,9 @@ def _compile(args, overrides: List[str]) -> int:
 def _eval(args) -> int:
   from ir_jax import evaluate, train
   config, task, model, params = train.load_run(args.workdir)
+  if args.split not in task.eval_sets:
+    raise ValueError(f"--split {args.split!r}: this task's eval sets are "
+                     f"{', '.join(task.eval_sets)}.")
   rates = evaluate.evaluate_split(model, {"params": params}, task, args.split,
                                   config.eval_batch_size)
   step = _latest_step(args.workdir)
@@ -181,7 +184,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       "memory within a few percent")
   p = sub.add_parser("eval", help="PER/WER of the latest checkpoint")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--split", default="test", choices=("dev", "test"))
+  p.add_argument("--split", default="test",
+                 help="an eval set: dev, test (multi-task: also dev_p2g, ...)")
   p = sub.add_parser("generate", help="word<TAB>phonemes on stdout")
   p.add_argument("--workdir", required=True)
   p.add_argument("words", nargs="*")
