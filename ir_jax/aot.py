@@ -208,8 +208,10 @@ def step_flops(config, devices, compiled=None, options=None
     c.model.num_layers = layers
     c.model.scan_layers = False
     f.append(compiled_flops(_lower_step(c, devices)[0].compile(options)))
-  return f[0] + (config.model.num_layers - 1) * (f[1] - f[0]), (
-      "xla, 1- and 2-layer unrolled compiles extrapolated to depth")
+  how = "xla, 1- and 2-layer unrolled compiles extrapolated to depth"
+  if config.rl.mode:  # The sampling scan's body is still counted once.
+    how += "; RL sampling loop counted once"
+  return f[0] + (config.model.num_layers - 1) * (f[1] - f[0]), how
 
 
 def sampling_batch(config) -> Tuple[int, int]:
@@ -333,6 +335,9 @@ def _print_report(r, print_fn):
   t = r["train"]
   if "flops_per_chip" not in t:
     return
+  if "counted once" in t["flops_counted"]:
+    print_fn(f"  FLOPs are a lower bound ({t['flops_counted']}), so the "
+             "times below are too optimistic."))
   print_fn(f"  train step: {t['flops_per_chip'] / 1e12:.2f} TFLOP per chip "
            f"(6 N T model FLOPs {t['model_flops_per_chip'] / 1e12:.2f}); "
            + "; ".join(f"at {int(m * 100)}% MFU {t[f'step_s_at_{int(m * 100)}'] * 1e3:.1f}"

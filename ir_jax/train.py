@@ -711,9 +711,11 @@ def lower_train_step(config, model, tx, task, mesh, abstract, shardings):
   state_in = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings)
+  # The RL KL reference: frozen params, sharded like the trained ones.
+  ref = state_in.params if config.rl.mode and config.rl.kl_weight else None
   return jax.jit(make_train_step(config, model, tx),
                  out_shardings=(shardings, parallel.replicated(mesh)),
-                 donate_argnums=(0,)).lower(state_in, batch)
+                 donate_argnums=(0,)).lower(state_in, batch, ref)
 
 
 def _shards(sharding) -> int:

@@ -120,3 +120,14 @@ def test_throughput_and_largest_buffers():
          "  ROOT %b = bf16[8]{0} add(...)\n  %c = (f32[2], s32[]) tuple()\n")
   assert aot.largest_buffers(hlo) == [(4 * 2 ** 20, "a", "f32[1024,1024]"),
                                       (16, "b", "bf16[8]")]
+
+
+def test_rl_step_with_kl_reference_lowers():
+  """The RL step takes the frozen KL reference as an argument: lowering
+  (compile, dry-run) passes params-shaped stand-ins for it."""
+  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p_rl.py") +
+                      ":instant,tiny")
+  c.rl.kl_weight = 0.1
+  c.mesh.data = 1
+  lowered = aot._lower_step(c, jax.devices()[:1])[0]
+  assert aot.compiled_flops(lowered.compile()) > 0
