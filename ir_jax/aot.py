@@ -337,7 +337,7 @@ def _print_report(r, print_fn):
     return
   if "counted once" in t["flops_counted"]:
     print_fn(f"  FLOPs are a lower bound ({t['flops_counted']}), so the "
-             "times below are too optimistic."))
+             "times below are too optimistic.")
   print_fn(f"  train step: {t['flops_per_chip'] / 1e12:.2f} TFLOP per chip "
            f"(6 N T model FLOPs {t['model_flops_per_chip'] / 1e12:.2f}); "
            + "; ".join(f"at {int(m * 100)}% MFU {t[f'step_s_at_{int(m * 100)}'] * 1e3:.1f}"
