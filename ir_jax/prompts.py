@@ -43,23 +43,15 @@ PROMPT_DIR = "prompt"
 def check_frozen(init_from: str, config, task) -> None:
   """Refuses a frozen workdir whose model or vocabulary differ from the
   config's (a prompt only means something for the model it was tuned on)."""
-  path = os.path.join(init_from, "config.json")
-  if not os.path.exists(path):
+  from ir_jax import train
+  if not os.path.exists(os.path.join(init_from, "config.json")):
     raise FileNotFoundError(f"init_from={init_from!r} has no config.json: "
                             "not a trained ir_jax workdir.")
-  frozen = config_lib.from_json(path)
-  if frozen.model.to_dict() != config.model.to_dict():
-    raise ValueError(
-        f"The frozen model in {init_from} is not this config's model:\n"
-        f"  frozen {frozen.model.to_dict()}\n  config {config.model.to_dict()}"
-        "\nSet config.model to the frozen run's model.")
-  with open(os.path.join(init_from, "vocab.json")) as f:
-    vocab = json.load(f)
-  if vocab != list(task.vocab.symbols):
-    raise ValueError(
-        f"The frozen model in {init_from} has another vocabulary "
-        f"({len(vocab)} symbols, config gives {task.vocab.size}); use its "
-        "data settings (data.tags, data.stress).")
+  mismatch = train.run_mismatch(init_from, config, task)
+  if mismatch:
+    raise ValueError(f"The frozen model in {init_from} is not this config's "
+                     f"model: {mismatch}\nSet config.model and config.data "
+                     "to the frozen run's.")
 
 
 def fingerprint(params) -> str:

@@ -406,28 +406,34 @@ def checkpoint_manager(workdir: str, config=None) -> ocp.CheckpointManager:
                      "data": ocp.JsonCheckpointHandler()})
 
 
-def check_compatible(workdir: str, config, task) -> None:
-  """Refuses a workdir whose checkpoints belong to another model or vocab."""
+def run_mismatch(workdir: str, config, task) -> str:
+  """"" if the run saved in `workdir` has this config's task, model and
+  vocabulary (or nothing is saved there), else what differs."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    return
+    return ""
   old = config_lib.from_json(path)
   old_sig = {"task": old.task, "model": old.model.to_dict()}
   new_sig = {"task": config.task, "model": config.model.to_dict()}
   if json.dumps(old_sig, sort_keys=True) != json.dumps(new_sig, sort_keys=True):
-    raise ValueError(
-        f"{workdir} holds a run of another model:\n  saved   {old_sig}\n"
-        f"  current {new_sig}\nUse a new --workdir (the old checkpoints are "
-        "left untouched).")
+    return (f"another model:\n  saved   {old_sig}\n  current {new_sig}")
   vocab_path = os.path.join(workdir, "vocab.json")
   if os.path.exists(vocab_path):
     with open(vocab_path) as f:
       saved = json.load(f)
     if saved != list(task.vocab.symbols):
-      raise ValueError(
-          f"{workdir} was trained with another vocabulary ({len(saved)} "
-          f"symbols, now {task.vocab.size}); the data config changed (e.g. "
-          "data.stress). Use a new --workdir.")
+      return (f"another vocabulary ({len(saved)} symbols, now "
+              f"{task.vocab.size}): the data config changed (e.g. "
+              "data.stress or data.tags)")
+  return ""
+
+
+def check_compatible(workdir: str, config, task) -> None:
+  """Refuses a workdir whose checkpoints belong to another model or vocab."""
+  mismatch = run_mismatch(workdir, config, task)
+  if mismatch:
+    raise ValueError(f"{workdir} holds a run of {mismatch}\nUse a new "
+                     "--workdir (the old checkpoints are left untouched).")
 
 
 def restore_params(workdir: str, target_params) -> Any:
