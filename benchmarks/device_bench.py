@@ -1,4 +1,6 @@
-"""Soft edit distance forward+backward on an accelerator: Pallas vs XLA vs ott.
+"""Reward kernels on an accelerator: soft edit distance forward+backward
+(Pallas vs the XLA wavefront vs ott-jax SoftDTW) and exact Levenshtein
+(Pallas vs the XLA bit-parallel loop).
 
   python benchmarks/device_bench.py --out $OUT/device_bench.json
 
@@ -54,6 +56,23 @@ def main():
         row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
         traceback.print_exc()
       print(row, flush=True)
+    rows.append(row)
+  # Exact Levenshtein: the bit-parallel XLA loop vs the Pallas kernel.
+  for length in (64, 256, 1024):
+    tokens = lambda: jnp.asarray(rng.integers(0, 40, (args.batch, length)),
+                                 jnp.int32)
+    pred, target = tokens(), tokens()
+    row = {"B": args.batch, "N=M": length, "kind": "exact"}
+    for name in ("pallas", "xla"):
+      try:
+        fn = jax.jit(lambda p, t, name=name: rewards.levenshtein(
+            p, t, implementation=name))
+        row[f"exact_{name}_ms"] = common.timeit(fn, pred, target,
+                                                repeats=5) * 1e3
+      except Exception as e:  # Record and go on: one shot on the device.
+        row[f"exact_{name}_error"] = f"{type(e).__name__}: {e}"[:500]
+        traceback.print_exc()
+    print(row, flush=True)
     rows.append(row)
   with open(args.out, "w") as f:
     json.dump({"machine": common.machine(), "rows": rows}, f, indent=1)

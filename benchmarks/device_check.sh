@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU (H200), under 5 minutes: the kernel tests
-# (interpret mode; the Pallas kernel itself is Mosaic TPU only and reports
-# so on a GPU), then forward+backward of the XLA wavefront vs ott-jax
-# SoftDTW for B=512, N=M in {64, 256, 1024}. Results land in $OUT.
+# (on a GPU, implementation="pallas" is the Mosaic GPU kernel, checked
+# against the XLA wavefront), then forward+backward of Pallas vs the XLA
+# wavefront vs ott-jax SoftDTW for B=512, N=M in {64, 256, 1024}. Results
+# land in $OUT.
 #
 # Use the device image's own jax (CUDA build): nothing is pip-installed from
 # the network. ott-jax is not in that image; to include it, download its

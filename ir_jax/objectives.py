@@ -44,17 +44,19 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array,
 
 def reward_terms(logits: jax.Array, targets: jax.Array,
                  target_lengths: jax.Array, embeddings: Optional[jax.Array],
-                 *, gamma: float) -> Metrics:
+                 *, gamma: float, implementation: str = "auto") -> Metrics:
   """Per-example reward terms from teacher-forced logits.
 
   Returns `soft_ed` (soft edit distance / target length, [B]) and `cosine`
   ([B]; zeros when `embeddings` is None). The prediction length is the target
   length: position t of the logits predicts target token t.
+  `implementation` picks the soft edit distance code (`auto`, `xla`,
+  `pallas`: see `rewards.soft_edit_distance`).
   """
   def per_shard(logits, targets, target_lengths, *table):
     soft = rewards.soft_edit_distance_from_logits(
         logits, targets, gamma, pred_lengths=target_lengths,
-        target_lengths=target_lengths)
+        target_lengths=target_lengths, implementation=implementation)
     soft = soft / jnp.maximum(target_lengths, 1)
     if not table:
       return jnp.stack([soft, jnp.zeros_like(soft)], axis=-1)
@@ -72,6 +74,7 @@ def reward_terms(logits: jax.Array, targets: jax.Array,
 def fused_loss(logits: jax.Array, targets: jax.Array,
                target_lengths: jax.Array, *, alpha, soft_ed_weight: float,
                cosine_weight: float, gamma: float,
+               implementation: str = "auto",
                embeddings: Optional[jax.Array] = None,
                label_smoothing: float = 0.0,
                compute_reward: bool = True) -> Tuple[jax.Array, Metrics]:
@@ -83,6 +86,7 @@ def fused_loss(logits: jax.Array, targets: jax.Array,
     alpha: reward weight in [0, 1] (float or traced scalar).
     soft_ed_weight, cosine_weight: mix of the two reward terms.
     gamma: soft edit distance temperature.
+    implementation: soft edit distance code ("auto", "xla", "pallas").
     embeddings: float[V, D] frozen table for the cosine reward (gradients
       are stopped here), or None to skip it.
     compute_reward: False skips the reward terms entirely (CE-only runs);
@@ -96,7 +100,8 @@ def fused_loss(logits: jax.Array, targets: jax.Array,
                                       label_smoothing)
   if compute_reward:
     terms = reward_terms(logits, targets, target_lengths,
-                         embeddings if cosine_weight else None, gamma=gamma)
+                         embeddings if cosine_weight else None, gamma=gamma,
+                         implementation=implementation)
     soft_ed, cos = terms["soft_ed"].mean(), terms["cosine"].mean()
     reward = -soft_ed_weight * soft_ed + cosine_weight * cos
     loss = (1.0 - alpha) * ce + alpha * (-reward)

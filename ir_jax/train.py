@@ -67,6 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(
       alpha=0.0, alpha_schedule="constant", alpha_warmup_steps=0,
       soft_ed_weight=1.0, cosine_weight=0.0, gamma=1.0,
+      # Soft edit distance code: "auto" (Pallas on TPU/GPU, XLA on CPU),
+      # "xla" or "pallas" (rewards.soft_edit_distance's `implementation`).
+      soft_ed_implementation="auto",
       # alpha_schedule="adaptive": the reward-driven controller.
       alpha_min=0.0, alpha_max=1.0, alpha_rate=0.002))
   # RL on the model's own samples (ir_jax.decode.sample_with_rewards):
@@ -240,6 +243,7 @@ def make_train_step(config, model, tx):
         logits, batch["target"], batch["target_lengths"],
         alpha=alpha_of(state), soft_ed_weight=obj.soft_ed_weight,
         cosine_weight=obj.cosine_weight, gamma=obj.gamma,
+        implementation=obj.soft_ed_implementation,
         embeddings=state.reward_embeddings,
         label_smoothing=config.optim.label_smoothing,
         compute_reward=reward_on)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from ir_jax import objectives
 
@@ -53,8 +54,9 @@ def test_minimising_fused_loss_raises_reward():
   f = lambda l: objectives.fused_loss(l, targets, lengths,
                                       **kw(alpha=1.0, embeddings=emb))
   _, before = f(logits)
+  step = jax.jit(lambda l: l - 0.5 * jax.grad(lambda l: f(l)[0])(l))
   for _ in range(30):
-    logits = logits - 0.5 * jax.grad(lambda l: f(l)[0])(logits)
+    logits = step(logits)
   _, after = f(logits)
   assert after["reward"] > before["reward"]
   assert after["soft_ed"] < before["soft_ed"]
@@ -84,3 +86,18 @@ def test_alpha_schedules():
     assert "alpha" in str(e)
   else:
     raise AssertionError("alpha > 1 accepted")
+
+
+def test_soft_ed_implementation_reaches_the_kernel():
+  """objective.soft_ed_implementation: the Pallas kernel (interpret mode
+  here) gives the XLA path's loss and gradients."""
+  logits, targets, lengths = batch(2)
+  f = lambda l, impl: objectives.fused_loss(
+      l, targets, lengths, **kw(alpha=0.7, implementation=impl))[0]
+  loss, grad = jax.value_and_grad(f)(logits, "auto")
+  for impl in ("pallas", "xla"):
+    other = jax.value_and_grad(f)(logits, impl)
+    np.testing.assert_allclose(other[0], loss, rtol=1e-5)
+    np.testing.assert_allclose(other[1], grad, atol=1e-5)
+  with pytest.raises(ValueError, match="implementation"):   # It is wired.
+    f(logits, "cuda")

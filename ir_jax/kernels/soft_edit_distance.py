@@ -21,8 +21,11 @@ Rows are padded to a multiple of 8 (sublanes) and shifted with
 kernels run in interpret mode. K is chosen so ~7 [K, R, 128] f32 planes fit
 16 MiB of VMEM (K = 64 at short lengths, 4 at N = 1024, 1 from ~2k); HBM
 holds the costs, their skewed copy and 2 R x B floats per block. A whole
-diagonal of 128 pairs lives in VMEM, so N is bounded by ~2k rows on v5p
-(64 MiB of VMEM); splitting diagonals into row blocks would lift that.
+diagonal of 128 pairs lives in VMEM, so the shorter sequence (the rows:
+`soft_edit_distance` transposes) is bounded by ~5.7k tokens (`fits_vmem`;
+v5p's 64 MiB); splitting diagonals into row blocks would lift that. At
+such lengths K = 1 and the per-block checkpoints are two skewed planes, so
+HBM binds first on 16 GiB chips (B=128, N=M=3000 needs ~17 GB on v5e).
 """
 
 import functools
@@ -133,6 +136,15 @@ def _backward_kernel(c_ref, ckpt_ref, nm_ref, prm_ref, g_ref, acc_ref,
   def _():
     acc_ref[0:1, :] = jnp.sum(out[4], axis=0, keepdims=True)
     acc_ref[1:2, :] = jnp.sum(out[5], axis=0, keepdims=True)
+
+
+def fits_vmem(num_pred: int, batch: int) -> bool:
+  """Whether a diagonal of `num_pred` + 1 rows fits VMEM at K = 1. Measured
+  with Mosaic for v5p (64 MiB): ~20 [R, lanes] f32 planes live at once
+  (7008 rows x 128 lanes needed 71.9 MB; 5800 rows compiled); kept under
+  56 MiB. Longer sequences take the XLA wavefront under "auto"."""
+  plane = padded_rows(num_pred) * _lane_tile(batch) * 4
+  return 20 * plane <= 56 * 2 ** 20
 
 
 def padded_rows(num_pred: int) -> int:

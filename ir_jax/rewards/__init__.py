@@ -3,6 +3,7 @@
 Pure, jit-able and vmap-able; every function accepts any leading batch dims
 and optional `pred_lengths` / `target_lengths`.
 """
+from ir_jax.rewards._platform import lowering_for
 from ir_jax.rewards.cosine import cosine_reward, cosine_reward_per_position
 from ir_jax.rewards.exact import (edit_row_init, edit_row_step,
                                   instant_rewards, levenshtein,
@@ -13,7 +14,7 @@ from ir_jax.rewards.soft import (soft_alignment, soft_edit_distance,
 
 __all__ = [
     "cosine_reward", "cosine_reward_per_position", "edit_row_init",
-    "edit_row_step", "instant_rewards", "levenshtein",
+    "edit_row_step", "instant_rewards", "levenshtein", "lowering_for",
     "optimal_completion_targets", "prefix_edit_distances", "soft_alignment",
     "soft_edit_distance", "soft_edit_distance_from_logits",
 ]

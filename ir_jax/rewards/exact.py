@@ -14,6 +14,7 @@ Conventions shared by every function here:
                  D[k-1, j] + 1, D[k, j-1] + 1)`.
 """
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ir_jax.rewards import _checks
+from ir_jax.rewards import _platform
 
 _WORD = 32
 # Prediction steps x words up to which the step loop is unrolled in Python.
@@ -115,11 +117,35 @@ def _column_step(pv, mv, eq, last_word, last_bit, unroll_words):
   return pv, mv, delta
 
 
+def _kernel_choice(implementation, num_target):
+  """None for the XLA loop, else the Pallas kernel's (platform, interpret):
+  see `levenshtein`'s `implementation`."""
+  if implementation not in ("auto", "xla", "pallas"):
+    raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
+                     f"got {implementation!r}.")
+  from ir_jax.kernels import levenshtein as kernels
+  platform = _platform.target_platform()
+  kernel = "gpu" if platform == "gpu" else "tpu"
+  runs = num_target <= kernels.max_target_length(kernel) and (
+      kernel == "tpu" or _platform.gpu_is_hopper())
+  if implementation == "pallas":
+    if not runs:
+      raise ValueError(
+          "The Pallas Levenshtein kernel does not run here (GPU: Hopper or "
+          f"newer and targets <= {kernels.max_target_length('gpu')} tokens);"
+          " use implementation='xla' (or 'auto', which does).")
+    return kernel, _platform.pallas_interpret()
+  if implementation == "auto" and platform in ("tpu", "gpu") and runs:
+    return kernel, _platform.pallas_interpret()
+  return None
+
+
 def levenshtein(pred: jax.Array,
                 target: jax.Array,
                 *,
                 pred_lengths: Optional[jax.Array] = None,
-                target_lengths: Optional[jax.Array] = None) -> jax.Array:
+                target_lengths: Optional[jax.Array] = None,
+                implementation: str = "auto") -> jax.Array:
   """Exact unit-cost edit distance of integer token sequences.
 
   Bit-parallel (Myers 1999; multi-word blocks as in Hyyro 2003): the target
@@ -134,6 +160,10 @@ def levenshtein(pred: jax.Array,
     target: int[..., M] target tokens.
     pred_lengths: optional int[...] valid prediction lengths (clamped).
     target_lengths: optional int[...] valid target lengths (clamped).
+    implementation: "xla" (the loop below), "pallas" (the same algorithm as
+      one Pallas kernel, `ir_jax.kernels.levenshtein`: Mosaic TPU, or Mosaic
+      GPU on Hopper+ for M <= 3200; interpret mode on CPU) or "auto"
+      (Pallas on TPU and GPU where it runs, XLA on CPU).
 
   Returns:
     int32[...] distances `ED(pred[:n], target[:m])`.
@@ -141,12 +171,21 @@ def levenshtein(pred: jax.Array,
   pred, target, n, m, batch = _prepare(pred, target, pred_lengths,
                                        target_lengths)
   num_pred, num_target = pred.shape[-1], target.shape[-1]
+  kernel = _kernel_choice(implementation, num_target)
   if num_target == 0:
     return n
   if num_pred == 0:
     return m
   pred = pred.reshape(-1, num_pred)
   n_flat, m_flat = n.reshape(-1), m.reshape(-1)
+  if kernel is not None:
+    from ir_jax.kernels import levenshtein as kernels
+    from ir_jax.kernels._batching import fold_vmap
+    platform, interpret = kernel
+    run = fold_vmap(functools.partial(kernels.levenshtein, platform=platform,
+                                      interpret=interpret), 4)
+    return run(pred, target.reshape(-1, num_target), n_flat,
+               m_flat).reshape(batch)
   size = pred.shape[0]
   num_words = -(-num_target // _WORD)
   pad = num_words * _WORD - num_target

@@ -39,6 +39,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from ir_jax.rewards import _checks
+from ir_jax.rewards import _platform
+from ir_jax.rewards._platform import gpu_is_hopper as _gpu_is_hopper
+from ir_jax.rewards._platform import pallas_interpret as _pallas_interpret
+from ir_jax.rewards._platform import target_platform
+
+lowering_for = _platform.lowering_for   # Also here: picks this module's kernels.
 
 # Stand-in for +inf outside the DP grid: finite so that no inf - inf or
 # 0 * inf appears in values or gradients, and far above any real distance.
@@ -262,23 +268,6 @@ def _backward_rows(probs, n, m, num_target):
   return g.transpose(2, 0, 1), acc_ins, acc_del + e0.sum(0)
 
 
-def target_platform() -> str:
-  """The platform being compiled for: the devices of the mesh in context
-  (`jax.set_mesh`, also inside jit and shard_map; an AOT compile for a TPU
-  topology from a CPU host says "tpu"), else the default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = getattr(mesh, "abstract_device", None)
-  if not mesh.empty and device is not None:
-    return device.platform
-  return jax.default_backend()
-
-
-def _pallas_interpret():
-  """Interpret mode off the accelerators (CPU): Pallas runs the kernel body
-  as JAX ops, so tests exercise the exact kernel code here."""
-  return target_platform() not in ("tpu", "gpu")
-
-
 def _diagonal_rows(num_rows, num_diag, num_pred, num_target):
   """int32[D, R]: flat index i * M + j of costs[i, j] at cell (row i + 1,
   column j + 1) of each diagonal; N * M (a zero row) off the grid."""
@@ -307,75 +296,133 @@ def _unskew_lanes(flows, num_pred, num_target):
   return out.transpose(2, 0, 1)
 
 
-def _forward_pallas(costs, n, m, gamma, ins, dele):
-  """The wavefront as a Pallas kernel (ir_jax.kernels.soft_edit_distance).
-  Residuals: the (unskewed) costs the custom VJP keeps anyway and one pair
-  of diagonals per block; the backward re-skews the costs and recomputes
-  the probabilities block by block, so nothing of size D x R outlives the
+def _forward_pallas(costs, n, m, gamma, ins, dele, interpret):
+  """The wavefront as a Pallas Mosaic-TPU kernel (ir_jax.kernels). Residuals:
+  the (unskewed) costs the custom VJP keeps anyway and one pair of
+  diagonals per block; the backward re-skews the costs and recomputes the
+  probabilities block by block, so nothing of size D x R outlives the
   forward."""
   from ir_jax.kernels import soft_edit_distance as kernels
   _, num_pred, num_target = costs.shape
   rows = kernels.padded_rows(num_pred)
   skewed = _skew_lanes(costs, rows, rows + num_target)
   value, ckpt = kernels.forward(skewed, n, m, gamma, ins, dele,
-                                interpret=_pallas_interpret())
+                                interpret=interpret)
   return value, (costs, ckpt, jnp.stack([gamma, ins, dele]))
 
 
-def _backward_pallas(residuals, n, m, num_target):
+def _backward_pallas(residuals, n, m, num_target, interpret):
   from ir_jax.kernels import soft_edit_distance as kernels
   costs, ckpt, (gamma, ins, dele) = residuals
   num_pred = costs.shape[1]
   rows = kernels.padded_rows(num_pred)
   flows, g_ins, g_del = kernels.backward(
       _skew_lanes(costs, rows, rows + num_target), ckpt, n, m, gamma, ins,
-      dele, interpret=_pallas_interpret())
+      dele, interpret=interpret)
   return _unskew_lanes(flows, num_pred, num_target), g_ins, g_del
 
 
-_LAYOUTS = {"diagonals": (_forward, _backward),
-            "rows": (_forward_rows, _backward_rows),
-            "pallas": (_forward_pallas, _backward_pallas)}
+def _forward_pallas_gpu(costs, n, m, gamma, ins, dele, interpret):
+  """The wavefront as a Mosaic GPU kernel (one pair per CUDA block); same
+  residual scheme as the TPU kernel."""
+  from ir_jax.kernels import soft_edit_distance_gpu as kernels
+  from ir_jax.kernels._batching import fold_vmap
+  run = fold_vmap(functools.partial(kernels.forward, interpret=interpret), 3)
+  value, ckpt = run(costs, n, m, gamma, ins, dele)
+  return value, (costs, ckpt, jnp.stack([gamma, ins, dele]))
 
 
-def _resolve_layout(layout, implementation="auto"):
+def _backward_pallas_gpu(residuals, n, m, num_target, interpret):
+  from ir_jax.kernels import soft_edit_distance_gpu as kernels
+  del num_target
+  from ir_jax.kernels._batching import fold_vmap
+  costs, ckpt, (gamma, ins, dele) = residuals
+  run = fold_vmap(functools.partial(kernels.backward, interpret=interpret), 4)
+  return run(costs, ckpt, n, m, gamma, ins, dele)
+
+
+def _with_interpret(fwd, bwd, interpret):
+  return (lambda *a: fwd(*a, interpret=interpret),
+          lambda *a: bwd(*a, interpret=interpret))
+
+
+def _implementation(layout):
+  """(forward, backward) of a resolved layout: "rows", "diagonals" or
+  ("pallas_tpu" | "pallas_gpu", interpret)."""
+  if isinstance(layout, tuple):
+    name, interpret = layout
+    pair = {"pallas_tpu": (_forward_pallas, _backward_pallas),
+            "pallas_gpu": (_forward_pallas_gpu, _backward_pallas_gpu)}[name]
+    return _with_interpret(*pair, interpret)
+  return {"diagonals": (_forward, _backward),
+          "rows": (_forward_rows, _backward_rows)}[layout]
+
+
+def _gpu_kernel_fits(num_pred):
+  from ir_jax.kernels import soft_edit_distance_gpu as kernels
+  return num_pred <= kernels.max_pred_length()
+
+
+def _tpu_kernel_fits(num_pred, batch):
+  from ir_jax.kernels import soft_edit_distance as kernels
+  return kernels.fits_vmem(num_pred, batch)
+
+
+def _resolve_layout(layout, implementation="auto", num_pred=0, batch=1):
+  """Which code runs: "rows", "diagonals" (XLA) or a Pallas kernel,
+  ("pallas_tpu" | "pallas_gpu", interpret), fixed at trace time so the
+  forward and backward of the custom VJP agree."""
   if implementation not in ("auto", "xla", "pallas"):
     raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
                      f"got {implementation!r}.")
+  if layout not in ("auto", "rows", "diagonals"):
+    raise ValueError(f"`layout` must be 'auto', 'rows' or 'diagonals', "
+                     f"got {layout!r}.")
   platform = target_platform()
-  if implementation == "pallas" and platform == "gpu":
-    raise ValueError("The Pallas soft-edit-distance kernel is written for "
-                     "Mosaic TPU (and interpret mode on CPU); on GPU use "
-                     "implementation='xla' (or 'auto').")
-  # "auto": the Pallas kernel on TPU (it lowers with Mosaic for v5e, v5p and
-  # v6e: tests/test_kernels.py compiles it AOT). On GPU it stays on XLA:
-  # the kernel is written for Mosaic TPU and has not been lowered for GPU.
-  if implementation == "pallas" or (implementation == "auto" and
-                                    platform == "tpu" and layout == "auto"):
-    return "pallas"
+  kernel = "pallas_gpu" if platform == "gpu" else "pallas_tpu"
+  if implementation == "pallas" and kernel == "pallas_tpu" and (
+      platform == "tpu" and not _tpu_kernel_fits(num_pred, batch)):
+    raise ValueError(
+        f"Sequences of {num_pred} tokens (the shorter side) do not fit the "
+        "TPU kernel's VMEM; use implementation='xla' (or 'auto', which "
+        "does).")
+  if implementation == "pallas" and kernel == "pallas_gpu":
+    from ir_jax.kernels import soft_edit_distance_gpu as kernels
+    kernels._check_fits(kernels.padded_rows(num_pred))
+    if not _gpu_is_hopper():
+      raise ValueError("The Pallas soft-edit-distance kernel for GPU is "
+                       "written for Mosaic GPU (Hopper, compute capability "
+                       ">= 9.0); on this GPU use implementation='xla' (or "
+                       "'auto', which does).")
+  # "auto": the kernels on TPU (they lower with Mosaic for v5e, v5p, v6e)
+  # and Hopper+ GPUs (Mosaic GPU; lowered in tests/test_kernels.py) while a
+  # diagonal fits VMEM / shared memory; XLA on CPU and older GPUs.
+  auto_kernel = layout == "auto" and (
+      (platform == "tpu" and _tpu_kernel_fits(num_pred, batch)) or
+      (platform == "gpu" and _gpu_kernel_fits(num_pred) and _gpu_is_hopper()))
+  if implementation == "pallas" or (implementation == "auto" and auto_kernel):
+    return (kernel, _pallas_interpret())
   if layout == "auto":
     # Measured in benchmarks/rewards.py: on CPU the batch-vectorized row
     # order wins; accelerators need the wavefront's per-step parallelism.
     return "rows" if platform == "cpu" else "diagonals"
-  if layout not in ("rows", "diagonals"):
-    raise ValueError(f"`layout` must be 'auto', 'rows' or 'diagonals', "
-                     f"got {layout!r}.")
   return layout
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _soft_ed(costs, n, m, gamma, ins, dele, layout):
-  return _LAYOUTS[layout][0](costs, n, m, gamma, ins, dele)[0]
+  return _implementation(layout)[0](costs, n, m, gamma, ins, dele)[0]
 
 
 def _soft_ed_fwd(costs, n, m, gamma, ins, dele, layout):
-  value, probs = _LAYOUTS[layout][0](costs, n, m, gamma, ins, dele)
+  value, probs = _implementation(layout)[0](costs, n, m, gamma, ins, dele)
   return value, (probs, costs, n, m, gamma, ins, dele, value)
 
 
 def _soft_ed_bwd(layout, res, g):
   probs, costs, n, m, gamma, ins, dele, value = res
-  g_costs, g_ins, g_del = _LAYOUTS[layout][1](probs, n, m, costs.shape[-1])
+  g_costs, g_ins, g_del = _implementation(layout)[1](probs, n, m,
+                                                      costs.shape[-1])
   inner = (jnp.sum(g_costs * costs, axis=(1, 2)) + ins * g_ins +
            dele * g_del)
   g_gamma = (value - inner) / gamma
@@ -415,10 +462,11 @@ def soft_edit_distance(costs: jax.Array,
       vector op over a whole diagonal), "rows" (N x M steps, each over the
       batch; fastest on CPU) or "auto" (rows on CPU, diagonals elsewhere).
     implementation: "xla" (the `layout` above), "pallas" (the wavefront as a
-      Pallas Mosaic-TPU kernel, `ir_jax.kernels`; interpret mode on CPU; it
-      keeps the skewed costs plus two diagonals per block and recomputes
-      the probabilities in the backward) or "auto" (Pallas when compiling
-      for TPU, XLA on CPU and GPU).
+      Pallas kernel, `ir_jax.kernels`: Mosaic TPU, or Mosaic GPU on a GPU
+      for N <= 1663; interpret mode on CPU; it keeps the costs plus two
+      diagonals per block and recomputes the probabilities in the
+      backward) or "auto" (Pallas when compiling for TPU, and for GPU
+      while it fits; XLA on CPU). `lowering_for` overrides the platform.
 
   Returns:
     float32[...] soft distances; differentiable w.r.t. costs, gamma and the
@@ -443,8 +491,16 @@ def soft_edit_distance(costs: jax.Array,
   # Zeroing the padding keeps NaN/inf there out of the values and gradients.
   flat = jnp.where(rows & cols, flat, 0.0)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
-  value = _soft_ed(flat, n, m, f32(gamma), f32(insertion_cost),
-                   f32(deletion_cost), _resolve_layout(layout, implementation))
+  ins, dele = f32(insertion_cost), f32(deletion_cost)
+  resolved = _resolve_layout(layout, implementation,
+                             min(num_pred, num_target), size)
+  if resolved != "rows" and num_pred > num_target:
+    # The wavefront's diagonals hold one cell per row: put the shorter
+    # sequence on the rows (skewed planes of (N + M) x min(N, M) cells, not
+    # (N + M) x N). R is symmetric under transposition with the insertion
+    # and deletion costs swapped: R(C)[n, m] = R(C^T, ins<->del)[m, n].
+    flat, n, m, ins, dele = flat.transpose(0, 2, 1), m, n, dele, ins
+  value = _soft_ed(flat, n, m, f32(gamma), ins, dele, resolved)
   return value.reshape(batch)
 
 
@@ -479,7 +535,8 @@ def soft_edit_distance_from_logits(logits: jax.Array,
                                    target_lengths: Optional[jax.Array] = None,
                                    insertion_cost=1.0,
                                    deletion_cost=1.0,
-                                   layout: str = "auto") -> jax.Array:
+                                   layout: str = "auto",
+                                   implementation: str = "auto") -> jax.Array:
   """Soft edit distance with `costs[i, j] = 1 - softmax(logits[i])[targets[j]]`.
 
   The substitution cost is the probability mass the model puts on anything
@@ -489,8 +546,8 @@ def soft_edit_distance_from_logits(logits: jax.Array,
   Args:
     logits: float[..., N, V] prediction logits.
     targets: int[..., M] target token ids in [0, V).
-    gamma, lengths, insertion_cost, deletion_cost, layout: as
-      `soft_edit_distance`.
+    gamma, lengths, insertion_cost, deletion_cost, layout, implementation:
+      as `soft_edit_distance`.
 
   Returns:
     float32[...].
@@ -507,4 +564,5 @@ def soft_edit_distance_from_logits(logits: jax.Array,
   return soft_edit_distance(costs, gamma, pred_lengths=pred_lengths,
                             target_lengths=target_lengths,
                             insertion_cost=insertion_cost,
-                            deletion_cost=deletion_cost, layout=layout)
+                            deletion_cost=deletion_cost, layout=layout,
+                            implementation=implementation)

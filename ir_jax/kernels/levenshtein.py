@@ -1,0 +1,166 @@
+"""Pallas kernel for the exact bit-parallel Levenshtein distance (TPU, GPU).
+
+Why a kernel: `ir_jax.rewards.levenshtein` is Myers' bit-vector algorithm,
+N prediction steps x W = ceil(M / 32) words, each ~15 integer ops over the
+batch. Its inputs are token ids, so at memory bandwidth it would take
+microseconds; as an XLA loop it is N x W dependent steps of a few tiny ops,
+each a loop iteration with its own launch/sync cost on an accelerator (B=512,
+N=M=1024: 32k iterations). The kernel runs the whole step x word chain in
+on-chip memory, one program per tile of pairs.
+
+Layout: pairs on a [P, 128] tile (P <= 8 sublanes x 128 lanes on TPU; the
+same tile is a CUDA block on GPU); the match masks `eq[i, w]` (which target
+rows of word w equal pred[i]) are built in XLA, one fused compare, and
+streamed in blocks of K steps (the sequential grid axis) while the vertical
+delta words pv/mv (f[W, P, 128]) and the score stay in scratch memory.
+Words are int32 with logical shifts (identical bits to the uint32 XLA path).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.experimental.pallas import tpu as pltpu
+
+LANES = 128
+WORD = 32
+_BUDGET = {"tpu": 8 * 2 ** 20,      # eq blocks (double-buffered) per program.
+           "gpu": 64 * 2 ** 10}
+_GPU_SMEM = 200 * 2 ** 10
+
+
+def _srl(x, bits):
+  return lax.shift_right_logical(x, jnp.asarray(bits, x.dtype))
+
+
+def _word_step(pv, mv, eq, hin):
+  """Myers/Hyyro block update on int32 words (see exact._advance_block):
+  returns new (pv, mv), the unshifted (ph, mh) and the carry out."""
+  hneg = (hin < 0).astype(jnp.int32)
+  hpos = (hin > 0).astype(jnp.int32)
+  xv = eq | mv
+  eq = eq | hneg
+  xh = (((eq & pv) + pv) ^ pv) | eq
+  ph = mv | ~(xh | pv)
+  mh = pv & xh
+  hout = _srl(ph, 31) - _srl(mh, 31)
+  ph_s = (ph << 1) | hpos
+  mh_s = (mh << 1) | hneg
+  return mh_s | ~(xv | ph_s), ph_s & xv, ph, mh, hout
+
+
+def _kernel(eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
+  block, num_words = eq_ref.shape[:2]
+  k = pl.program_id(1)
+  n, last_word, last_bit = meta_ref[0], meta_ref[1], meta_ref[2]
+
+  @pl.when(k == 0)
+  def _():
+    pv_ref[...] = jnp.full(pv_ref.shape, -1, jnp.int32)
+    mv_ref[...] = jnp.zeros(mv_ref.shape, jnp.int32)
+    score_ref[...] = meta_ref[3]   # m: D[0, m].
+
+  def step(t, _):
+    active = k * block + t < n
+
+    def word(w, carry):
+      hin, delta = carry
+      pv, mv, ph, mh, hout = _word_step(pv_ref[w], mv_ref[w], eq_ref[t, w],
+                                        hin)
+      pv_ref[w] = jnp.where(active, pv, pv_ref[w])
+      mv_ref[w] = jnp.where(active, mv, mv_ref[w])
+      bit = (_srl(ph, last_bit) & 1) - (_srl(mh, last_bit) & 1)
+      return hout, delta + jnp.where(last_word == w, bit, 0)
+
+    # D[i, 0] = i: +1 enters every column. (Derived from a loaded value so
+    # that, on GPU, the loop carry keeps the loaded array's layout.)
+    zeros = 0 * n
+    _, delta = lax.fori_loop(0, num_words, word, (zeros + 1, zeros))
+    score_ref[...] = score_ref[...] + jnp.where(active, delta, 0)
+
+  lax.fori_loop(0, block, step, None)
+
+  @pl.when(k == pl.num_programs(1) - 1)
+  def _():
+    out_ref[...] = score_ref[...]
+
+
+def match_masks(pred, target, num_words):
+  """eq int32[N, W, B]: bit b of word w set where target[32 w + b] equals
+  pred[i] (padding columns never match: m bounds the score row)."""
+  batch, num_target = target.shape
+  words = jnp.pad(target, ((0, 0), (0, num_words * WORD - num_target)),
+                  constant_values=-1).reshape(batch, num_words, WORD)
+  hits = pred.T[:, :, None, None] == words[None]            # [N, B, W, 32]
+  shifts = jnp.arange(WORD, dtype=jnp.uint32)
+  eq = jnp.sum(hits.astype(jnp.uint32) << shifts, axis=-1, dtype=jnp.uint32)
+  return lax.bitcast_convert_type(eq, jnp.int32).transpose(0, 2, 1)
+
+
+def _tile(batch, platform):
+  """Rows P of a [P, 128] tile of pairs and the padded batch: up to 8
+  sublanes on TPU; one row on GPU (a pair per thread of a 128-thread
+  block, more blocks over the SMs)."""
+  rows = -(-batch // LANES)
+  sub = min(rows, 8 if platform == "tpu" else 1)
+  return sub, -(-rows // sub) * sub * LANES
+
+
+def max_target_length(platform: str) -> int:
+  """Longest target the kernel takes: on GPU the pv/mv words and two eq
+  blocks of one step must fit ~200 KiB of SMEM and a TMA box is <= 256
+  wide; on TPU (VMEM) far beyond any sequence here."""
+  if platform == "gpu":
+    return min(_GPU_SMEM // (4 * LANES * 4), 256) * WORD
+  return 1 << 20
+
+
+def _compiler_params(platform, interpret):
+  if interpret:
+    return None
+  if platform == "gpu":
+    return plgpu.CompilerParams(
+        dimension_semantics=("parallel", "sequential"),
+        max_concurrent_steps=2)
+  return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+
+
+@functools.partial(jax.jit, static_argnames=("platform", "interpret", "block"))
+def levenshtein(pred, target, n, m, *, platform="tpu", interpret=False,
+                block=None):
+  """pred int[B, N], target int[B, M] (N, M >= 1), n/m int32[B] clamped
+  lengths -> int32[B] = ED(pred[:n], target[:m]). `platform` picks the
+  scratch memory space ("tpu": VMEM, "gpu": SMEM)."""
+  batch, num_pred = pred.shape
+  num_words = -(-target.shape[1] // WORD)
+  sub, padded = _tile(batch, platform)
+  tile_bytes = num_words * sub * LANES * 4
+  block = block or int(max(1, min(num_pred, 256,
+                                  _BUDGET[platform] // 2 // tile_bytes)))
+  steps = -(-num_pred // block) * block
+  pad = padded - batch
+  eq = match_masks(pred, target, num_words)                 # [N, W, B]
+  eq = jnp.pad(eq, ((0, steps - num_pred), (0, 0), (0, pad)))
+  eq = eq.reshape(steps, num_words, padded // LANES, LANES)
+  last = jnp.maximum(m - 1, 0)
+  meta = jnp.stack([n, last // WORD, last % WORD, m]).astype(jnp.int32)
+  meta = jnp.pad(meta, ((0, 0), (0, pad))).reshape(4, padded // LANES, LANES)
+  scratch = plgpu.SMEM if platform == "gpu" else pltpu.VMEM
+  out = pl.pallas_call(
+      _kernel,
+      grid=(padded // (sub * LANES), steps // block),
+      in_specs=[pl.BlockSpec((block, num_words, sub, LANES),
+                             lambda b, k: (k, 0, b, 0)),
+                pl.BlockSpec((4, sub, LANES), lambda b, k: (0, b, 0))],
+      out_specs=pl.BlockSpec((sub, LANES), lambda b, k: (b, 0)),
+      out_shape=jax.ShapeDtypeStruct((padded // LANES, LANES), jnp.int32),
+      scratch_shapes=[scratch((num_words, sub, LANES), jnp.int32),
+                      scratch((num_words, sub, LANES), jnp.int32),
+                      scratch((sub, LANES), jnp.int32)],
+      compiler_params=_compiler_params(platform, interpret),
+      interpret=interpret)(eq, meta)
+  # m = 0 reads no row: the distance is n.
+  return jnp.where(m == 0, n, out.reshape(-1)[:batch])
