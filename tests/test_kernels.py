@@ -133,9 +133,11 @@ def test_auto_dispatch_by_target_platform():
   with soft.lowering_for("gpu"):
     assert soft._resolve_layout("auto", "auto", 256) == ("pallas_gpu", False)
     # Past shared memory: XLA's wavefront, and a clear error when forced.
-    assert soft._resolve_layout("auto", "auto", 4096) == "diagonals"
+    assert soft._resolve_layout("auto", "auto", 4096) == ("pallas_gpu",
+                                                          False)
+    assert soft._resolve_layout("auto", "auto", 4608) == "diagonals"
     with pytest.raises(ValueError, match="shared memory"):
-      soft._resolve_layout("auto", "pallas", 4096)
+      soft._resolve_layout("auto", "pallas", 4608)
   with pytest.raises(ValueError, match="platform"):
     with soft.lowering_for("cuda"):
       pass
@@ -165,7 +167,9 @@ def test_gpu_kernel_matches_xla(batch, n_max, m_max, gamma):
 
 
 def test_gpu_kernel_bfloat16_and_blocks():
-  """bf16 costs; K = 1, 3 and all diagonals in one block agree bit for bit."""
+  """bf16 costs; K = 1, 3, all diagonals in one block, and long mode (every
+  diagonal saved, one a step, probabilities used as recomputed) agree bit
+  for bit."""
   rng = np.random.default_rng(3)
   costs = jnp.asarray(rng.random((4, 13, 9)), jnp.bfloat16)
   n, m = jnp.array([13, 5, 0, 8]), jnp.array([9, 9, 4, 0])
@@ -177,11 +181,15 @@ def test_gpu_kernel_bfloat16_and_blocks():
   args = (costs.astype(jnp.float32), n, m, 0.7, 0.9, 1.1)
   diags = gpu_kernels.padded_rows(13) + 9
   outs = []
-  for block in (1, 3, diags):
-    value, ckpt = gpu_kernels.forward(*args, interpret=True, block=block)
-    assert ckpt.shape[1] == -(-diags // block)     # One checkpoint a block.
-    outs.append((value, *gpu_kernels.backward(args[0], ckpt, *args[1:],
-                                              interpret=True, block=block)))
+  for block, long in ((1, False), (3, False), (diags, False), (None, True)):
+    kw = dict(interpret=True, block=block, long=long)
+    value, saved = gpu_kernels.forward(*args, **kw)
+    # One checkpoint (two diagonals) a block, or every diagonal.
+    chunks = gpu_kernels.padded_rows(13) // gpu_kernels.CHUNK
+    assert saved.shape[1:3] == ((diags, chunks + 1) if long else
+                                (-(-diags // block), 2))
+    outs.append((value, *gpu_kernels.backward(args[0], saved, *args[1:],
+                                              **kw)))
   for other in outs[1:]:
     for a, b in zip(other, outs[0]):
       np.testing.assert_array_equal(a, b)
@@ -189,9 +197,11 @@ def test_gpu_kernel_bfloat16_and_blocks():
 
 @pytest.mark.parametrize("batch,length,calls", [
     (512, 256, 2), (64, 1024, 2),
-    (8, 1663, 2),      # The longest that fits 227 KiB of SMEM (checked by
-                       # the lowering): 202 KB for the backward at K = 1.
-    (8, 1664, 0),      # Past it: auto lowers XLA's wavefront.
+    (8, 2047, 2),      # The longest in blocked mode (197 KiB of SMEM at
+                       # K = 1; the lowering checks the 227 KiB limit).
+    (8, 4096, 2),      # Long mode: one diagonal a step, single-buffered.
+    (8, 4607, 2),      # The longest (226 KiB).
+    (8, 4608, 0),      # Past it: auto lowers XLA's wavefront.
 ])
 def test_gpu_kernel_lowers_with_mosaic_gpu(batch, length, calls):
   """jax.export for CUDA from this CPU host: forward + backward go through

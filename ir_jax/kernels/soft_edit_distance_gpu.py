@@ -15,17 +15,25 @@ independent programs:
   * the live diagonals sit in SMEM ring buffers with a pad row, so the
     shifted neighbours R[i - 1] and E[i + 1] are plain loads at row offset
     -1 / +1 (a 128-row chunk per vector op, one f32 per thread);
-  * forward writes the diagonal holding R[n, m] and, per block, the two
-    diagonals it starts from; the backward re-reads the block's costs,
-    recomputes its softmin probabilities into SMEM from that checkpoint
-    and runs the expected-alignment recursion over them in reverse.
+  * blocked mode: the forward keeps R[n, m] (a 128-float accumulator) and
+    saves, per block, the two diagonals it starts from; the backward
+    re-reads the block's costs, recomputes its softmin probabilities into
+    SMEM from that checkpoint and runs the expected-alignment recursion over
+    them in reverse. SMEM holds ~7 K + 16 rows of R floats, so K = 1 fits
+    to R = 2048 (197 KiB measured by the lowering); K itself aims at
+    ~96 KiB, two blocks per SM (untuned: no device has run this yet);
+  * long mode, past that: the forward saves every diagonal R[d] (one plane
+    in HBM, a third of the XLA wavefront's three probability planes) and
+    the backward takes one diagonal a step, single-buffered, recomputing
+    the probabilities chunk by chunk from R[d - 1] and R[d - 2] (flat views
+    of the saved blocks, whose pad row makes R[i - 1] a load at offset 0)
+    and using them at once: ~12 rows of R floats, N <= `max_pred_length()`
+    = 4607 (226 KiB of the 227 KiB a Hopper block may use, measured).
 
-SMEM bounds the length: the backward keeps ~7 K + 22 rows of R floats, so
-N <= `max_pred_length()` (1663 within 200 KiB of the 227 KiB a Hopper block
-may use) at K = 1; `ir_jax.rewards.soft_edit_distance` falls back to XLA
-beyond it. K itself aims at ~96 KiB, two blocks per SM (untuned: no device
-has run this yet). Pallas inserts a warpgroup barrier around every SMEM
-store (auto barriers), which orders the ring buffers between diagonals.
+The shorter sequence is on the rows (`soft_edit_distance` transposes), and
+`ir_jax.rewards.soft_edit_distance` takes the XLA wavefront beyond the
+bound. Pallas inserts a warpgroup barrier around every SMEM store (auto
+barriers), which orders the ring buffers between diagonals.
 
 Off the GPU the kernels run in Pallas interpret mode (how the tests check
 them), and `jax.export(..., platforms=["cuda"])` lowers them through Mosaic
@@ -46,8 +54,10 @@ from ir_jax.rewards.soft import _BIG, diagonal_cell
 
 CHUNK = 128                     # Rows per vector op: one f32 per thread.
 PARAMS = 32                     # Scalars padded to 128 bytes (TMA granule).
-_SMEM_LIMIT = 200 * 2 ** 10     # Of the 227 KiB a Hopper block may use.
+_SMEM_LIMIT = 200 * 2 ** 10     # Blocked mode, of the 227 KiB a Hopper
+                                # block may use (the lowering checks 227).
 _SMEM_BUDGET = 96 * 2 ** 10     # K's target: two blocks per SM (untuned).
+_LONG_LIMIT = 222 * 2 ** 10     # Long mode, one block per SM.
 
 
 def padded_rows(num_pred: int) -> int:
@@ -55,32 +65,53 @@ def padded_rows(num_pred: int) -> int:
   return -(-(num_pred + 1) // CHUNK) * CHUNK
 
 
-def _smem_rows(block: int) -> int:
-  """f32 rows of R floats the backward keeps in SMEM for K = `block`:
-  costs and flows double-buffered (4 K), three probability planes (3 K),
-  two checkpoints x2, accumulators x2 (out) + 2 (scratch), row ids x2,
-  3 + 7 ring buffers (each one chunk longer, counted as +1 row)."""
-  return 7 * block + 22
+def _blocked_bytes(num_rows: int, block: int) -> int:
+  """SMEM of the blocked backward (the larger pass) for K = `block`:
+  costs and flows double-buffered (4 K rows of R floats), three
+  probability planes (3 K), row ids x2, and with a pad chunk each: two
+  checkpoints x2, the R ring (3) and the flow rings (7)."""
+  return 4 * (num_rows * (7 * block + 2) + 14 * (num_rows + CHUNK))
+
+
+def _long_bytes(num_rows: int) -> int:
+  """SMEM of the long backward (one diagonal a step, single-buffered):
+  costs, flows, row ids, and with a pad chunk R[d - 1], R[d - 2] and the
+  seven flow-ring rows."""
+  return 4 * (3 * num_rows + 9 * (num_rows + CHUNK))
+
+
+def _is_long(num_rows: int):
+  """False (blocked mode), True (long mode) or None (does not fit)."""
+  if _blocked_bytes(num_rows, 1) <= _SMEM_LIMIT:
+    return False
+  if _long_bytes(num_rows) <= _LONG_LIMIT:
+    return True
+  return None
 
 
 def diagonal_block(num_rows: int, num_diag: int,
                    budget: int = _SMEM_BUDGET) -> int:
-  """K: diagonals per grid step so the backward's SMEM fits the budget."""
-  return int(max(1, min(num_diag, 64,
-                        (budget // (4 * num_rows) - 22) // 7)))
+  """K: diagonals per grid step so the blocked backward's SMEM fits."""
+  block = 1
+  while block < min(num_diag, 64) and _blocked_bytes(num_rows,
+                                                     block + 1) <= budget:
+    block += 1
+  return block
 
 
-def max_pred_length(budget: int = _SMEM_LIMIT) -> int:
-  """Longest prediction whose backward fits SMEM with K = 1."""
-  rows = budget // (4 * _smem_rows(1)) // CHUNK * CHUNK
+def max_pred_length() -> int:
+  """Longest shorter-side sequence the kernels take (long mode)."""
+  rows = CHUNK
+  while _is_long(rows + CHUNK) is not None:
+    rows += CHUNK
   return rows - 1
 
 
 def _check_fits(num_rows):
-  if 4 * num_rows * _smem_rows(1) > _SMEM_LIMIT:
+  if _is_long(num_rows) is None:
     raise ValueError(
-        f"Predictions of {num_rows - 1} tokens do not fit the GPU kernel's "
-        f"shared memory (at most {max_pred_length()}); use "
+        f"Sequences of {num_rows - 1} tokens (the shorter side) do not fit "
+        f"the GPU kernel's shared memory (at most {max_pred_length()}); use "
         "implementation='xla' (or 'auto', which does).")
 
 
@@ -135,50 +166,80 @@ def _wavefront(c_ref, first, buf_ref, rows_ref, prm_ref, on_chunk):
   lax.fori_loop(0, block, diagonal, None)
 
 
-def _checkpoint_io(ckpt_ref, buf_ref, first, num_chunks, save):
-  """Copies diagonals first - 2 and first - 1 between the ring and the
-  block's checkpoint [1, 1, 2, R / CHUNK, CHUNK] (save: ring -> it)."""
-  slots = ((first + 1) % 3, (first + 2) % 3)
-
+def _ring_io(saved_ref, prefix, buf_ref, slots, save):
+  """Copies ring slots (whole, pad row included: [R + CHUNK] flat) to or
+  from saved_ref[*prefix, j] ([R / CHUNK + 1, CHUNK] each)."""
   def chunk(c):
-    ring = pl.ds(c * CHUNK + 1, CHUNK)
-    for k, slot in enumerate(slots):
+    ring = pl.ds(c * CHUNK, CHUNK)
+    for j, slot in enumerate(slots):
       if save:
-        ckpt_ref[0, 0, k, c] = buf_ref[slot, ring]
+        saved_ref[(*prefix, j, c)] = buf_ref[slot, ring]
       else:
-        buf_ref[slot, ring] = ckpt_ref[0, 0, k, c]
+        buf_ref[slot, ring] = saved_ref[(*prefix, j, c)]
 
-  _chunks(num_chunks, chunk)
+  _chunks(buf_ref.shape[1] // CHUNK, chunk)
 
 
-def _forward_kernel(c_ref, nm_ref, rows_ref, prm_ref, out_ref, ckpt_ref,
-                    buf_ref, final_ref):
-  _, block, num_chunks, _ = c_ref.shape
+def _forward_kernel(c_ref, nm_ref, rows_ref, prm_ref, out_ref, saved_ref,
+                    buf_ref, final_ref, *, long):
+  """Blocked mode saves, per block, the two diagonals it starts from; long
+  mode (K = 1) saves every diagonal R[d] after computing it."""
+  _, block, _, _ = c_ref.shape
   k = pl.program_id(1)
-  final = nm_ref[0, 0] + nm_ref[0, 1]
+  n, final = nm_ref[0, 0], nm_ref[0, 0] + nm_ref[0, 1]
+  first = k * block
 
   @pl.when(k == 0)
   def _():
     _fill(buf_ref, _BIG)
+    final_ref[...] = jnp.zeros((CHUNK,), jnp.float32)
 
-  first = k * block
-  _checkpoint_io(ckpt_ref, buf_ref, first, num_chunks, save=True)
+  if not long:
+    _ring_io(saved_ref, (0, 0), buf_ref, ((first + 1) % 3, (first + 2) % 3),
+             save=True)
 
   def keep_final(t, d, c, rows, r, p):
-    del t, rows, p
+    del t, c, p
 
     @pl.when(d == final)
     def _():
-      final_ref[c] = r
+      final_ref[...] = final_ref[...] + jnp.where(rows == n, r, 0.0)
 
   _wavefront(c_ref, first, buf_ref, rows_ref, prm_ref, keep_final)
+  if long:
+    _ring_io(saved_ref, (0,), buf_ref, (first % 3,), save=True)
 
   # Index-invariant outputs are copied out after the last step, from the
   # last step's pipeline slot: write them then.
   @pl.when(k == pl.num_programs(1) - 1)
   def _():
-    _chunks(num_chunks,
-            lambda c: out_ref.__setitem__((0, c), final_ref[c]))
+    out_ref[0] = final_ref[...]
+
+
+def _flow_chunk(c, d, rows, probs, n, m, qs_ref, qi_ref, qd_ref, acc_ref):
+  """The expected-alignment step for one chunk of diagonal d: E from the
+  flow rings (E[i + 1] of d + 1, d + 2 read one row down), the seed at
+  (n, m), the three flows into the rings; returns the substitution flow."""
+  here = pl.ds(c * CHUNK, CHUNK)
+  below = pl.ds(c * CHUNK + 1, CHUNK)
+  e = (qs_ref[(d + 2) % 3, below] + qi_ref[(d + 1) % 2, below] +
+       qd_ref[(d + 1) % 2, here])
+  e = e + ((rows == n) & (d == n + m)).astype(jnp.float32)
+  q_sub, q_ins, q_del = (e * p for p in probs)
+  qs_ref[d % 3, here] = q_sub
+  qi_ref[d % 2, here] = q_ins
+  qd_ref[d % 2, here] = q_del
+  acc_ref[0] = acc_ref[0] + q_ins
+  acc_ref[1] = acc_ref[1] + q_del
+  return q_sub
+
+
+def _init_flows(qs_ref, qi_ref, qd_ref, acc_ref):
+  # E of diagonals d + 1, d + 2 at rows 0..R-1, zeros beyond (the E[i + 1]
+  # of the last row).
+  for ref in (qs_ref, qi_ref, qd_ref):
+    _fill(ref, 0.0)
+  acc_ref[...] = jnp.zeros((2, CHUNK), jnp.float32)
 
 
 def _backward_kernel(c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref, g_ref,
@@ -191,16 +252,11 @@ def _backward_kernel(c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref, g_ref,
 
   @pl.when(k == 0)
   def _():
-    _fill(buf_ref, _BIG)
-    # Flow rings: E of diagonals d + 1, d + 2 at rows 0..R-1, zeros beyond
-    # (the E[i + 1] of the last row).
-    for ref in (qs_ref, qi_ref, qd_ref):
-      _fill(ref, 0.0)
-    _chunks(num_chunks, lambda c: acc_ref.__setitem__(
-        (slice(None), c), jnp.zeros((2, CHUNK), jnp.float32)))
+    _init_flows(qs_ref, qi_ref, qd_ref, acc_ref)
 
   # Recompute this block's probabilities into SMEM from its checkpoint.
-  _checkpoint_io(ckpt_ref, buf_ref, first, num_chunks, save=False)
+  _ring_io(ckpt_ref, (0, 0), buf_ref, ((first + 1) % 3, (first + 2) % 3),
+           save=False)
 
   def keep_probs(t, d, c, rows, r, p):
     del d, rows, r
@@ -214,18 +270,9 @@ def _backward_kernel(c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref, g_ref,
     d = first + t
 
     def chunk(c):
-      rows, here, below = rows_ref[c], pl.ds(c * CHUNK, CHUNK), pl.ds(
-          c * CHUNK + 1, CHUNK)
-      e = (qs_ref[(d + 2) % 3, below] + qi_ref[(d + 1) % 2, below] +
-           qd_ref[(d + 1) % 2, here])
-      e = e + ((rows == n) & (d == n + m)).astype(jnp.float32)
-      q_sub, q_ins, q_del = e * ps_ref[t, c], e * pi_ref[t, c], e * pd_ref[t, c]
-      qs_ref[d % 3, here] = q_sub
-      qi_ref[d % 2, here] = q_ins
-      qd_ref[d % 2, here] = q_del
-      g_ref[0, t, c] = q_sub
-      acc_ref[0, c] = acc_ref[0, c] + q_ins
-      acc_ref[1, c] = acc_ref[1, c] + q_del
+      probs = (ps_ref[t, c], pi_ref[t, c], pd_ref[t, c])
+      g_ref[0, t, c] = _flow_chunk(c, d, rows_ref[c], probs, n, m, qs_ref,
+                                   qi_ref, qd_ref, acc_ref)
 
     _chunks(num_chunks, chunk)
 
@@ -233,10 +280,43 @@ def _backward_kernel(c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref, g_ref,
 
   @pl.when(k == pl.num_programs(1) - 1)
   def _():
-    def chunk(c):
-      for j in range(2):
-        acc_out_ref[0, j, c] = acc_ref[j, c]
-    _chunks(num_chunks, chunk)
+    acc_out_ref[0] = acc_ref[...]
+
+
+def _backward_long_kernel(c_ref, r1_ref, r2_ref, nm_ref, rows_ref, prm_ref,
+                          g_ref, acc_out_ref, qs_ref, qi_ref, qd_ref,
+                          acc_ref):
+  """One diagonal d a step, probabilities recomputed chunk by chunk from
+  the saved R[d - 1], R[d - 2] (flat views with the pad row: R[i - 1] and
+  R[i] of chunk c are loads at offsets 0 and 1) and used at once."""
+  _, _, num_chunks, _ = c_ref.shape
+  k = pl.program_id(1)
+  d = pl.num_programs(1) - 1 - k
+  n, m = nm_ref[0, 0], nm_ref[0, 1]
+  gamma, ins, dele = prm_ref[0], prm_ref[1], prm_ref[2]
+  flat = (num_chunks + 1) * CHUNK
+  r1, r2 = r1_ref.at[0, 0].reshape(flat), r2_ref.at[0, 0].reshape(flat)
+
+  @pl.when(k == 0)
+  def _():
+    _init_flows(qs_ref, qi_ref, qd_ref, acc_ref)
+
+  def chunk(c):
+    lo = c * CHUNK
+    rows = rows_ref[c]
+    big = lambda x, exists: jnp.where(exists, x, _BIG)  # R[-1], R[-2].
+    _, probs = diagonal_cell(
+        big(r2[pl.ds(lo, CHUNK)], d >= 2), big(r1[pl.ds(lo, CHUNK)], d >= 1),
+        big(r1[pl.ds(lo + 1, CHUNK)], d >= 1),
+        c_ref[0, 0, c].astype(jnp.float32), d, rows, gamma, ins, dele)
+    g_ref[0, 0, c] = _flow_chunk(c, d, rows, probs, n, m, qs_ref, qi_ref,
+                                 qd_ref, acc_ref)
+
+  _chunks(num_chunks, chunk)
+
+  @pl.when(k == pl.num_programs(1) - 1)
+  def _():
+    acc_out_ref[0] = acc_ref[...]
 
 
 def skew(costs, num_rows, num_diag):
@@ -256,19 +336,24 @@ def unskew(flows, num_pred, num_target):
   return flows[:, i + j + 2, i + 1]
 
 
-def _layout(num_pred, num_target, block):
+def _layout(num_pred, num_target, block, long):
+  """(R, K, blocks, long): long mode when the blocked backward does not
+  fit (or `long=True`), with K = 1."""
   num_rows = padded_rows(num_pred)
   _check_fits(num_rows)
+  long = _is_long(num_rows) if long is None else long
   num_diag = num_rows + num_target
+  if long:
+    block = 1
   block = block or diagonal_block(num_rows, num_diag)
-  return num_rows, block, -(-num_diag // block)
+  return num_rows, block, -(-num_diag // block), long
 
 
-def _compiler_params(interpret):
+def _compiler_params(interpret, stages=2):
   if interpret:
     return None
   return plgpu.CompilerParams(dimension_semantics=("parallel", "sequential"),
-                              max_concurrent_steps=2)
+                              max_concurrent_steps=stages)
 
 
 def _chunked(x, num_rows):
@@ -292,65 +377,85 @@ def _common_specs(num_chunks):
           pl.BlockSpec((PARAMS,), lambda b, k: (0,))]        # gamma, ins, del
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "block"))
-def forward(costs, n, m, gamma, ins, dele, *, interpret, block=None):
-  """costs [B, N, M] (f32 or bf16) -> (R[n, m] f32[B], checkpoints
-  f32[B, blocks, 2, R / 128, 128]: the two diagonals each block of K
-  starts from)."""
+@functools.partial(jax.jit, static_argnames=("interpret", "block", "long"))
+def forward(costs, n, m, gamma, ins, dele, *, interpret, block=None,
+            long=None):
+  """costs [B, N, M] (f32 or bf16) -> (R[n, m] f32[B], saved diagonals):
+  blocked mode f32[B, blocks, 2, R / 128 + 1, 128], the two diagonals each
+  block of K starts from; long mode f32[B, D, R / 128 + 1, 128], every
+  diagonal (row i at flat index i + 1, `_BIG` around)."""
   batch, num_pred, num_target = costs.shape
-  num_rows, block, blocks = _layout(num_pred, num_target, block)
+  num_rows, block, blocks, long = _layout(num_pred, num_target, block, long)
   chunks = num_rows // CHUNK
-  out, ckpt = pl.pallas_call(
-      _forward_kernel,
+  if long:
+    saved = pl.BlockSpec((1, 1, chunks + 1, CHUNK), lambda b, k: (b, k, 0, 0))
+    saved_shape = (batch, blocks, chunks + 1, CHUNK)
+  else:
+    saved = pl.BlockSpec((1, 1, 2, chunks + 1, CHUNK),
+                         lambda b, k: (b, k, 0, 0, 0))
+    saved_shape = (batch, blocks, 2, chunks + 1, CHUNK)
+  out, saved = pl.pallas_call(
+      functools.partial(_forward_kernel, long=long),
       grid=(batch, blocks),
       in_specs=[pl.BlockSpec((1, block, chunks, CHUNK),
                              lambda b, k: (b, k, 0, 0))]
       + _common_specs(chunks),
-      out_specs=[pl.BlockSpec((1, chunks, CHUNK), lambda b, k: (b, 0, 0)),
-                 pl.BlockSpec((1, 1, 2, chunks, CHUNK),
-                              lambda b, k: (b, k, 0, 0, 0))],
-      out_shape=[jax.ShapeDtypeStruct((batch, chunks, CHUNK), jnp.float32),
-                 jax.ShapeDtypeStruct((batch, blocks, 2, chunks, CHUNK),
-                                      jnp.float32)],
+      out_specs=[pl.BlockSpec((1, CHUNK), lambda b, k: (b, 0)), saved],
+      out_shape=[jax.ShapeDtypeStruct((batch, CHUNK), jnp.float32),
+                 jax.ShapeDtypeStruct(saved_shape, jnp.float32)],
       scratch_shapes=[plgpu.SMEM((3, num_rows + CHUNK), jnp.float32),
-                      plgpu.SMEM((chunks, CHUNK), jnp.float32)],
+                      plgpu.SMEM((CHUNK,), jnp.float32)],
       compiler_params=_compiler_params(interpret),
       interpret=interpret)(*_inputs(costs, n, m, gamma, ins, dele, num_rows,
                                     blocks * block))
-  value = jnp.take_along_axis(out.reshape(batch, num_rows),
-                              n.astype(jnp.int32)[:, None], axis=1)
-  return value[:, 0], ckpt
+  return out.sum(-1), saved
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "block"))
-def backward(costs, ckpt, n, m, gamma, ins, dele, *, interpret, block=None):
-  """Expected-alignment flows from `forward`'s checkpoints (same `costs`
-  and `block`): (dR/dcosts f32[B, N, M], dR/dins f32[B], dR/ddel f32[B])."""
+@functools.partial(jax.jit, static_argnames=("interpret", "block", "long"))
+def backward(costs, saved, n, m, gamma, ins, dele, *, interpret, block=None,
+             long=None):
+  """Expected-alignment flows from `forward`'s saved diagonals (same
+  `costs`, `block` and `long`): (dR/dcosts f32[B, N, M], dR/dins f32[B],
+  dR/ddel f32[B])."""
   batch, num_pred, num_target = costs.shape
-  num_rows, block, blocks = _layout(num_pred, num_target, block)
+  num_rows, block, blocks, long = _layout(num_pred, num_target, block, long)
   chunks = num_rows // CHUNK
-  spec = pl.BlockSpec((1, block, chunks, CHUNK),
-                      lambda b, k: (b, blocks - 1 - k, 0, 0))
-  ring = lambda slots: plgpu.SMEM((slots, num_rows + CHUNK), jnp.float32)
-  plane = plgpu.SMEM((block, chunks, CHUNK), jnp.float32)
   skewed, nm, rows, prm = _inputs(costs, n, m, gamma, ins, dele, num_rows,
                                   blocks * block)
-  flows, acc = pl.pallas_call(
-      _backward_kernel,
-      grid=(batch, blocks),
-      in_specs=[spec, pl.BlockSpec((1, 1, 2, chunks, CHUNK),
-                                   lambda b, k: (b, blocks - 1 - k, 0, 0, 0))]
-      + _common_specs(chunks),
-      out_specs=[spec, pl.BlockSpec((1, 2, chunks, CHUNK),
-                                    lambda b, k: (b, 0, 0, 0))],
-      out_shape=[jax.ShapeDtypeStruct((batch, blocks * block, chunks, CHUNK),
-                                      jnp.float32),
-                 jax.ShapeDtypeStruct((batch, 2, chunks, CHUNK),
-                                      jnp.float32)],
-      scratch_shapes=[ring(3), plane, plane, plane, ring(3), ring(2),
-                      ring(2), plgpu.SMEM((2, chunks, CHUNK), jnp.float32)],
-      compiler_params=_compiler_params(interpret),
-      interpret=interpret)(skewed, ckpt, nm, rows, prm)
-  acc = acc.sum((-2, -1))
+  ring = lambda slots: plgpu.SMEM((slots, num_rows + CHUNK), jnp.float32)
+  flow_rings = [ring(3), ring(2), ring(2), plgpu.SMEM((2, CHUNK),
+                                                      jnp.float32)]
+  spec = pl.BlockSpec((1, block, chunks, CHUNK),
+                      lambda b, k: (b, blocks - 1 - k, 0, 0))
+  acc_spec = pl.BlockSpec((1, 2, CHUNK), lambda b, k: (b, 0, 0))
+  out_shape = [jax.ShapeDtypeStruct((batch, blocks * block, chunks, CHUNK),
+                                    jnp.float32),
+               jax.ShapeDtypeStruct((batch, 2, CHUNK), jnp.float32)]
+  if long:
+    diag = lambda back: pl.BlockSpec(
+        (1, 1, chunks + 1, CHUNK),
+        lambda b, k: (b, jnp.maximum(blocks - 1 - back - k, 0), 0, 0))
+    flows, acc = pl.pallas_call(
+        _backward_long_kernel,
+        grid=(batch, blocks),
+        in_specs=[spec, diag(1), diag(2)] + _common_specs(chunks),
+        out_specs=[spec, acc_spec], out_shape=out_shape,
+        scratch_shapes=flow_rings,
+        compiler_params=_compiler_params(interpret, stages=1),
+        interpret=interpret)(skewed, saved, saved, nm, rows, prm)
+  else:
+    plane = plgpu.SMEM((block, chunks, CHUNK), jnp.float32)
+    flows, acc = pl.pallas_call(
+        _backward_kernel,
+        grid=(batch, blocks),
+        in_specs=[spec, pl.BlockSpec(
+            (1, 1, 2, chunks + 1, CHUNK),
+            lambda b, k: (b, blocks - 1 - k, 0, 0, 0))]
+        + _common_specs(chunks),
+        out_specs=[spec, acc_spec], out_shape=out_shape,
+        scratch_shapes=[ring(3), plane, plane, plane] + flow_rings,
+        compiler_params=_compiler_params(interpret),
+        interpret=interpret)(skewed, saved, nm, rows, prm)
+  acc = acc.sum(-1)
   flows = flows.reshape(batch, blocks * block, num_rows)
   return unskew(flows, num_pred, num_target), acc[:, 0], acc[:, 1]

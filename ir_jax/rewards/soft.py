@@ -462,10 +462,11 @@ def soft_edit_distance(costs: jax.Array,
       vector op over a whole diagonal), "rows" (N x M steps, each over the
       batch; fastest on CPU) or "auto" (rows on CPU, diagonals elsewhere).
     implementation: "xla" (the `layout` above), "pallas" (the wavefront as a
-      Pallas kernel, `ir_jax.kernels`: Mosaic TPU, or Mosaic GPU on a GPU
-      for N <= 1663; interpret mode on CPU; it keeps the costs plus two
-      diagonals per block and recomputes the probabilities in the
-      backward) or "auto" (Pallas when compiling for TPU, and for GPU
+      Pallas kernel, `ir_jax.kernels`: Mosaic TPU, or Mosaic GPU on a
+      Hopper GPU; interpret mode on CPU; it keeps the costs plus two
+      diagonals per block, or every diagonal of R for long sequences on
+      GPU, and recomputes the probabilities in the backward; the shorter
+      sequence must fit on chip: ~5.7k tokens on TPU, 4607 on GPU) or "auto" (Pallas when compiling for TPU, and for GPU
       while it fits; XLA on CPU). `lowering_for` overrides the platform.
 
   Returns:
