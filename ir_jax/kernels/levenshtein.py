@@ -25,6 +25,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
+from ir_jax.rewards.exact import _advance_block
+
 LANES = 128
 WORD = 32
 _BUDGET = {"tpu": 8 * 2 ** 20,      # eq blocks (double-buffered) per program.
@@ -34,22 +36,6 @@ _GPU_SMEM = 200 * 2 ** 10
 
 def _srl(x, bits):
   return lax.shift_right_logical(x, jnp.asarray(bits, x.dtype))
-
-
-def _word_step(pv, mv, eq, hin):
-  """Myers/Hyyro block update on int32 words (see exact._advance_block):
-  returns new (pv, mv), the unshifted (ph, mh) and the carry out."""
-  hneg = (hin < 0).astype(jnp.int32)
-  hpos = (hin > 0).astype(jnp.int32)
-  xv = eq | mv
-  eq = eq | hneg
-  xh = (((eq & pv) + pv) ^ pv) | eq
-  ph = mv | ~(xh | pv)
-  mh = pv & xh
-  hout = _srl(ph, 31) - _srl(mh, 31)
-  ph_s = (ph << 1) | hpos
-  mh_s = (mh << 1) | hneg
-  return mh_s | ~(xv | ph_s), ph_s & xv, ph, mh, hout
 
 
 def _kernel(eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
@@ -68,8 +54,8 @@ def _kernel(eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
 
     def word(w, carry):
       hin, delta = carry
-      pv, mv, ph, mh, hout = _word_step(pv_ref[w], mv_ref[w], eq_ref[t, w],
-                                        hin)
+      pv, mv, ph, mh, hout = _advance_block(pv_ref[w], mv_ref[w],
+                                            eq_ref[t, w], hin)
       pv_ref[w] = jnp.where(active, pv, pv_ref[w])
       mv_ref[w] = jnp.where(active, mv, mv_ref[w])
       bit = (_srl(ph, last_bit) & 1) - (_srl(mh, last_bit) & 1)

@@ -54,19 +54,22 @@ def _advance_block(pv, mv, eq, hin):
   target token equals the current prediction token, `hin` in {-1, 0, 1} the
   horizontal delta entering the block's top. Returns the new vertical deltas,
   the (unshifted) horizontal delta bit-vectors and the delta leaving the
-  bottom, which is the next block's `hin`.
+  bottom, which is the next block's `hin`. Words are uint32 here and int32
+  in the Pallas kernel (ir_jax.kernels.levenshtein): same bits, since
+  shifts are logical and additions wrap.
   """
-  one = jnp.uint32(1)
-  hneg = (hin < 0).astype(jnp.uint32)
-  hpos = (hin > 0).astype(jnp.uint32)
+  top_bit = lambda x: lax.shift_right_logical(x, x.dtype.type(31)).astype(
+      jnp.int32)
+  hneg = (hin < 0).astype(pv.dtype)
+  hpos = (hin > 0).astype(pv.dtype)
   xv = eq | mv
   eq = eq | hneg
   xh = (((eq & pv) + pv) ^ pv) | eq
   ph = mv | ~(xh | pv)
   mh = pv & xh
-  hout = (ph >> 31).astype(jnp.int32) - (mh >> 31).astype(jnp.int32)
-  ph_shifted = (ph << one) | hpos
-  mh_shifted = (mh << one) | hneg
+  hout = top_bit(ph) - top_bit(mh)
+  ph_shifted = (ph << 1) | hpos
+  mh_shifted = (mh << 1) | hneg
   pv = mh_shifted | ~(xv | ph_shifted)
   mv = ph_shifted & xv
   return pv, mv, ph, mh, hout
