@@ -324,26 +324,21 @@ def _backward_pallas(residuals, n, m, num_target, interpret):
 
 def _forward_pallas_gpu(costs, n, m, gamma, ins, dele, interpret):
   """The wavefront as a Mosaic GPU kernel (one pair per CUDA block); same
-  residual scheme as the TPU kernel."""
+  residual scheme as the TPU kernel (every diagonal of R in long mode)."""
   from ir_jax.kernels import soft_edit_distance_gpu as kernels
   from ir_jax.kernels._batching import fold_vmap
   run = fold_vmap(functools.partial(kernels.forward, interpret=interpret), 3)
-  value, ckpt = run(costs, n, m, gamma, ins, dele)
-  return value, (costs, ckpt, jnp.stack([gamma, ins, dele]))
+  value, saved = run(costs, n, m, gamma, ins, dele)
+  return value, (costs, saved, jnp.stack([gamma, ins, dele]))
 
 
 def _backward_pallas_gpu(residuals, n, m, num_target, interpret):
-  from ir_jax.kernels import soft_edit_distance_gpu as kernels
   del num_target
+  from ir_jax.kernels import soft_edit_distance_gpu as kernels
   from ir_jax.kernels._batching import fold_vmap
-  costs, ckpt, (gamma, ins, dele) = residuals
+  costs, saved, (gamma, ins, dele) = residuals
   run = fold_vmap(functools.partial(kernels.backward, interpret=interpret), 4)
-  return run(costs, ckpt, n, m, gamma, ins, dele)
-
-
-def _with_interpret(fwd, bwd, interpret):
-  return (lambda *a: fwd(*a, interpret=interpret),
-          lambda *a: bwd(*a, interpret=interpret))
+  return run(costs, saved, n, m, gamma, ins, dele)
 
 
 def _implementation(layout):
@@ -351,27 +346,38 @@ def _implementation(layout):
   ("pallas_tpu" | "pallas_gpu", interpret)."""
   if isinstance(layout, tuple):
     name, interpret = layout
-    pair = {"pallas_tpu": (_forward_pallas, _backward_pallas),
-            "pallas_gpu": (_forward_pallas_gpu, _backward_pallas_gpu)}[name]
-    return _with_interpret(*pair, interpret)
+    fwd, bwd = {"pallas_tpu": (_forward_pallas, _backward_pallas),
+                "pallas_gpu": (_forward_pallas_gpu, _backward_pallas_gpu)}[name]
+    return (functools.partial(fwd, interpret=interpret),
+            functools.partial(bwd, interpret=interpret))
   return {"diagonals": (_forward, _backward),
           "rows": (_forward_rows, _backward_rows)}[layout]
 
 
-def _gpu_kernel_fits(num_pred):
-  from ir_jax.kernels import soft_edit_distance_gpu as kernels
-  return num_pred <= kernels.max_pred_length()
-
-
-def _tpu_kernel_fits(num_pred, batch):
-  from ir_jax.kernels import soft_edit_distance as kernels
-  return kernels.fits_vmem(num_pred, batch)
+def _kernel_problem(platform, num_pred, batch):
+  """Why the platform's kernel cannot take `num_pred` rows ("" if it can):
+  a diagonal must fit on chip, and Mosaic GPU needs a Hopper."""
+  if platform == "gpu":
+    from ir_jax.kernels import soft_edit_distance_gpu as kernels
+    if not _gpu_is_hopper():
+      return "Mosaic GPU needs compute capability >= 9.0 (Hopper)"
+    if num_pred > kernels.max_pred_length():
+      return (f"{num_pred} tokens (the shorter side) do not fit shared "
+              f"memory (at most {kernels.max_pred_length()})")
+  if platform == "tpu":
+    from ir_jax.kernels import soft_edit_distance as kernels
+    if not kernels.fits_vmem(num_pred, batch):
+      return f"{num_pred} tokens (the shorter side) do not fit VMEM"
+  return ""
 
 
 def _resolve_layout(layout, implementation="auto", num_pred=0, batch=1):
   """Which code runs: "rows", "diagonals" (XLA) or a Pallas kernel,
   ("pallas_tpu" | "pallas_gpu", interpret), fixed at trace time so the
-  forward and backward of the custom VJP agree."""
+  forward and backward of the custom VJP agree. "auto": the kernels on
+  TPU (Mosaic, compiled for v5e, v5p, v6e in the tests) and Hopper GPUs
+  (Mosaic GPU, lowered in the tests) where a diagonal fits on chip; XLA
+  on CPU, older GPUs and past the on-chip bound."""
   if implementation not in ("auto", "xla", "pallas"):
     raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
                      f"got {implementation!r}.")
@@ -379,29 +385,18 @@ def _resolve_layout(layout, implementation="auto", num_pred=0, batch=1):
     raise ValueError(f"`layout` must be 'auto', 'rows' or 'diagonals', "
                      f"got {layout!r}.")
   platform = target_platform()
-  kernel = "pallas_gpu" if platform == "gpu" else "pallas_tpu"
-  if implementation == "pallas" and kernel == "pallas_tpu" and (
-      platform == "tpu" and not _tpu_kernel_fits(num_pred, batch)):
-    raise ValueError(
-        f"Sequences of {num_pred} tokens (the shorter side) do not fit the "
-        "TPU kernel's VMEM; use implementation='xla' (or 'auto', which "
-        "does).")
-  if implementation == "pallas" and kernel == "pallas_gpu":
-    from ir_jax.kernels import soft_edit_distance_gpu as kernels
-    kernels._check_fits(kernels.padded_rows(num_pred))
-    if not _gpu_is_hopper():
-      raise ValueError("The Pallas soft-edit-distance kernel for GPU is "
-                       "written for Mosaic GPU (Hopper, compute capability "
-                       ">= 9.0); on this GPU use implementation='xla' (or "
-                       "'auto', which does).")
-  # "auto": the kernels on TPU (they lower with Mosaic for v5e, v5p, v6e)
-  # and Hopper+ GPUs (Mosaic GPU; lowered in tests/test_kernels.py) while a
-  # diagonal fits VMEM / shared memory; XLA on CPU and older GPUs.
-  auto_kernel = layout == "auto" and (
-      (platform == "tpu" and _tpu_kernel_fits(num_pred, batch)) or
-      (platform == "gpu" and _gpu_kernel_fits(num_pred) and _gpu_is_hopper()))
-  if implementation == "pallas" or (implementation == "auto" and auto_kernel):
-    return (kernel, _pallas_interpret())
+  kernel = ("pallas_gpu" if platform == "gpu" else "pallas_tpu",
+            _pallas_interpret())
+  problem = _kernel_problem(platform, num_pred, batch)
+  if implementation == "pallas":
+    if problem:
+      raise ValueError(f"The Pallas soft-edit-distance kernel cannot run "
+                       f"here: {problem}; use implementation='xla' (or "
+                       "'auto', which falls back to it).")
+    return kernel
+  if (implementation == "auto" and layout == "auto" and not problem and
+      platform in ("tpu", "gpu")):
+    return kernel
   if layout == "auto":
     # Measured in benchmarks/rewards.py: on CPU the batch-vectorized row
     # order wins; accelerators need the wavefront's per-step parallelism.
@@ -466,8 +461,9 @@ def soft_edit_distance(costs: jax.Array,
       Hopper GPU; interpret mode on CPU; it keeps the costs plus two
       diagonals per block, or every diagonal of R for long sequences on
       GPU, and recomputes the probabilities in the backward; the shorter
-      sequence must fit on chip: ~5.7k tokens on TPU, 4607 on GPU) or "auto" (Pallas when compiling for TPU, and for GPU
-      while it fits; XLA on CPU). `lowering_for` overrides the platform.
+      sequence must fit on chip: ~5.7k tokens on TPU, 4607 on GPU) or
+      "auto" (Pallas when compiling for TPU or a Hopper GPU while it fits,
+      else XLA). `lowering_for` overrides the platform.
 
   Returns:
     float32[...] soft distances; differentiable w.r.t. costs, gamma and the
