@@ -31,7 +31,9 @@ LANES = 128
 WORD = 32
 _BUDGET = {"tpu": 8 * 2 ** 20,      # eq blocks (double-buffered) per program.
            "gpu": 64 * 2 ** 10}
-_GPU_SMEM = 200 * 2 ** 10
+# On-chip memory for pv, mv and two eq blocks of one step (4 words per
+# tile): 200 KiB of a Hopper block's SMEM, 56 MiB of VMEM (v5p has 64).
+_ON_CHIP = {"gpu": 200 * 2 ** 10, "tpu": 56 * 2 ** 20}
 
 
 def _srl(x, bits):
@@ -96,22 +98,25 @@ def _tile(batch, platform):
 
 
 def max_target_length(platform: str) -> int:
-  """Longest target the kernel takes: on GPU the pv/mv words and two eq
-  blocks of one step must fit ~200 KiB of SMEM and a TMA box is <= 256
-  wide; on TPU (VMEM) far beyond any sequence here."""
-  if platform == "gpu":
-    return min(_GPU_SMEM // (4 * LANES * 4), 256) * WORD
-  return 1 << 20
+  """Longest target the kernel takes: pv/mv and two eq blocks of one step
+  on chip (a widest [8, 128] tile on TPU, one 128-pair row on GPU), and on
+  GPU at most 256 words (a TMA box)."""
+  words = _ON_CHIP[platform] // (4 * _tile(LANES * 8, platform)[0] * LANES *
+                                 4)
+  return (min(words, 256) if platform == "gpu" else words) * WORD
 
 
-def _compiler_params(platform, interpret):
+def _compiler_params(platform, interpret, vmem_bytes):
   if interpret:
     return None
   if platform == "gpu":
     return plgpu.CompilerParams(
         dimension_semantics=("parallel", "sequential"),
         max_concurrent_steps=2)
-  return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+  return pltpu.CompilerParams(
+      dimension_semantics=("parallel", "arbitrary"),
+      vmem_limit_bytes=int(min(max(vmem_bytes + 4 * 2 ** 20, 32 * 2 ** 20),
+                               60 * 2 ** 20)))
 
 
 @functools.partial(jax.jit, static_argnames=("platform", "interpret", "block"))
@@ -146,7 +151,8 @@ def levenshtein(pred, target, n, m, *, platform="tpu", interpret=False,
       scratch_shapes=[scratch((num_words, sub, LANES), jnp.int32),
                       scratch((num_words, sub, LANES), jnp.int32),
                       scratch((sub, LANES), jnp.int32)],
-      compiler_params=_compiler_params(platform, interpret),
+      compiler_params=_compiler_params(platform, interpret,
+                                       (2 + 2 * block) * tile_bytes),
       interpret=interpret)(eq, meta)
   # m = 0 reads no row: the distance is n.
   return jnp.where(m == 0, n, out.reshape(-1)[:batch])
