@@ -45,6 +45,7 @@ def main():
     pts = (jnp.asarray(rng.random((args.batch, length, 1)), jnp.float32),
            jnp.asarray(rng.random((args.batch, length, 1)), jnp.float32))
     row = {"B": args.batch, "N=M": length}
+    grads = {}
     for name in ("pallas", "diagonals", "rows", "ott"):
       if name == "rows" and length > 256:
         continue  # N*M sequential steps: minutes on a GPU at 1024.
@@ -52,10 +53,14 @@ def main():
         fn = impl_fn(name)
         inputs = pts if name == "ott" else (costs,)
         row[f"{name}_fwdbwd_ms"] = common.timeit(fn, *inputs, repeats=5) * 1e3
+        grads[name] = fn(*inputs)
       except Exception as e:  # Record and go on: one shot on the device.
         row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
         traceback.print_exc()
       print(row, flush=True)
+    if "pallas" in grads and "diagonals" in grads:  # The kernel is right.
+      row["pallas_vs_xla_max_abs_grad_diff"] = float(
+          jnp.abs(grads["pallas"] - grads["diagonals"]).max())
     rows.append(row)
   # Exact Levenshtein: the bit-parallel XLA loop vs the Pallas kernel.
   for length in (64, 256, 1024):
@@ -63,15 +68,20 @@ def main():
                                  jnp.int32)
     pred, target = tokens(), tokens()
     row = {"B": args.batch, "N=M": length, "kind": "exact"}
+    dists = {}
     for name in ("pallas", "xla"):
       try:
         fn = jax.jit(lambda p, t, name=name: rewards.levenshtein(
             p, t, implementation=name))
         row[f"exact_{name}_ms"] = common.timeit(fn, pred, target,
                                                 repeats=5) * 1e3
+        dists[name] = fn(pred, target)
       except Exception as e:  # Record and go on: one shot on the device.
         row[f"exact_{name}_error"] = f"{type(e).__name__}: {e}"[:500]
         traceback.print_exc()
+    if len(dists) == 2:
+      row["exact_pallas_equals_xla"] = bool((dists["pallas"] ==
+                                             dists["xla"]).all())
     print(row, flush=True)
     rows.append(row)
   with open(args.out, "w") as f:
