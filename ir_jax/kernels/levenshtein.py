@@ -8,12 +8,14 @@ each a loop iteration with its own launch/sync cost on an accelerator (B=512,
 N=M=1024: 32k iterations). The kernel runs the whole step x word chain in
 on-chip memory, one program per tile of pairs.
 
-Layout: pairs on a [P, 128] tile (P <= 8 sublanes x 128 lanes on TPU; the
-same tile is a CUDA block on GPU); the match masks `eq[i, w]` (which target
-rows of word w equal pred[i]) are built in XLA, one fused compare, and
-streamed in blocks of K steps (the sequential grid axis) while the vertical
-delta words pv/mv (f[W, P, 128]) and the score stay in scratch memory.
-Words are int32 with logical shifts (identical bits to the uint32 XLA path).
+Layout: pairs on a [P, 128] tile (P <= 8 sublanes x 128 lanes on TPU; on
+GPU P = 1, a pair per thread of a 128-thread block); the match masks
+`eq[i, w]` (which target rows of word w equal pred[i]) are built in XLA,
+one fused compare, and streamed in blocks of K steps (the sequential grid
+axis) while the vertical delta words pv/mv (int32[W, P, 128]) and the score
+stay in scratch memory (VMEM / SMEM). The word update is the XLA path's
+`exact._advance_block` on int32 words (logical shifts: identical bits to
+its uint32 words).
 """
 
 import functools
