@@ -6,6 +6,7 @@ under `jax.vmap` the mapped axis is folded into the kernel's batch axis.
 """
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 
@@ -18,8 +19,8 @@ def fold_vmap(fn, num_batched: int):
 
   @wrapped.def_vmap
   def rule(axis_size, in_batched, *args):
-    expand = lambda x, b: x if b else jax.numpy.broadcast_to(
-        x, (axis_size,) + jax.numpy.shape(x))
+    expand = lambda x, b: x if b else jnp.broadcast_to(
+        x, (axis_size,) + jnp.shape(x))
     out_batched = lambda out: jax.tree.map(lambda _: True, out)
     if any(in_batched[num_batched:]):
       args = [expand(x, b) for x, b in zip(args, in_batched)]
