@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from benchmarks import common  # noqa: E402
-from ir_jax import decode, train  # noqa: E402
+from ir_jax import decode  # noqa: E402
+from ir_jax import workdir as workdir_lib  # noqa: E402
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
   p.add_argument("--workdir", default="runs/g2p")
   args = p.parse_args()
   from rapidfuzz.distance import Levenshtein
-  config, task, model, params = train.load_run(args.workdir)
+  config, task, model, params = workdir_lib.load_run(args.workdir)
   variables = {"params": params}
   dev = task.eval_targets["dev"]
   t = task.target_len

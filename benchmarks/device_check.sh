@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU (H200), under 5 minutes: the kernel tests
+# One prepared run on a GPU machine (Hopper), under 5 minutes: the kernel tests
 # (on a GPU, implementation="pallas" is the Mosaic GPU kernel, checked
 # against the XLA wavefront), then forward+backward of Pallas vs the XLA
 # wavefront vs ott-jax SoftDTW for B=512, N=M in {64, 256, 1024}. Results
 # land in $OUT.
 #
-# Use the device image's own jax (CUDA build): nothing is pip-installed from
-# the network. ott-jax is not in that image; to include it, download its
-# wheel here first (see /work/.library/device/README.md) into .whl/ and pass
-# carry=[".whl"].
+# Uses the machine's own jax (CUDA build): nothing is pip-installed from the
+# network. For the ott-jax column, put its wheel (and its dependencies') in
+# .whl/ beside this repository's root; they are installed offline.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/device}
 mkdir -p "$OUT"
@@ -21,7 +20,7 @@ fi
   python3 -c "import jax; print(jax.__version__, jax.devices())"; } > "$OUT/device.txt" 2>&1
 # On a GPU these tests run the real Mosaic GPU kernel against XLA (the
 # others check interpret mode and lowering, already done on CPU in CI).
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+timeout 110 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_soft_edit_distance.py \
   -k "pallas_matches_xla or pallas_bfloat16" \
   > "$OUT/kernel_tests.log" 2>&1; echo "kernel tests exit $?" >> "$OUT/device.txt"
 # Timings plus kernel-vs-XLA checks (max |grad| difference, exact equality).

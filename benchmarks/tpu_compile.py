@@ -1,10 +1,10 @@
 """AOT-compiles every tpu_configs/*.py for its topology on this machine and
-writes the README's pod table (needs libtpu: pip install -e ".[tpu-aot]").
+writes the pod table of docs/scaling.md (needs libtpu: pip install -e ".[tpu-aot]").
 
   python benchmarks/tpu_compile.py   # ~1 min per config on a 2-core CPU
 
 Writes benchmarks/results/tpu_compile.{json,md} and replaces the block
-between the `tpu-compile` markers in README.md.
+between the `tpu-compile` markers in docs/scaling.md.
 """
 
 import glob
@@ -69,7 +69,7 @@ def main():
         "tokens/s = tokens per step / (FLOPs per chip / (MFU x peak bf16)).")
   with open(os.path.join(out, "tpu_compile.md"), "w") as f:
     f.write(md + "\n")
-  readme = os.path.join(ROOT, "README.md")
+  readme = os.path.join(ROOT, "docs", "scaling.md")
   text = open(readme).read()
   if BEGIN in text and END in text:
     text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),

@@ -6,7 +6,7 @@ For the G2P shapes of experiments/g2p.py (B=256, prompt 18, target 18),
 Transformer and LSTM:
   * ce_only: the CE step (alpha = 0, reward terms not computed);
   * fused: CE + soft edit distance + cosine reward in the same jitted step;
-  * host_reward: what the seed code does: a CE step, then logits to the host,
+  * host_reward: the reward computed on the host: a CE step, logits to the host,
     greedy outputs scored by a Python edit distance, rewards sent back and a
     second device step that uses them (one round trip per step).
 Reports ms/step, the ratios, tokens/s and model FLOPs utilisation (XLA's
@@ -23,12 +23,14 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from benchmarks import common  # noqa: E402
 from ir_jax import config as config_lib  # noqa: E402
-from ir_jax import objectives, train  # noqa: E402
+from ir_jax import models, objectives  # noqa: E402
+from ir_jax import state as state_lib  # noqa: E402
+from ir_jax import step as step_lib  # noqa: E402
 from ir_jax.data import tasks  # noqa: E402
 
 
 def python_edit_distance(a, b):
-  """The seed's reward: a plain Python DP, per example."""
+  """The host-side reward: a plain Python DP, per example."""
   prev = list(range(len(b) + 1))
   for i, x in enumerate(a, 1):
     cur = [i]
@@ -59,8 +61,8 @@ def main():
   rows = []
   for variant in ("", "lstm"):
     cfg = config_lib.load(f"experiments/g2p.py:{variant}")
-    model = train.make_model(cfg, task)
-    tx = train.make_optimizer(cfg)
+    model = state_lib.make_model(cfg, task)
+    tx = state_lib.make_optimizer(cfg)
     batch = {k: v[:cfg.batch_size] for k, v in task.train.items()}
     batch = jax.device_put(batch)
     tokens = cfg.batch_size * (task.source_len + task.target_len - 1)
@@ -69,20 +71,20 @@ def main():
       c = config_lib.load(f"experiments/g2p.py:{variant}")
       c.objective.alpha = alpha
       c.objective.cosine_weight = 0.1
-      state = train.init_state(c, model, tx, task)
-      step = jax.jit(train.make_train_step(c, model, tx))
+      state = state_lib.init_state(c, model, tx, task)
+      step = jax.jit(step_lib.make_train_step(c, model, tx))
       row[f"{name}_ms"] = common.timeit(step, state, batch, repeats=5) * 1e3
       row[f"{name}_gflop"] = step_flops(step, state, batch) / 1e9
-    # Host round trip (seed style).
+    # Host round trip: logits out, Python edit distance, rewards back.
     c = config_lib.load(f"experiments/g2p.py:{variant}")
-    state = train.init_state(c, model, tx, task)
-    ce_step = jax.jit(train.make_train_step(c, model, tx))
-    forward = jax.jit(lambda p, b: train.target_logits(model, p, b))
+    state = state_lib.init_state(c, model, tx, task)
+    ce_step = jax.jit(step_lib.make_train_step(c, model, tx))
+    forward = jax.jit(lambda p, b: models.target_logits(model, p, b))
 
     @jax.jit
     def reward_step(params, b, rewards):
       def loss(p):
-        logits = train.target_logits(model, p, b)
+        logits = models.target_logits(model, p, b)
         ce, _ = objectives.masked_cross_entropy(logits, b["target"],
                                                 b["target_lengths"])
         return ce * (1.0 + 0.0 * rewards.mean()) - 1e-3 * rewards.mean()

@@ -13,7 +13,7 @@ Result reached (CPU default, 2 cores): see the README.
 """
 
 from ir_jax import config as config_lib
-from ir_jax.train import default_config
+from ir_jax.config import default_config
 
 
 def get_config(arg=None):

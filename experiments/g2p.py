@@ -5,18 +5,19 @@ Run (the README's main job; ~10 min on a 2-core CPU):
   ir-jax train --config experiments/g2p.py --workdir runs/g2p
 
 Variants (comma list): `lstm` (stacked LSTM instead of the Transformer),
-`bidi` (LSTM with the seed's bidirectional-LSTM source encoder),
+`bidi` (LSTM with a bidirectional-LSTM source encoder),
 `fused` (CE + fused soft edit distance reward, alpha 0.3 after warm-up),
 `stress` (keep stress digits), `multi` (one model for letters->phonemes
 and phonemes->letters, chosen by a task tag after BOS: the frozen model of
 experiments/prompt.py), `tiny` (seconds, for tests), `base` (an
 accelerator-sized model), e.g. `experiments/g2p.py:lstm,fused`.
 
-Result reached (CPU default, 2 cores): see the README table "Main job".
+Result reached (CPU default, 2 cores, 2026-11-28): test PER 9.08%, WER
+35.79% (12,603 words); README "Main job result", docs/training.md.
 """
 
 from ir_jax import config as config_lib
-from ir_jax.train import default_config
+from ir_jax.config import default_config
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ model and CE mixing: loss = (1 - alpha) CE + alpha (RL + kl_weight KL),
 with alpha from the reward-adaptive controller. Add `,tiny` for tests and
 `,lstm` for the LSTM model (the CE run must use the same model).
 
-Result reached: see the README table "Instant rewards".
+Result reached: docs/instant_rewards.md (the comparison table).
 """
 
 from ir_jax.config import sibling

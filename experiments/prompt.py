@@ -17,7 +17,7 @@ initialised from the hand tag), `greedy` (search by greedy token
 replacement instead of evolution), `lstm` (the LSTM multi-task model,
 experiments/g2p.py:multi,lstm), `tiny` (seconds, for tests).
 
-Results: README "Prompt optimisation" (experiments/prompt_compare.py).
+Results: docs/prompts.md (experiments/prompt_compare.py).
 """
 
 from ir_jax import config as config_lib

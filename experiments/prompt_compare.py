@@ -27,7 +27,9 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from ir_jax import config as config_lib  # noqa: E402
-from ir_jax import prompts, train  # noqa: E402
+from ir_jax import prompt_search, train  # noqa: E402
+from ir_jax import workdir as workdir_lib  # noqa: E402
+from ir_jax.models import prompting  # noqa: E402
 from ir_jax.data import tasks  # noqa: E402
 
 ARMS = {"soft CE": "soft", "soft fused": "soft,fused",
@@ -52,8 +54,8 @@ def fixed_prompt_rates(config, frozen, ids, splits=("dev", "test")):
   c.data.prompt_len = len(ids)
   c.data.source_len = config.data.source_len
   task = tasks.build(c)
-  _, _, model, params = train.load_run(frozen)
-  return prompts.evaluate_ids(model, {"params": params}, task, ids,
+  _, _, model, params = workdir_lib.load_run(frozen)
+  return prompt_search.evaluate_ids(model, {"params": params}, task, ids,
                               config.eval_batch_size, splits)
 
 
@@ -83,7 +85,7 @@ def main():
     tag = task.vocab.index[tasks.TAGS[direction]]
     rng = np.random.default_rng(0)
     fixed = {"hand tag": [tag],
-             "random": rng.choice(prompts.symbol_ids(task), 4).tolist()}
+             "random": rng.choice(prompting.symbol_ids(task), 4).tolist()}
     for name, ids in fixed.items():
       if name not in arms:
         continue
@@ -100,9 +102,11 @@ def main():
       cfg = prompt_config(variant, direction, args.frozen, args.steps)
       workdir = os.path.join(args.runs, f"{direction}_{variant.replace(',', '_')}")
       t0 = time.time()
-      results = train.train_and_evaluate(cfg, workdir)
+      run = (prompt_search.search_and_evaluate if cfg.prompt.mode == "search"
+             else train.train_and_evaluate)
+      results = run(cfg, workdir)
       seconds = time.time() - t0
-      meta = prompts.load_prompt(workdir)
+      meta = workdir_lib.load_prompt(workdir)
       rows.append(dict(task=direction, method=name, seconds=seconds,
                        prompt=" ".join(meta.get("symbols", [])) or
                        f"{meta['length']} vector" + ("s" if meta["length"] > 1 else ""),

@@ -29,6 +29,12 @@ import os
 import re
 from typing import Any, Callable, Dict, List, Tuple
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ir_jax import decode, parallel, state, step
+
 GiB = 2 ** 30
 
 
@@ -117,12 +123,19 @@ def largest_buffers(hlo_text: str, k: int = 5) -> List[Tuple[int, str, str]]:
   return sorted(seen.values(), reverse=True)[:k]
 
 
+def device_bytes(mem) -> int:
+  """Bytes a compiled program holds on one device at its peak, from XLA's
+  memory analysis: arguments + outputs - donated (aliased) + temporaries +
+  generated code. The one formula of `memory_report` and `dry_run`."""
+  return int(mem.argument_size_in_bytes + mem.output_size_in_bytes -
+             mem.alias_size_in_bytes + mem.temp_size_in_bytes +
+             mem.generated_code_size_in_bytes)
+
+
 def memory_report(compiled, hbm_bytes: int) -> Dict[str, Any]:
   """Per-chip bytes of a compiled program against the chip's HBM."""
   mem = compiled.memory_analysis()
-  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
-           mem.alias_size_in_bytes + mem.temp_size_in_bytes +
-           mem.generated_code_size_in_bytes)
+  total = device_bytes(mem)
   return {"argument_bytes": int(mem.argument_size_in_bytes),
           "output_bytes": int(mem.output_size_in_bytes),
           "alias_bytes": int(mem.alias_size_in_bytes),
@@ -178,16 +191,14 @@ def throughput(flops_per_chip: float, tokens_per_step: int, chip: Chip
 # --------------------------------------------------------------- programs
 
 
-def _lower_step(config, devices):
-  """(lowered train step, abstract state, shardings, task, model, mesh)."""
-  import flax.linen as nn
-  import jax
-  from ir_jax import train
-  task, model, tx, mesh, rules = train._setup(config, devices)
+def lower_step(config, devices):
+  """(lowered train step, abstract state, shardings, task, model, mesh,
+  rules) of a config over `devices`, from shapes alone."""
+  task, model, tx, mesh, rules = state.setup(config, devices)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = train.state_shardings(config, model, tx, task, mesh)
-    lowered = train.lower_train_step(config, model, tx, task, mesh, abstract,
-                                     shardings)
+    abstract, shardings = state.state_shardings(config, model, tx, task, mesh)
+    lowered = step.lower_train_step(config, model, tx, task, mesh, abstract,
+                                    shardings)
   return lowered, abstract, shardings, task, model, mesh, rules
 
 
@@ -200,14 +211,14 @@ def step_flops(config, devices, compiled=None, options=None
   loops (an LSTM's scan over time) are counted once: a lower bound.
   """
   if config.model.kind != "transformer":
-    compiled = compiled or _lower_step(config, devices)[0].compile(options)
+    compiled = compiled or lower_step(config, devices)[0].compile(options)
     return compiled_flops(compiled), "xla (loop bodies counted once)"
   f = []
   for layers in (1, 2):
     c = copy.deepcopy(config)
     c.model.num_layers = layers
     c.model.scan_layers = False
-    f.append(compiled_flops(_lower_step(c, devices)[0].compile(options)))
+    f.append(compiled_flops(lower_step(c, devices)[0].compile(options)))
   how = "xla, 1- and 2-layer unrolled compiles extrapolated to depth"
   if config.rl.mode:  # The sampling scan's body is still counted once.
     how += "; RL sampling loop counted once"
@@ -223,10 +234,6 @@ def sampling_batch(config) -> Tuple[int, int]:
 def lower_sampling(config, model, task, mesh, rules, param_shardings,
                    abstract_params):
   """`decode.sample_with_rewards` at the config's sampling batch, lowered."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from ir_jax import decode, parallel
   prompts, k = sampling_batch(config)
   sharding = parallel.batch_sharding(mesh)
   spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
@@ -260,7 +267,6 @@ def compile_config(config, topology: str = "", print_fn: Callable = print,
   extra compiles that count FLOPs (then no throughput is reported);
   `fast=True` compiles with `FAST_OPTIONS`.
   """
-  import jax
   topology = topology or config.get("topology", "")
   if not topology:
     raise ValueError("No topology: pass --topology (e.g. v5p:2x4x4) or set "
@@ -270,7 +276,7 @@ def compile_config(config, topology: str = "", print_fn: Callable = print,
   if config.get("chips") and int(config.chips) != len(devices):
     raise ValueError(f"config.chips={config.chips} but topology {topology} "
                      f"has {len(devices)} chips.")
-  lowered, abstract, shardings, task, model, mesh, rules = _lower_step(
+  lowered, abstract, shardings, task, model, mesh, rules = lower_step(
       config, devices)
   options = FAST_OPTIONS if fast else None
   compiled, train_mem = compile_or_oom(lowered, chip.hbm_bytes, options)
@@ -343,3 +349,103 @@ def _print_report(r, print_fn):
            + "; ".join(f"at {int(m * 100)}% MFU {t[f'step_s_at_{int(m * 100)}'] * 1e3:.1f}"
                        f" ms/step, {t[f'tokens_per_s_at_{int(m * 100)}']:,.0f} tokens/s"
                        for m in MFU_POINTS))
+
+
+# --------------------------------------------------------------- dry run
+
+
+def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
+  """Validates a config against the visible devices and estimates memory.
+
+  Checks the config (`config.validate`: mesh against the device count,
+  batch against the data axes, every field) and the logical rules against
+  the param shapes (errors name the field); then reports per-device bytes
+  of params, optimizer state, gradients and activations (an analytic
+  estimate), next to what XLA's memory analysis of the compiled step says
+  (`device_bytes`). Nothing is trained.
+  """
+  task, model, tx, mesh, rules = state.setup(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = state.state_shardings(config, model, tx, task, mesh)
+    per_device = lambda tree, sh: sum(
+        leaf.size * leaf.dtype.itemsize / _shards(s)
+        for leaf, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sh)))
+    params = per_device(abstract.params, shardings.params)
+    optimizer = per_device(abstract.opt_state, shardings.opt_state)
+    other = per_device(abstract, shardings) - params - optimizer
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    local_batch = config.batch_size // batch_shards
+    activations = activation_bytes(config, task, local_batch,
+                                   mesh.shape["tensor"])
+    full_params = sum(l.size * l.dtype.itemsize
+                      for l in jax.tree.leaves(abstract.params))
+    # Sharded weights are all-gathered for compute, one copy at a time.
+    gathered = full_params - params
+    estimate = 2 * params + optimizer + other + activations + gathered
+    compiled = step.lower_train_step(config, model, tx, task, mesh, abstract,
+                                     shardings).compile()
+    mem = compiled.memory_analysis()
+    xla = None if mem is None else device_bytes(mem)
+  report = {"devices": jax.device_count(), "processes": jax.process_count(),
+            "mesh": dict(mesh.shape), "global_batch": config.batch_size,
+            "params_count": sum(l.size for l in jax.tree.leaves(abstract.params)),
+            "params_bytes": params, "optimizer_bytes": optimizer,
+            "gradient_bytes": params, "other_state_bytes": other,
+            "activation_bytes": activations, "gathered_bytes": gathered,
+            "estimate_bytes": estimate,
+            "xla_bytes": xla}
+  mib = lambda b: f"{b / 2**20:9.2f} MiB"
+  print_fn(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices "
+           f"({jax.process_count()} processes); global batch "
+           f"{config.batch_size} -> {local_batch} per batch shard; "
+           f"{report['params_count']:,} params")
+  print_fn("per device:")
+  for k in ("params", "optimizer", "gradient", "other_state", "activation",
+            "gathered"):
+    print_fn(f"  {k:<12} {mib(report[k + '_bytes'])}")
+  print_fn(f"  {'total':<12} {mib(estimate)}  (estimate)")
+  if xla is not None:
+    print_fn(f"  {'XLA':<12} {mib(xla)}  (compiled step, memory_analysis)")
+  return report
+
+
+def _shards(sharding) -> int:
+  return math.prod(
+      math.prod(sharding.mesh.shape[a] for a in (ax if isinstance(ax, tuple)
+                                                 else (ax,)))
+      for ax in sharding.spec if ax is not None)
+
+
+_LSTM_FLOATS = 14  # Per hidden unit, layer and token (gates, cell, hidden).
+
+
+def activation_bytes(config, task, local_batch: int, tensor: int) -> float:
+  """Analytic bytes live at the peak of one training step on one device.
+
+  Coefficients (floats per token) fitted once to XLA:CPU's memory analysis
+  of this step (docs/scaling.md): a Transformer layer keeps
+  ~12 E + 5 F + 3 H S (norms, q/k/v, MLP in/out, attention weights; S the
+  sequence length); an LSTM layer ~14 H; embedding, logits, softmax and CE
+  gradient ~10 E + 3 V (XLA fuses most of the softmax); the fused reward
+  adds the soft edit distance's probability planes, ~4 T^2 per example.
+  Sharded dims divide by the tensor axis.
+  """
+  m = config.model
+  length = task.source_len + task.target_len - 1
+  tokens = local_batch * length
+  width = 2 if m.get("dtype") == "bfloat16" else 4
+  if m.kind == "transformer":
+    per_layer = (12 * m.embed_dim + 5 * m.mlp_dim / tensor +
+                 3 * m.num_heads / tensor * length)
+    if m.get("remat"):  # Layer inputs kept; one layer recomputed at a time.
+      body = m.num_layers * 2 * m.embed_dim + per_layer
+    else:
+      body = m.num_layers * per_layer
+  else:
+    body = m.num_layers * _LSTM_FLOATS * m.hidden_dim
+  vocab = -(-task.vocab.size // config.vocab_multiple) * config.vocab_multiple
+  total = tokens * (width * (body + 10 * m.embed_dim) + 4 * 3 * vocab / tensor)
+  if (float(config.objective.alpha) > 0 or
+      config.objective.alpha_schedule == "adaptive"):
+    total += 4 * local_batch * 4 * task.target_len ** 2
+  return float(total)

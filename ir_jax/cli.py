@@ -20,25 +20,31 @@ from typing import List, Optional
 
 def _train(args, overrides: List[str]) -> int:
   from ir_jax import config as config_lib
-  from ir_jax import parallel, train
+  from ir_jax import parallel
   if args.coordinator_address or args.num_processes or args.distributed:
     parallel.initialize_distributed(args.coordinator_address,
                                     args.num_processes, args.process_id)
   config = config_lib.load(args.config)
   config_lib.apply_overrides(config, overrides)
   if args.dry_run:
-    train.dry_run(config)
+    from ir_jax import aot
+    aot.dry_run(config)
     return 0
   if not args.workdir:
     raise ValueError("--workdir is required (except with --dry-run).")
-  results = train.train_and_evaluate(config, args.workdir)
+  if config.prompt.mode == "search":  # No training: a search over tokens.
+    from ir_jax import prompt_search
+    results = prompt_search.search_and_evaluate(config, args.workdir)
+  else:
+    from ir_jax import train
+    results = train.train_and_evaluate(config, args.workdir)
   if "preempted_at" in results:
     print(f"Preempted at step {results['preempted_at']}; checkpoint saved. "
           "Rerun the same command to resume.")
     return 0
-  for split, r in results.items():
-    print(f"{split}: PER {100 * r['per']:.2f}%  WER {100 * r['wer']:.2f}%  "
-          f"({r['words']} items, step {r['step']})")
+  from ir_jax import evaluate
+  for r in results.values():
+    print(evaluate.summary(r))
   print(f"Metrics: {os.path.join(args.workdir, 'metrics.jsonl')}\n"
         f"TensorBoard: tensorboard --logdir {os.path.join(args.workdir, 'tensorboard')}\n"
         f"Curves: ir-jax plot --workdir {args.workdir}")
@@ -66,30 +72,22 @@ def _compile(args, overrides: List[str]) -> int:
 
 
 def _eval(args) -> int:
-  from ir_jax import evaluate, train
-  config, task, model, params = train.load_run(args.workdir)
+  from ir_jax import evaluate, workdir
+  config, task, model, params = workdir.load_run(args.workdir)
   if args.split not in task.eval_sets:
     raise ValueError(f"--split {args.split!r}: this task's eval sets are "
                      f"{', '.join(task.eval_sets)}.")
-  rates = evaluate.evaluate_split(model, {"params": params}, task, args.split,
-                                  config.eval_batch_size)
-  step = _latest_step(args.workdir)
-  record = {"step": step, "split": args.split, "per": rates["per"],
-            "wer": rates["wer"], "words": rates["words"], "source": "ir-jax eval"}
-  with open(os.path.join(args.workdir, "metrics.jsonl"), "a") as f:
-    f.write(json.dumps(record) + "\n")
-  print(f"{args.split}: PER {100 * rates['per']:.2f}%  "
-        f"WER {100 * rates['wer']:.2f}%  ({rates['words']} items, step {step})")
+  writer = workdir.MetricWriter(args.workdir)
+  records = evaluate.evaluate_and_log(
+      model, params, task, (args.split,), config.eval_batch_size,
+      workdir.latest_step(args.workdir), writer, source="ir-jax eval")
+  writer.close()
+  print(evaluate.summary(records[args.split]))
   return 0
 
 
-def _latest_step(workdir: str) -> Optional[int]:
-  from ir_jax import train
-  return train.checkpoint_manager(workdir).latest_step()
-
-
 def _generate(args) -> int:
-  from ir_jax import evaluate, train
+  from ir_jax import evaluate, workdir
   words = list(args.words)
   if args.input:
     with open(args.input, encoding="utf-8") as f:
@@ -97,7 +95,7 @@ def _generate(args) -> int:
   if not words:
     print("No input: pass WORDs or --input FILE.", file=sys.stderr)
     return 2
-  config, task, model, params = train.load_run(args.workdir)
+  config, task, model, params = workdir.load_run(args.workdir)
   direction = str(config.data.get("directions", "g2p")).split(",")[0]
   if args.prompt:
     model, params, task, direction = _with_prompt(args.prompt, config, task,
@@ -125,10 +123,10 @@ def _with_prompt(spec, config, task, model, params, direction):
   soft-prompt or search run (checked against this model), or symbols
   ("<p2g>", "a UW W v") written into the slots after BOS."""
   import dataclasses
-  from ir_jax import prompts
+  from ir_jax import workdir
   from ir_jax.data.vocab import UNK
   if os.path.isdir(spec):
-    loaded = prompts.load_prompt(spec, params)
+    loaded = workdir.load_prompt(spec, params)
     direction = str(loaded["data"].get("directions", direction)).split(",")[0]
     if loaded["kind"] == "soft":
       model = model.clone(prompt_length=int(loaded["length"]))

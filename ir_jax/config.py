@@ -1,16 +1,124 @@
-"""Experiment configs: `FILE[:ARG]` Python files with `get_config(arg)`.
+"""Configs: the schema, `FILE[:ARG]` loading, overrides and every check.
 
-Overrides come as `--config.a.b=value` (big_vision / ml_collections style);
-values are parsed with the type of the field they replace.
+Experiment configs are Python files with `get_config(arg)` that start from
+`default_config()`; overrides come as `--config.a.b=value` (big_vision /
+ml_collections style), parsed with the type of the field they replace.
+`validate(config)` is the one place a config is checked: unknown keys,
+wrong types, impossible values and combinations, the mesh against the
+devices and the batch against the batch axes. It runs before any array
+exists, so `ir-jax train --dry-run` rejects everything training would.
+
+This module imports only ml_collections and the standard library: loading
+a config never pulls in JAX, Flax, optax, orbax or grain.
 """
 
 import ast
 import importlib.util
 import json
+import math
 import os
-from typing import Iterable, List
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import ml_collections
+
+# ------------------------------------------------------------------ schema
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# MaxText-style table: logical name -> mesh axis (None = replicated); read
+# by ir_jax.parallel.
+DEFAULT_RULES = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("layers", None),
+    ("length", None),
+    ("act_embed", None),
+)
+
+# The fields each model kind takes (ir_jax.models), with their defaults.
+MODEL_FIELDS = {
+    "transformer": dict(kind="transformer", embed_dim=128, num_layers=2,
+                        num_heads=4, mlp_dim=512, dropout=0.0,
+                        scan_layers=False, remat=False, dtype="float32"),
+    "lstm": dict(kind="lstm", embed_dim=128, hidden_dim=256, num_layers=2,
+                 dropout=0.0, bidirectional_source=False, dtype="float32"),
+}
+
+TASKS = ("g2p", "charlm")
+DIRECTIONS = ("g2p", "p2g")
+DTYPES = ("float32", "bfloat16")
+ALPHA_SCHEDULES = ("constant", "warmup", "adaptive")
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
+RL_MODES = ("", "seq", "instant", "ocd")
+BASELINES = ("group", "greedy", "none")
+PROMPT_MODES = ("", "soft", "search")
+PROMPT_INITS = ("random", "tag", "vocab")
+SEARCH_STRATEGIES = ("evolve", "greedy")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field a config may set (experiments start from this)."""
+  c = ml_collections.ConfigDict()
+  c.task = "g2p"                # "g2p" (CMUdict) or "charlm" (text files).
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 128            # Global, over all processes and devices.
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.eval_batch_size = 1024
+  c.init_from = ""              # A workdir whose latest params start this run.
+  c.max_nonfinite = 20          # Consecutive skipped steps before stopping.
+  # The model's vocab is padded to a multiple of this (ids past the task's
+  # vocab never occur), so the vocab axis shards over any tensor size.
+  c.vocab_multiple = 128
+  # Pod metadata (tpu_configs/): the TPU topology the config is sized for.
+  c.topology = ""
+  c.chips = 0
+  c.data = ml_collections.ConfigDict(dict(
+      source_len=18, target_len=18, stress=False, max_train_words=0,
+      max_eval_words=0, paths=(), context=32, continuation=16, stride=8,
+      max_eval_items=512,
+      # G2P: "g2p", "p2g" or "g2p,p2g" (multi-task); task tags in the
+      # vocab and in the prompt slot(s) after BOS; number of prompt slots.
+      directions="g2p", tags=False, prompt_len=0))
+  c.model = ml_collections.ConfigDict(dict(MODEL_FIELDS["transformer"]))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=200, weight_decay=1e-4, grad_clip=1.0,
+      b2=0.98, label_smoothing=0.0))
+  c.objective = ml_collections.ConfigDict(dict(
+      alpha=0.0, alpha_schedule="constant", alpha_warmup_steps=0,
+      soft_ed_weight=1.0, cosine_weight=0.0, gamma=1.0,
+      # Soft edit distance code: "auto" (Pallas on TPU/GPU, XLA on CPU),
+      # "xla" or "pallas" (rewards.soft_edit_distance's `implementation`).
+      soft_ed_implementation="auto",
+      # alpha_schedule="adaptive": the reward-driven controller.
+      alpha_min=0.0, alpha_max=1.0, alpha_rate=0.002))
+  # RL on the model's own samples (ir_jax.decode.sample_with_rewards):
+  # mode "" (off), "seq", "instant" or "ocd"; alpha mixes CE (1 - alpha).
+  c.rl = ml_collections.ConfigDict(dict(
+      mode="", num_samples=4, temperature=1.0, top_k=0, top_p=1.0,
+      baseline="group", kl_weight=0.0))
+  # Prompt optimisation on a frozen model (--config.init_from=WORKDIR):
+  # mode "" (off), "soft" (P learned embeddings in the data.prompt_len
+  # slots, trained with any objective above) or "search" (a discrete prompt
+  # of P tokens by evolution or greedy replacement, ir_jax.prompt_search).
+  c.prompt = ml_collections.ConfigDict(dict(
+      mode="", length=4, init="random",       # soft: random | tag | vocab
+      strategy="evolve", population=32, rounds=20, elite=8,
+      mutation_rate=0.25, score_words=256))   # search
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical param axis -> mesh axes (MaxText style), see ir_jax.parallel.
+  c.logical_rules = DEFAULT_RULES
+  return c
+
+
+# ------------------------------------------------------------------ loading
 
 
 def sibling(this_file: str, name: str):
@@ -75,7 +183,13 @@ def _parse(text: str, old):
       return value if old is None else str(value)
     except (ValueError, SyntaxError):
       return text
-  return type(old)(ast.literal_eval(text))
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = None
+  if not isinstance(value, (list, tuple)):
+    raise ValueError(f"expected a tuple such as (1, 2), got {text!r}")
+  return tuple(value)
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -136,3 +250,270 @@ def with_defaults(config: ml_collections.ConfigDict,
   with merged.unlocked():
     fill(merged, config)
   return merged
+
+
+# ------------------------------------------------------------------ checks
+
+
+def mesh_shape(mesh_config, num_devices: int) -> Tuple[int, int, int]:
+  """Resolves `config.mesh` (-1 = fill) against the device count, or raises."""
+  dims = [int(mesh_config[a]) for a in MESH_AXES]
+  _check_mesh_sizes(dims)
+  fills = [i for i, d in enumerate(dims) if d == -1]
+  fixed = math.prod(d for d in dims if d != -1)
+  if fills:
+    if num_devices % fixed:
+      raise ValueError(
+          f"config.mesh {dict(zip(MESH_AXES, dims))}: the fixed axes "
+          f"({fixed}) do not divide the {num_devices} devices; pick sizes "
+          f"whose product divides {num_devices}.")
+    dims[fills[0]] = num_devices // fixed
+  if math.prod(dims) != num_devices:
+    raise ValueError(
+        f"config.mesh {dict(zip(MESH_AXES, dims))} has {math.prod(dims)} "
+        f"devices but {num_devices} are visible; set the product to "
+        f"{num_devices} or use -1 on one axis.")
+  return tuple(dims)
+
+
+def _check_mesh_sizes(dims: Sequence[int]) -> None:
+  if sum(d == -1 for d in dims) > 1:
+    raise ValueError("At most one of config.mesh.data/fsdp/tensor may be -1 "
+                     f"(fill), got {dict(zip(MESH_AXES, dims))}.")
+  if any(d == 0 or d < -1 for d in dims):
+    raise ValueError(f"config.mesh sizes must be positive or -1, got "
+                     f"{dict(zip(MESH_AXES, dims))}.")
+
+
+def _type_name(default) -> str:
+  if isinstance(default, bool):
+    return "a boolean"
+  if isinstance(default, int):
+    return "an integer"
+  if isinstance(default, float):
+    return "a number"
+  if isinstance(default, str):
+    return "a string"
+  return "a tuple"
+
+
+def _has_type(value, default) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, str):
+    return isinstance(value, str)
+  return isinstance(value, (tuple, list))
+
+
+def _check_schema(config: ml_collections.ConfigDict) -> None:
+  """Unknown keys (listing the valid ones) and wrong types, field by field;
+  the model section is checked against its kind's fields."""
+  reference = default_config()
+  kind = config.get("model", {}).get("kind", "transformer")
+  if kind not in MODEL_FIELDS:
+    raise ValueError(f"config.model.kind must be one of "
+                     f"{', '.join(MODEL_FIELDS)}, got {kind!r}.")
+  reference.model = ml_collections.ConfigDict(MODEL_FIELDS[kind])
+  model_extra = sorted(set(config.model.keys()) - set(MODEL_FIELDS[kind]))
+  if model_extra:
+    raise ValueError(
+        f"config.model has a field the {kind} model does not take: "
+        f"{model_extra}. The {kind} fields are: "
+        f"{', '.join(MODEL_FIELDS[kind])}.")
+  check_keys(config, reference)
+  for key in leaf_keys(config):
+    value, default = _get(config, key), _get(reference, key)
+    if key == "logical_rules":
+      _check_rules(value)
+    elif not _has_type(value, default):
+      raise ValueError(f"config.{key} must be {_type_name(default)}, got "
+                       f"{value!r} ({type(value).__name__}).")
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _check_rules(rules) -> None:
+  fix = ("config.logical_rules is a sequence of (logical name, mesh axes) "
+         f"pairs; mesh axes are None, one of {MESH_AXES} or a tuple of them")
+  if not isinstance(rules, (tuple, list)):
+    raise ValueError(f"{fix}; got {rules!r}.")
+  for rule in rules:
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and
+            isinstance(rule[0], str)):
+      raise ValueError(f"{fix}; got the entry {rule!r}.")
+    axes = rule[1]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    if not isinstance(axes, (tuple, list)) or any(a not in MESH_AXES
+                                                  for a in axes):
+      raise ValueError(f"{fix}; got {rule!r}.")
+
+
+def _one_of(name: str, value, allowed: Sequence) -> None:
+  if value not in allowed:
+    raise ValueError(f"config.{name} must be one of "
+                     f"{', '.join(repr(a) for a in allowed)}; got {value!r}.")
+
+
+def _at_least(config, names: Iterable[str], low, why: str = "") -> None:
+  for name in names:
+    value = _get(config, name)
+    if value < low:
+      raise ValueError(f"config.{name} must be >= {low}{why}, got {value}.")
+
+
+def _in_range(name: str, value, low, high, *, low_open=False,
+              high_open=False) -> None:
+  above = value > low if low_open else value >= low
+  below = value < high if high_open else value <= high
+  if not (above and below):
+    interval = (("(" if low_open else "[") + f"{low}, {high}" +
+                (")" if high_open else "]"))
+    raise ValueError(f"config.{name} must be in {interval}, got {value}.")
+
+
+def validate(config: ml_collections.ConfigDict, *,
+             num_devices: Optional[int] = None,
+             num_processes: int = 1) -> None:
+  """Checks a whole config; raises ValueError naming the field and the fix.
+
+  Runs before any device work (`ir-jax train --dry-run` included). With
+  `num_devices` the mesh is resolved against the devices and the batch
+  against the batch axes; without, only what the config alone determines. What needs the model's parameter shapes (a sharded
+  dim that does not divide its mesh axes) is checked when the shardings
+  are derived, still from shapes alone (`ir_jax.parallel.check_divisible`).
+  """
+  _check_schema(config)
+  c = config
+  _at_least(c, ("total_steps", "batch_size", "log_every", "eval_every",
+                "checkpoint_every", "eval_batch_size", "keep_checkpoints",
+                "max_nonfinite", "vocab_multiple"), 1)
+  _at_least(c, ("chips",), 0)
+  _one_of("task", c.task, TASKS)
+
+  # Data.
+  d = c.data
+  _at_least(c, ("data.max_train_words", "data.max_eval_words",
+                "data.max_eval_items", "data.prompt_len"), 0)
+  if c.task == "g2p":
+    directions = [x.strip() for x in d.directions.split(",")]
+    if not directions or any(x not in DIRECTIONS for x in directions):
+      raise ValueError(f"config.data.directions must be a comma list of "
+                       f"{', '.join(DIRECTIONS)} (e.g. 'g2p,p2g'), got "
+                       f"{d.directions!r}.")
+    slots = max(d.prompt_len, 1 if d.tags else 0)
+    _at_least(c, ("data.target_len",), 2, " (one symbol plus EOS)")
+    _at_least(c, ("data.source_len",), 3 + slots,
+              f" (BOS, {slots} prompt slot(s), one symbol and SEP)")
+  else:
+    _at_least(c, ("data.context", "data.continuation", "data.stride"), 1)
+
+  # Model.
+  m = c.model
+  _one_of("model.dtype", m.get("dtype", "float32"), DTYPES)
+  _in_range("model.dropout", m.get("dropout", 0.0), 0.0, 1.0, high_open=True)
+  sizes = [k for k in ("embed_dim", "num_layers", "num_heads", "mlp_dim",
+                       "hidden_dim") if k in m]
+  _at_least(c, [f"model.{k}" for k in sizes], 1)
+  if m.kind == "transformer":
+    heads = m.get("num_heads", MODEL_FIELDS["transformer"]["num_heads"])
+    embed = m.get("embed_dim", MODEL_FIELDS["transformer"]["embed_dim"])
+    if embed % heads:
+      raise ValueError(f"config.model.num_heads={heads} must divide "
+                       f"model.embed_dim={embed} (heads of embed_dim / "
+                       "num_heads each); pick a divisor.")
+    if (embed // heads) % 2:
+      raise ValueError(f"config.model.embed_dim / num_heads = "
+                       f"{embed // heads} must be even (rotary embeddings "
+                       "rotate pairs of dims); change embed_dim or num_heads.")
+
+  # Optimizer.
+  o = c.optim
+  if o.learning_rate <= 0:
+    raise ValueError(f"config.optim.learning_rate must be > 0, got "
+                     f"{o.learning_rate}.")
+  _at_least(c, ("optim.warmup_steps", "optim.weight_decay"), 0)
+  if o.grad_clip <= 0:
+    raise ValueError(f"config.optim.grad_clip must be > 0, got {o.grad_clip}.")
+  _in_range("optim.b2", o.b2, 0.0, 1.0, low_open=True, high_open=True)
+  _in_range("optim.label_smoothing", o.label_smoothing, 0.0, 1.0,
+            high_open=True)
+
+  # Objective.
+  obj = c.objective
+  _in_range("objective.alpha", obj.alpha, 0.0, 1.0)
+  _one_of("objective.alpha_schedule", obj.alpha_schedule, ALPHA_SCHEDULES)
+  _one_of("objective.soft_ed_implementation", obj.soft_ed_implementation,
+          IMPLEMENTATIONS)
+  _at_least(c, ("objective.alpha_warmup_steps", "objective.soft_ed_weight",
+                "objective.cosine_weight", "objective.alpha_rate"), 0)
+  if obj.gamma <= 0:
+    raise ValueError(f"config.objective.gamma (the soft edit distance "
+                     f"temperature) must be > 0, got {obj.gamma}.")
+  if obj.alpha_schedule == "adaptive":
+    if not 0.0 <= obj.alpha_min <= obj.alpha_max <= 1.0:
+      raise ValueError(
+          "config.objective.alpha_min <= alpha_max must lie in [0, 1], got "
+          f"alpha_min={obj.alpha_min}, alpha_max={obj.alpha_max}.")
+
+  # RL.
+  rl = c.rl
+  _one_of("rl.mode", rl.mode, RL_MODES)
+  _one_of("rl.baseline", rl.baseline, BASELINES)
+  _at_least(c, ("rl.num_samples",), 1)
+  _at_least(c, ("rl.top_k", "rl.kl_weight"), 0)
+  _in_range("rl.top_p", rl.top_p, 0.0, 1.0, low_open=True)
+  if rl.mode and rl.temperature <= 0:
+    raise ValueError(f"config.rl.temperature must be > 0 for rl.mode="
+                     f"{rl.mode!r} (0 is greedy: every sample would be the "
+                     f"same), got {rl.temperature}.")
+  if rl.mode and rl.kl_weight and not c.init_from:
+    raise ValueError("config.rl.kl_weight > 0 needs --config.init_from=WORKDIR "
+                     "(the frozen reference model), or set rl.kl_weight=0.")
+
+  # Prompt optimisation.
+  p = c.prompt
+  _one_of("prompt.mode", p.mode, PROMPT_MODES)
+  if p.mode:
+    if not c.init_from:
+      raise ValueError(f"config.prompt.mode={p.mode!r} tunes a prompt for a "
+                       "frozen model: set --config.init_from=WORKDIR.")
+    if c.task != "g2p":
+      raise ValueError(f"config.prompt.mode={p.mode!r} needs task='g2p' (the "
+                       "prompt slots after BOS), got task={c.task!r}.")
+    _at_least(c, ("prompt.length",), 1)
+    if d.prompt_len != p.length:
+      raise ValueError(f"config.data.prompt_len={d.prompt_len} must equal "
+                       f"prompt.length={p.length} (the slots the prompt "
+                       "fills).")
+  if p.mode == "soft":
+    _one_of("prompt.init", p.init, PROMPT_INITS)
+    if p.init == "tag" and not d.tags:
+      raise ValueError("config.prompt.init='tag' needs data.tags=True (the "
+                       "task tag it starts from).")
+  if p.mode == "search":
+    _one_of("prompt.strategy", p.strategy, SEARCH_STRATEGIES)
+    _at_least(c, ("prompt.population", "prompt.rounds", "prompt.elite",
+                  "prompt.score_words"), 1)
+    _in_range("prompt.mutation_rate", p.mutation_rate, 0.0, 1.0)
+
+  # Mesh and batch: against the devices when their number is known.
+  _check_mesh_sizes([c.mesh[a] for a in MESH_AXES])
+  if num_devices is not None:
+    dims = mesh_shape(c.mesh, num_devices)
+    shards = dims[0] * dims[1]
+    if c.batch_size % shards:
+      raise ValueError(
+          f"config.batch_size={c.batch_size} does not divide over the "
+          f"batch axes data x fsdp = {shards}; use a multiple of {shards}.")
+  if c.batch_size % num_processes:
+    raise ValueError(f"config.batch_size={c.batch_size} must divide by the "
+                     f"{num_processes} processes.")

@@ -7,7 +7,9 @@ divides by the first reference or averages per-word rates; both change the
 number, so the definition is fixed here.
 """
 
-from typing import Dict, List, Sequence, Tuple
+import sys
+import time
+from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -79,3 +81,38 @@ def evaluate_split(model, params, task, split: str,
   data = task.eval_sets[split]
   outputs = generate_symbols(model, params, task, data.source, batch_size)
   return error_rates(outputs, data.references)
+
+
+def summary(record: Dict[str, Any]) -> str:
+  """One line of an eval record: `dev: PER 9.81%  WER 38.64%  (...)`."""
+  return (f"{record['split']}: PER {100 * record['per']:.2f}%  "
+          f"WER {100 * record['wer']:.2f}%  ({record['words']} items, step "
+          f"{record['step']})")
+
+
+def evaluate_and_log(model, params, task, splits: Sequence[str],
+                     batch_size: int, step, writer, **extra
+                     ) -> Dict[str, Dict[str, Any]]:
+  """Scores `splits` and writes one record each through `writer` (a
+  `workdir.MetricWriter`): {step, split, per, wer, words, eval_seconds,
+  **extra}, plus the first 8 outputs as TensorBoard text; a summary line
+  per split on stderr (process 0). Returns {split: record}."""
+  results = {}
+  for split in splits:
+    t0 = time.time()
+    data = task.eval_sets[split]
+    outputs = generate_symbols(model, {"params": params}, task, data.source,
+                               batch_size)
+    rates = error_rates(outputs, data.references)
+    record = {"step": step, "split": split, "per": rates["per"],
+              "wer": rates["wer"], "words": rates["words"],
+              "eval_seconds": time.time() - t0, **extra}
+    writer.write(record)
+    sample = "\n".join(
+        f"{k}\t{' '.join(o)}\t(ref {' '.join(r[0])})" for k, o, r in zip(
+            data.keys[:8], outputs[:8], data.references[:8]))
+    writer.text(f"{split}/samples", sample.replace("\n", "  \n"), step)
+    if jax.process_index() == 0:
+      print(summary(record), file=sys.stderr)
+    results[split] = record
+  return results

@@ -6,18 +6,20 @@ The fused objective (teacher forcing):
   reward = -w_ed * softED(logits, target) / target_length
            + w_cos * cos(logits, target; E_frozen).
 
-The seed text writes `alpha * Reward + (1 - alpha) * CE`, which would
-*minimise* the reward; the reward enters with a minus sign here so that
-minimising the loss maximises it.
+The reward enters with a minus sign, so minimising the loss maximises it.
+RL objectives (`rl.mode`: seq, instant, ocd) score the model's own samples
+with the rewards computed inside the sampling loop. `make_loss_fn(config,
+model)` is the one entry the train step uses.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ir_jax import parallel, rewards
+from ir_jax import decode, models, parallel, rewards
+from ir_jax.data.vocab import EOS
 
 Metrics = Dict[str, jax.Array]
 
@@ -247,3 +249,119 @@ def controller_update(state: Dict[str, jax.Array], reward: jax.Array, *,
   alpha = jnp.where(count > warmup, state["alpha"] + step, state["alpha"])
   return {"alpha": jnp.clip(alpha, low, high), "fast": fast, "slow": slow,
           "count": count}
+
+
+# ---------------------------------------------------------- the loss_fn
+
+
+LossFn = Callable[..., Tuple[jax.Array, Metrics]]
+
+
+def make_loss_fn(config, model) -> LossFn:
+  """`loss_fn(params, batch, rng, *, alpha, reward_embeddings, ref_params)
+  -> (loss, metrics)` of the config's objective: the fused loss on teacher
+  forcing, or with `rl.mode` set the RL loss on the model's own samples.
+
+  batch: source int32[B, P], target int32[B, T], target_lengths int32[B];
+  alpha: the scalar reward weight of this step; reward_embeddings: the
+  frozen f32[V, D] table of the cosine reward; ref_params: the frozen
+  reference of the KL penalty (or None); rng: None runs deterministically.
+  """
+  if config.rl.mode:
+    return lambda params, batch, rng, **kw: rl_loss(config, model, params,
+                                                   batch, rng, **kw)
+  obj = config.objective
+  reward_on = float(obj.alpha) > 0.0 or obj.alpha_schedule == "adaptive"
+
+  def loss_fn(params, batch, rng, *, alpha, reward_embeddings,
+              ref_params=None):
+    del ref_params
+    logits = models.target_logits(model, params, batch, rng)
+    return fused_loss(
+        logits, batch["target"], batch["target_lengths"], alpha=alpha,
+        soft_ed_weight=obj.soft_ed_weight, cosine_weight=obj.cosine_weight,
+        gamma=obj.gamma, implementation=obj.soft_ed_implementation,
+        embeddings=reward_embeddings,
+        label_smoothing=config.optim.label_smoothing, compute_reward=reward_on)
+
+  return loss_fn
+
+
+def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
+            ref_params=None) -> Tuple[jax.Array, Metrics]:
+  """`(1 - alpha) CE + alpha (RL + kl_weight KL)` on K samples per prompt.
+
+  Samples come from the current params (gradients stopped) with per-token
+  rewards from the in-loop edit-distance rows, scaled to -ED / |target|;
+  the RL term is REINFORCE with sequence (`seq`) or reward-to-go
+  (`instant`) advantages against `rl.baseline`, or OCD's optimal-completion
+  cross-entropy (`ocd`). Metrics: ce, rl_loss, kl, alpha, reward and its
+  std, edit_distance, per-token reward statistics, sample_length.
+  """
+  del reward_embeddings
+  rl, obj = config.rl, config.objective
+  k = rl.num_samples
+  sample_rng, dropout_rng = jax.random.split(rng)
+  use_dropout = float(config.model.get("dropout", 0.0)) > 0
+  frozen = {"params": jax.lax.stop_gradient(params)}
+  t = batch["target"].shape[1]
+  out = decode.sample_with_rewards(
+      model, frozen, batch["source"], batch["target"],
+      batch["target_lengths"], sample_rng, max_len=t, num_samples=k,
+      temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p)
+  tokens, lengths = out["tokens"], out["lengths"]
+  m = jnp.repeat(batch["target_lengths"], k)
+  # Rewards per target symbol (EOS excluded): returns are -ED / length.
+  scale = 1.0 / jnp.maximum(m - 1, 1).astype(jnp.float32)
+  token_rewards = out["rewards"] * scale[:, None]
+  returns = token_rewards.sum(-1)
+  if rl.baseline == "group":
+    baseline = leave_one_out_mean(returns, k)
+  elif rl.baseline == "greedy":  # Self-critical (SCST).
+    greedy = decode.sample_with_rewards(
+        model, frozen, batch["source"], batch["target"],
+        batch["target_lengths"], sample_rng, max_len=t, num_samples=1,
+        temperature=0.0)
+    baseline = jnp.repeat(greedy["rewards"].sum(-1), k) * scale
+  else:
+    baseline = jnp.zeros_like(returns)
+  samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+             "target": tokens, "target_lengths": lengths}
+  logits = models.target_logits(model, params, samples,
+                                dropout_rng if use_dropout else None)
+  if rl.mode == "ocd":
+    optimal = rewards.optimal_completion_targets(
+        tokens, jnp.repeat(batch["target"], k, axis=0),
+        vocab_size=logits.shape[-1], eos_id=EOS, pred_lengths=lengths,
+        target_lengths=m)[:, :t]
+    rl_term = ocd_loss(logits, optimal, lengths)
+  else:
+    adv_fn = (sequence_advantages if rl.mode == "seq" else
+              reward_to_go_advantages)
+    advantages = adv_fn(token_rewards, lengths, baseline)
+    rl_term = policy_gradient_loss(logits, tokens, lengths, advantages)
+  kl = jnp.zeros(())
+  if rl.kl_weight:
+    ref_logits = models.target_logits(model, ref_params, samples)
+    kl = kl_to_reference(logits, ref_logits, lengths)
+  ce = jnp.zeros(())
+  if not (float(obj.alpha) >= 1.0 and obj.alpha_schedule != "adaptive"):
+    ce_logits = models.target_logits(model, params, batch)
+    ce, _ = masked_cross_entropy(ce_logits, batch["target"],
+                                 batch["target_lengths"],
+                                 config.optim.label_smoothing)
+  loss = (1.0 - alpha) * ce + alpha * (rl_term + rl.kl_weight * kl)
+  valid = token_mask(lengths, t)
+  per_token = jnp.where(valid, token_rewards, 0.0)
+  count = jnp.maximum(valid.sum(), 1)
+  mean_tok = per_token.sum() / count
+  metrics = {
+      "ce": ce, "rl_loss": rl_term, "kl": kl, "alpha": alpha,
+      "reward": returns.mean(), "reward_std": returns.std(),
+      "edit_distance": out["edit_distance"].mean(),
+      "token_reward_mean": mean_tok,
+      "token_reward_std": jnp.sqrt(jnp.sum(jnp.where(
+          valid, (token_rewards - mean_tok) ** 2, 0.0)) / count),
+      "token_reward_nonzero": jnp.sum(per_token != 0) / count,
+      "sample_length": lengths.mean()}
+  return loss, metrics

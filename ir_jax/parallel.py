@@ -3,7 +3,9 @@
 Sharding is declarative and kept apart from the models: models name their
 param axes (`vocab`, `embed`, `mlp`, `heads`, `layers`), the config's
 `logical_rules` map those names to mesh axes (`data`, `fsdp`, `tensor`), and
-this module turns both into `NamedSharding`s for `jax.jit`.
+this module turns both into `NamedSharding`s for `jax.jit`. The mesh axes,
+default rules and the mesh-size arithmetic live in `ir_jax.config` (checked
+there, before any device work).
 """
 
 import math
@@ -14,47 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-# MaxText-style table: logical name -> mesh axis (None = replicated).
-DEFAULT_RULES = (
-    ("batch", BATCH_AXES),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("layers", None),
-    ("length", None),
-    ("act_embed", None),
-)
-
-
-def mesh_shape(mesh_config, num_devices: int) -> Tuple[int, int, int]:
-  """Resolves `config.mesh` (-1 = fill) against the device count, or raises."""
-  dims = [int(mesh_config[a]) for a in MESH_AXES]
-  fills = [i for i, d in enumerate(dims) if d == -1]
-  if len(fills) > 1:
-    raise ValueError("At most one of config.mesh.data/fsdp/tensor may be -1 "
-                     f"(fill), got {dict(zip(MESH_AXES, dims))}.")
-  if any(d == 0 or d < -1 for d in dims):
-    raise ValueError(f"config.mesh sizes must be positive or -1, got "
-                     f"{dict(zip(MESH_AXES, dims))}.")
-  fixed = math.prod(d for d in dims if d != -1)
-  if fills:
-    if num_devices % fixed:
-      raise ValueError(
-          f"config.mesh {dict(zip(MESH_AXES, dims))}: the fixed axes "
-          f"({fixed}) do not divide the {num_devices} devices; pick sizes "
-          f"whose product divides {num_devices}.")
-    dims[fills[0]] = num_devices // fixed
-  if math.prod(dims) != num_devices:
-    raise ValueError(
-        f"config.mesh {dict(zip(MESH_AXES, dims))} has {math.prod(dims)} "
-        f"devices but {num_devices} are visible; set the product to "
-        f"{num_devices} or use -1 on one axis.")
-  return tuple(dims)
-
+from ir_jax.config import BATCH_AXES, DEFAULT_RULES, MESH_AXES, mesh_shape
 
 def make_mesh(mesh_config, devices: Optional[Sequence[Any]] = None):
   """The (data, fsdp, tensor) mesh with Auto axes (logical-rule sharding)."""

@@ -31,6 +31,7 @@ def main():
                                     args.process_id)
   import jax
   from ir_jax import config as config_lib
+  from ir_jax import state as state_lib
   from ir_jax import train
   from ir_jax.data import tasks
   results = {}
@@ -46,9 +47,9 @@ def main():
       with open(os.path.join(wd, "metrics.jsonl")) as f:
         losses = [json.loads(l)["loss"] for l in f if '"split"' not in l]
     task = tasks.build(c)
-    model, tx = train.make_model(c, task), train.make_optimizer(c)
+    model, tx = state_lib.make_model(c, task), state_lib.make_optimizer(c)
     device_mesh = parallel.make_mesh(c.mesh)
-    _, shardings = train.state_shardings(c, model, tx, task, device_mesh)
+    _, shardings = state_lib.state_shardings(c, model, tx, task, device_mesh)
     specs = jax.tree_util.tree_map_with_path(
         lambda path, s: [jax.tree_util.keystr(path), str(tuple(s.spec))],
         shardings.params)

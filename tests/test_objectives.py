@@ -1,4 +1,5 @@
-"""Fused objective: alpha = 0 is plain CE; the reward enters with the right sign."""
+"""Objectives: the fused loss (alpha = 0 is plain CE, the reward enters with
+the right sign), the RL objectives' credit assignment, the adaptive alpha."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from ir_jax import objectives
+from ir_jax import objectives, rewards
+from ir_jax.data.vocab import EOS
 
 
 def batch(seed=0, b=4, t=6, v=9):
@@ -101,3 +103,75 @@ def test_soft_ed_implementation_reaches_the_kernel():
     np.testing.assert_allclose(other[1], grad, atol=1e-5)
   with pytest.raises(ValueError, match="implementation"):   # It is wired.
     f(logits, "cuda")
+
+
+# ------------------------------------------------------- RL objectives
+
+VOCAB = 12
+
+
+def test_instant_equals_seq_gradient_with_terminal_reward():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(6, 5, 7)), jnp.float32)
+  tokens = jnp.asarray(rng.integers(0, 7, (6, 5)), jnp.int32)
+  lengths = jnp.asarray([5, 3, 4, 1, 5, 2], jnp.int32)
+  ret = jnp.asarray(rng.normal(size=6), jnp.float32)
+  terminal = jnp.zeros((6, 5)).at[jnp.arange(6), lengths - 1].set(ret)
+  baseline = objectives.leave_one_out_mean(ret, 3)
+  def grad(adv_fn):
+    return jax.grad(lambda l: objectives.policy_gradient_loss(
+        l, tokens, lengths, adv_fn(terminal, lengths, baseline)))(logits)
+  np.testing.assert_allclose(grad(objectives.reward_to_go_advantages),
+                             grad(objectives.sequence_advantages), atol=1e-7)
+
+
+def test_reward_to_go_credits_only_later_rewards():
+  r = jnp.asarray([[0.0, -1.0, 0.0, -1.0]])
+  adv = objectives.reward_to_go_advantages(r, jnp.asarray([4]),
+                                           jnp.zeros(1))
+  np.testing.assert_array_equal(adv, [[-2.0, -2.0, -1.0, -1.0]])
+  np.testing.assert_allclose(objectives.leave_one_out_mean(
+      jnp.asarray([1.0, 2.0, 3.0, 5.0]), 2), [2.0, 1.0, 5.0, 3.0])
+
+
+def test_ocd_targets_on_perfect_prefix_and_loss():
+  target = jnp.asarray([[5, 6, 7, EOS]], jnp.int32)
+  opt = rewards.optimal_completion_targets(target, target, vocab_size=VOCAB,
+                                           eos_id=EOS)[:, :4]
+  for k in range(4):
+    assert np.flatnonzero(opt[0, k]).tolist() == [int(target[0, k])]
+  # The OCD loss on a one-hot optimum is the CE of that token.
+  logits = jax.random.normal(jax.random.PRNGKey(0), (1, 4, VOCAB))
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), target[..., None],
+                            -1).mean()
+  np.testing.assert_allclose(objectives.ocd_loss(logits, opt,
+                                                 jnp.asarray([4])), ce,
+                             rtol=1e-6)
+
+
+def test_kl_to_reference_zero_for_same_model():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))
+  lengths = jnp.asarray([3, 1])
+  assert float(objectives.kl_to_reference(logits, logits, lengths)) < 1e-6
+  assert float(objectives.kl_to_reference(logits, -logits, lengths)) > 0.1
+
+
+def test_adaptive_alpha_controller():
+  kw = dict(rate=0.01, low=0.1, high=0.6, warmup=5)
+  up = objectives.controller_init(0.3)
+  for t in range(200):
+    up = objectives.controller_update(up, -1.0 + t / 100, **kw)
+  assert float(up["alpha"]) == pytest.approx(0.6)
+  down = objectives.controller_init(0.3)
+  for t in range(200):
+    down = objectives.controller_update(down, -t / 100, **kw)
+  assert float(down["alpha"]) == pytest.approx(0.1)
+  flat = objectives.controller_init(0.3)
+  for t in range(5):
+    flat = objectives.controller_update(flat, 1.0, **kw)
+  assert float(flat["alpha"]) == pytest.approx(0.3)  # Held during warm-up.
+  noisy = objectives.controller_init(0.3)
+  rng = np.random.default_rng(0)
+  for t in range(500):
+    noisy = objectives.controller_update(noisy, rng.normal(), **kw)
+    assert 0.1 - 1e-6 <= float(noisy["alpha"]) <= 0.6 + 1e-6

@@ -1,4 +1,4 @@
-"""Scale-out on this CPU: virtual-device meshes, two processes on loopback,
+"""Scale-out on a CPU host: virtual-device meshes, two processes on loopback,
 SIGTERM preemption and --dry-run checks. Each case runs in subprocesses,
 since JAX fixes the device count at import."""
 
@@ -155,8 +155,8 @@ def test_dry_run_rejects_bad_mesh_and_batch(flags, message):
                                   "experiments/g2p.py:lstm,tiny"])
 def test_dry_run_memory_estimate_within_20_percent(spec):
   from ir_jax import config as config_lib
-  from ir_jax import train
-  report = train.dry_run(config_lib.load(os.path.join(ROOT, spec)),
+  from ir_jax import aot
+  report = aot.dry_run(config_lib.load(os.path.join(ROOT, spec)),
                          print_fn=lambda *a: None)
   assert report["xla_bytes"] > 0
   ratio = report["estimate_bytes"] / report["xla_bytes"]

@@ -1,20 +1,24 @@
-"""Shared body of the pod configs (loaded by path from each tpu_configs file).
+"""Shared body of the pod configs (loaded by each tpu_configs file).
 
-Pod configs are G2P with an accelerator-sized Transformer: bfloat16
-compute, layers under nn.scan (compile time flat in depth), batch sharded
-over (data, fsdp), params over fsdp (embed) and tensor (mlp, heads, vocab).
+Pod configs are G2P (CMUdict, stressless) with an accelerator-sized
+Transformer: bfloat16 compute, layers under nn.scan (compile time flat in
+depth), batch sharded over (data, fsdp), params over fsdp (embed) and
+tensor (mlp, heads, vocab); by default the fused objective of
+experiments/g2p.py:fused (CE + soft edit distance + cosine, alpha 0.3
+after a 500-step warm-up).
 """
 
-from ir_jax.config import sibling
-
-
-def g2p(arg=""):
-  return sibling(__file__, "../experiments/g2p.py").get_config(arg)
+from ir_jax.config import default_config
 
 
 def pod_config(*, topology, chips, mesh, batch_size, embed_dim, num_layers,
                num_heads, mlp_dim, steps=60_000, fused=True):
-  c = g2p("fused" if fused else "")
+  c = default_config()
+  c.task = "g2p"
+  if fused:
+    c.objective.update(dict(alpha=0.3, alpha_schedule="warmup",
+                            alpha_warmup_steps=500, soft_ed_weight=1.0,
+                            cosine_weight=0.1, gamma=0.5))
   c.total_steps = steps
   c.batch_size = batch_size
   c.data.source_len = 32

@@ -7,7 +7,7 @@
 
 Mesh (data, fsdp, tensor) = (4, 1, 1), global batch 2048, Transformer
 E=512, 6 layers, 8 heads, MLP 2048, bfloat16, nn.scan over layers + remat.
-Not yet run on a pod from this repository: no TPU was available to us.
+Not yet run on a real pod (compiled for its topology by `ir-jax compile`).
 """
 
 from ir_jax.config import sibling

@@ -7,7 +7,7 @@
 
 Mesh (data, fsdp, tensor) = (4, 4, 1), global batch 4096, Transformer
 E=1024, 12 layers, 16 heads, MLP 4096, bfloat16, nn.scan over layers + remat.
-Not yet run on a pod from this repository: no TPU was available to us.
+Not yet run on a real pod (compiled for its topology by `ir-jax compile`).
 """
 
 from ir_jax.config import sibling

@@ -7,7 +7,7 @@
 
 Mesh (data, fsdp, tensor) = (4, 4, 2), global batch 8192, Transformer
 E=1536, 16 layers, 16 heads, MLP 6144, bfloat16, nn.scan over layers + remat.
-Not yet run on a pod from this repository: no TPU was available to us.
+Not yet run on a real pod (compiled for its topology by `ir-jax compile`).
 """
 
 from ir_jax.config import sibling

@@ -8,7 +8,7 @@
 Mesh (data, fsdp, tensor) = (16, 16, 1), global batch 32768, Transformer
 E=2048, 24 layers, 16 heads, MLP 8192, bfloat16, nn.scan over layers + remat.
 The mesh follows the 16x16 torus (`ir-jax compile` refused (16, 8, 2):
-logical axes must be products of physical ones). Not yet run on a pod from this repository: no TPU was available to us.
+logical axes must be products of physical ones). Not yet run on a real pod (compiled for its topology by `ir-jax compile`).
 """
 
 from ir_jax.config import sibling

@@ -14,7 +14,7 @@ GPU P = 1, a pair per thread of a 128-thread block); the match masks
 one fused compare, and streamed in blocks of K steps (the sequential grid
 axis) while the vertical delta words pv/mv (int32[W, P, 128]) and the score
 stay in scratch memory (VMEM / SMEM). The word update is the XLA path's
-`exact._advance_block` on int32 words (logical shifts: identical bits to
+`recursions.advance_block` on int32 words (logical shifts: identical bits to
 its uint32 words).
 """
 
@@ -27,7 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
-from ir_jax.rewards.exact import _advance_block
+from ir_jax.kernels.recursions import advance_block
 
 LANES = 128
 WORD = 32
@@ -58,7 +58,7 @@ def _kernel(eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
 
     def word(w, carry):
       hin, delta = carry
-      pv, mv, ph, mh, hout = _advance_block(pv_ref[w], mv_ref[w],
+      pv, mv, ph, mh, hout = advance_block(pv_ref[w], mv_ref[w],
                                             eq_ref[t, w], hin)
       pv_ref[w] = jnp.where(active, pv, pv_ref[w])
       mv_ref[w] = jnp.where(active, mv, mv_ref[w])

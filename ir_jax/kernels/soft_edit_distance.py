@@ -36,7 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from ir_jax.rewards.soft import _BIG, diagonal_cell
+from ir_jax.kernels.recursions import BIG, diagonal_cell
 
 LANES = 128
 SUBLANES = 8
@@ -62,7 +62,7 @@ def _wavefront(c_ref, first, r2, r1, rows, n, m, prm_ref, probs=None):
   def body(t, carry):
     r2, r1, out = carry
     d = first + t
-    r, p = diagonal_cell(_down(r2, rows, _BIG), _down(r1, rows, _BIG), r1,
+    r, p = diagonal_cell(_down(r2, rows, BIG), _down(r1, rows, BIG), r1,
                          c_ref[t].astype(jnp.float32), d, rows, gamma, ins,
                          dele)
     if probs is not None:
@@ -84,8 +84,8 @@ def _forward_kernel(c_ref, nm_ref, prm_ref, out_ref, ckpt_ref, r2_ref, r1_ref):
 
   @pl.when(k == 0)
   def _():
-    r2_ref[...] = jnp.full((num_rows, tile), _BIG, jnp.float32)
-    r1_ref[...] = jnp.full((num_rows, tile), _BIG, jnp.float32)
+    r2_ref[...] = jnp.full((num_rows, tile), BIG, jnp.float32)
+    r1_ref[...] = jnp.full((num_rows, tile), BIG, jnp.float32)
     out_ref[...] = jnp.zeros((1, tile), jnp.float32)
 
   # Checkpoint: the two diagonals this block starts from (the backward

@@ -21,7 +21,7 @@ independent programs:
     SMEM from that checkpoint and runs the expected-alignment recursion over
     them in reverse. SMEM holds ~7 K + 16 rows of R floats, so K = 1 fits
     to R = 2048 (197 KiB measured by the lowering); K itself aims at
-    ~96 KiB, two blocks per SM (untuned: no device has run this yet);
+    ~96 KiB, two blocks per SM (untuned: not yet run on a GPU);
   * long mode, past that: the forward saves every diagonal R[d] (one plane
     in HBM, a third of the XLA wavefront's three probability planes) and
     the backward takes one diagonal a step, single-buffered, recomputing
@@ -50,7 +50,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from ir_jax.rewards.soft import _BIG, diagonal_cell
+from ir_jax.kernels.recursions import BIG, diagonal_cell, diagonal_rows
 
 CHUNK = 128                     # Rows per vector op: one f32 per thread.
 PARAMS = 32                     # Scalars padded to 128 bytes (TMA granule).
@@ -141,7 +141,7 @@ def _chunks(num_chunks, fn):
 
 def _wavefront(c_ref, first, buf_ref, rows_ref, prm_ref, on_chunk):
   """Runs the K diagonals of a block; diagonal d lives in ring slot d % 3
-  of buf_ref [3, R + CHUNK] at rows 1..R (row 0 stays `_BIG`, the
+  of buf_ref [3, R + CHUNK] at rows 1..R (row 0 stays `BIG`, the
   off-grid R[-1]). on_chunk(t, d, c, rows, r, probs) sees every chunk."""
   _, block, num_chunks, _ = c_ref.shape
   gamma, ins, dele = prm_ref[0], prm_ref[1], prm_ref[2]
@@ -191,7 +191,7 @@ def _forward_kernel(c_ref, nm_ref, rows_ref, prm_ref, out_ref, saved_ref,
 
   @pl.when(k == 0)
   def _():
-    _fill(buf_ref, _BIG)
+    _fill(buf_ref, BIG)
     final_ref[...] = jnp.zeros((CHUNK,), jnp.float32)
 
   if not long:
@@ -304,7 +304,7 @@ def _backward_long_kernel(c_ref, r1_ref, r2_ref, nm_ref, rows_ref, prm_ref,
   def chunk(c):
     lo = c * CHUNK
     rows = rows_ref[c]
-    big = lambda x, exists: jnp.where(exists, x, _BIG)  # R[-1], R[-2].
+    big = lambda x, exists: jnp.where(exists, x, BIG)  # R[-1], R[-2].
     _, probs = diagonal_cell(
         big(r2[pl.ds(lo, CHUNK)], d >= 2), big(r1[pl.ds(lo, CHUNK)], d >= 1),
         big(r1[pl.ds(lo + 1, CHUNK)], d >= 1),
@@ -322,11 +322,10 @@ def _backward_long_kernel(c_ref, r1_ref, r2_ref, nm_ref, rows_ref, prm_ref,
 def skew(costs, num_rows, num_diag):
   """costs [B, N, M] -> [B, D, R] pair-major skew: row i of diagonal d holds
   costs[i - 1, d - i - 1] (zero off the grid); one gather."""
-  from ir_jax.rewards.soft import _diagonal_rows
   batch, num_pred, num_target = costs.shape
   flat = jnp.concatenate([costs.reshape(batch, num_pred * num_target),
                           jnp.zeros((batch, 1), costs.dtype)], axis=1)
-  return flat[:, _diagonal_rows(num_rows, num_diag, num_pred, num_target)]
+  return flat[:, diagonal_rows(num_rows, num_diag, num_pred, num_target)]
 
 
 def unskew(flows, num_pred, num_target):
@@ -383,7 +382,7 @@ def forward(costs, n, m, gamma, ins, dele, *, interpret, block=None,
   """costs [B, N, M] (f32 or bf16) -> (R[n, m] f32[B], saved diagonals):
   blocked mode f32[B, blocks, 2, R / 128 + 1, 128], the two diagonals each
   block of K starts from; long mode f32[B, D, R / 128 + 1, 128], every
-  diagonal (row i at flat index i + 1, `_BIG` around)."""
+  diagonal (row i at flat index i + 1, `BIG` around)."""
   batch, num_pred, num_target = costs.shape
   num_rows, block, blocks, long = _layout(num_pred, num_target, block, long)
   chunks = num_rows // CHUNK

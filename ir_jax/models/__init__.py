@@ -1,7 +1,16 @@
-"""Language models with one interface: `(tokens, valid, cache) -> (logits, cache)`."""
+"""Language models with one interface: `(tokens, valid, cache) -> (logits, cache)`.
 
+Examples are prefix-LM pairs (ir_jax.data.tasks): a left-padded source and
+a right-padded target; `target_logits` is the teacher-forced forward that
+every objective differentiates.
+"""
+
+from typing import Tuple
+
+import jax
 import jax.numpy as jnp
 
+from ir_jax.data.vocab import PAD
 from ir_jax.models.lstm import LSTM
 from ir_jax.models.transformer import Transformer
 
@@ -20,4 +29,24 @@ def build(model_config, vocab_size: int, deterministic_dropout=None):
   raise ValueError(f"model.kind must be 'transformer' or 'lstm', got {kind!r}.")
 
 
-__all__ = ["LSTM", "Transformer", "build"]
+def model_inputs(batch) -> Tuple[jax.Array, jax.Array]:
+  """Teacher forcing: the source plus all target tokens but the last.
+
+  batch: source int32[B, P], target int32[B, T]. Returns tokens
+  int32[B, P + T - 1] and their validity mask (False at PAD).
+  """
+  tokens = jnp.concatenate([batch["source"], batch["target"][:, :-1]], axis=1)
+  return tokens, tokens != PAD
+
+
+def target_logits(model, params, batch, rng=None) -> jax.Array:
+  """float32[B, T, V]: logits at the positions that predict the target
+  (position t predicts target[:, t]). `rng` turns dropout on."""
+  tokens, valid = model_inputs(batch)
+  kwargs = {} if rng is None else {"rngs": {"dropout": rng},
+                                   "deterministic": False}
+  logits, _ = model.apply({"params": params}, tokens, valid, **kwargs)
+  return logits[:, batch["source"].shape[1] - 1:]
+
+
+__all__ = ["LSTM", "Transformer", "build", "model_inputs", "target_logits"]

@@ -7,7 +7,7 @@ makes left-padded prompts equivalent to unpadded ones (the reason for a
 masked `nn.scan` over `nn.OptimizedLSTMCell` rather than `nn.RNN`, whose
 `seq_lengths` assume right padding).
 
-`bidirectional_source=True` adds the seed's bidirectional-LSTM encoder: the
+`bidirectional_source=True` adds a bidirectional-LSTM source encoder: the
 source (every token up to the first SEP) is read in both directions, and
 the final states, projected, are concatenated to every decoder input. The
 summary is computed once (at prefill when decoding) and kept in the cache.

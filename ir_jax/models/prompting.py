@@ -11,8 +11,9 @@ steps, targets) are left untouched.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ir_jax.data.vocab import BOS
+from ir_jax.data.vocab import BOS, SPECIALS
 
 
 def slot_index(tokens: jax.Array, length: int) -> jax.Array:
@@ -55,3 +56,27 @@ def with_prompt(module: nn.Module, x: jax.Array, tokens: jax.Array):
       nn.initializers.normal(1.0), (None, None)),
       (module.prompt_length, module.embed_dim))
   return splice(x, tokens, prompt)
+
+
+def symbol_ids(task) -> np.ndarray:
+  """Token ids a prompt may use: every non-special symbol of the task."""
+  return np.arange(len(SPECIALS), task.vocab.size, dtype=np.int32)
+
+
+def init_soft_prompt(config, task, embedding: jax.Array) -> jax.Array:
+  """f32[P, E] by `config.prompt.init`: "tag" = the task tag's embedding in
+  every slot (P = 1 reproduces the hand tag exactly), "vocab" = embeddings
+  of P random symbols (Lester et al., 2021), "random" = N(0, 1) like the
+  embeddings. embedding: the frozen model's table f32[V, E]."""
+  p = config.prompt
+  rng = np.random.default_rng(config.seed)
+  if p.init == "tag":
+    if not task.prompt or task.prompt[0] < len(SPECIALS):
+      raise ValueError("prompt.init='tag' needs data.tags=True.")
+    ids = np.asarray(task.prompt, np.int32)
+  elif p.init == "vocab":
+    ids = rng.choice(symbol_ids(task), int(p.length))
+  else:
+    return jnp.asarray(rng.standard_normal(
+        (int(p.length), embedding.shape[1])), jnp.float32)
+  return jnp.asarray(embedding)[ids].astype(jnp.float32)

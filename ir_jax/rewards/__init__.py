@@ -3,7 +3,7 @@
 Pure, jit-able and vmap-able; every function accepts any leading batch dims
 and optional `pred_lengths` / `target_lengths`.
 """
-from ir_jax.rewards._platform import lowering_for
+from ir_jax.kernels.platform import lowering_for
 from ir_jax.rewards.cosine import cosine_reward, cosine_reward_per_position
 from ir_jax.rewards.exact import (edit_row_init, edit_row_step,
                                   instant_rewards, levenshtein,

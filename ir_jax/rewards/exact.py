@@ -21,8 +21,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ir_jax.kernels import dispatch
+from ir_jax.kernels import levenshtein as kernels
+from ir_jax.kernels.batching import fold_vmap
+from ir_jax.kernels.recursions import advance_block
 from ir_jax.rewards import _checks
-from ir_jax.rewards import _platform
 
 _WORD = 32
 # Prediction steps x words up to which the step loop is unrolled in Python.
@@ -47,34 +50,6 @@ def _prepare(pred, target, pred_lengths, target_lengths):
 # ----------------------------------------------------------------------------
 
 
-def _advance_block(pv, mv, eq, hin):
-  """One 32-row block of Myers' column update.
-
-  `pv`/`mv` hold the +1/-1 vertical deltas of the block, `eq` the rows whose
-  target token equals the current prediction token, `hin` in {-1, 0, 1} the
-  horizontal delta entering the block's top. Returns the new vertical deltas,
-  the (unshifted) horizontal delta bit-vectors and the delta leaving the
-  bottom, which is the next block's `hin`. Words are uint32 here and int32
-  in the Pallas kernel (ir_jax.kernels.levenshtein): same bits, since
-  shifts are logical and additions wrap.
-  """
-  top_bit = lambda x: lax.shift_right_logical(x, x.dtype.type(31)).astype(
-      jnp.int32)
-  hneg = (hin < 0).astype(pv.dtype)
-  hpos = (hin > 0).astype(pv.dtype)
-  xv = eq | mv
-  eq = eq | hneg
-  xh = (((eq & pv) + pv) ^ pv) | eq
-  ph = mv | ~(xh | pv)
-  mh = pv & xh
-  hout = top_bit(ph) - top_bit(mh)
-  ph_shifted = (ph << 1) | hpos
-  mh_shifted = (mh << 1) | hneg
-  pv = mh_shifted | ~(xv | ph_shifted)
-  mv = ph_shifted & xv
-  return pv, mv, ph, mh, hout
-
-
 def _column_step(pv, mv, eq, last_word, last_bit, unroll_words):
   """Advances all words of one prediction token.
 
@@ -89,7 +64,7 @@ def _column_step(pv, mv, eq, last_word, last_bit, unroll_words):
   hin = jnp.ones((batch,), jnp.int32)  # D[k, 0] = k: +1 enters every column.
 
   def word(w, pv_w, mv_w, eq_w, hin):
-    pv_w, mv_w, ph, mh, hout = _advance_block(pv_w, mv_w, eq_w, hin)
+    pv_w, mv_w, ph, mh, hout = advance_block(pv_w, mv_w, eq_w, hin)
     bit = ((ph >> last_bit) & 1).astype(jnp.int32) - (
         (mh >> last_bit) & 1).astype(jnp.int32)
     delta = jnp.where(last_word == w, bit, 0)
@@ -118,29 +93,6 @@ def _column_step(pv, mv, eq, last_word, last_bit, unroll_words):
       body, (hin, jnp.zeros((batch,), jnp.int32)),
       (jnp.arange(num_words), pv, mv, eq))
   return pv, mv, delta
-
-
-def _kernel_choice(implementation, num_target):
-  """None for the XLA loop, else the Pallas kernel's (platform, interpret):
-  see `levenshtein`'s `implementation`."""
-  if implementation not in ("auto", "xla", "pallas"):
-    raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
-                     f"got {implementation!r}.")
-  from ir_jax.kernels import levenshtein as kernels
-  platform = _platform.target_platform()
-  kernel = "gpu" if platform == "gpu" else "tpu"
-  runs = num_target <= kernels.max_target_length(kernel) and (
-      kernel == "tpu" or _platform.gpu_is_hopper())
-  if implementation == "pallas":
-    if not runs:
-      raise ValueError(
-          "The Pallas Levenshtein kernel does not run here (GPU: Hopper or "
-          f"newer and targets <= {kernels.max_target_length('gpu')} tokens);"
-          " use implementation='xla' (or 'auto', which does).")
-    return kernel, _platform.pallas_interpret()
-  if implementation == "auto" and platform in ("tpu", "gpu") and runs:
-    return kernel, _platform.pallas_interpret()
-  return None
 
 
 def levenshtein(pred: jax.Array,
@@ -174,7 +126,7 @@ def levenshtein(pred: jax.Array,
   pred, target, n, m, batch = _prepare(pred, target, pred_lengths,
                                        target_lengths)
   num_pred, num_target = pred.shape[-1], target.shape[-1]
-  kernel = _kernel_choice(implementation, num_target)
+  kernel = dispatch.levenshtein_kernel(implementation, num_target)
   if num_target == 0:
     return n
   if num_pred == 0:
@@ -182,8 +134,6 @@ def levenshtein(pred: jax.Array,
   pred = pred.reshape(-1, num_pred)
   n_flat, m_flat = n.reshape(-1), m.reshape(-1)
   if kernel is not None:
-    from ir_jax.kernels import levenshtein as kernels
-    from ir_jax.kernels._batching import fold_vmap
     platform, interpret = kernel
     run = fold_vmap(functools.partial(kernels.levenshtein, platform=platform,
                                       interpret=interpret), 4)

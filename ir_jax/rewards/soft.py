@@ -38,17 +38,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ir_jax.kernels import dispatch, platform
+from ir_jax.kernels import soft_edit_distance as tpu_kernels
+from ir_jax.kernels import soft_edit_distance_gpu as gpu_kernels
+from ir_jax.kernels.batching import fold_vmap
+from ir_jax.kernels.recursions import BIG, diagonal_cell, diagonal_rows
 from ir_jax.rewards import _checks
-from ir_jax.rewards import _platform
-from ir_jax.rewards._platform import gpu_is_hopper as _gpu_is_hopper
-from ir_jax.rewards._platform import pallas_interpret as _pallas_interpret
-from ir_jax.rewards._platform import target_platform
 
-lowering_for = _platform.lowering_for   # Also here: picks this module's kernels.
-
-# Stand-in for +inf outside the DP grid: finite so that no inf - inf or
-# 0 * inf appears in values or gradients, and far above any real distance.
-_BIG = 1e10
+lowering_for = platform.lowering_for   # Also here: picks this module's kernels.
 
 
 def _skew(x, num_diagonals):
@@ -73,38 +70,6 @@ def _shift_down(r, fill):
   return jnp.concatenate([jnp.full_like(r[:1], fill), r[:-1]], axis=0)
 
 
-def diagonal_cell(diag, up, left, c, d, rows, gamma, ins, dele):
-  """One anti-diagonal d of the recursion, shared by XLA and Pallas paths.
-
-  `diag`, `up`, `left` hold R[i-1, j-1], R[i-1, j] and R[i, j-1] for the
-  cells (i, j = d - i) of the diagonal (rows i along axis 0, `_BIG` off the
-  grid); `c` their substitution costs; `rows` the row index i (broadcasts
-  against them). Returns the diagonal of R and the softmin probabilities
-  (substitution, insertion, deletion) of each cell.
-  """
-  sub, ins_, del_ = diag + c, up + ins, left + dele
-  best = jnp.minimum(sub, jnp.minimum(ins_, del_))
-  inv_gamma = 1.0 / gamma
-  w_sub = jnp.exp((best - sub) * inv_gamma)
-  w_ins = jnp.exp((best - ins_) * inv_gamma)
-  w_del = jnp.exp((best - del_) * inv_gamma)
-  total = w_sub + w_ins + w_del
-  r = best - gamma * jnp.log(total)
-  inv = 1.0 / total
-  # Boundaries R[0, j] = j * del and R[i, 0] = i * ins come by a single
-  # deletion / insertion chain, so their probability mass is one-hot. Cells
-  # off the grid (j < 0 or j > M) stay finite and feed no valid cell.
-  top, left_edge = rows == 0, rows == d
-  edge = top | left_edge
-  df = jnp.asarray(d, jnp.float32)
-  r = jnp.where(top, df * dele, jnp.where(left_edge, df * ins, r))
-  live = d > 0  # R[0, 0] has no predecessor.
-  p = (jnp.where(edge, 0.0, w_sub * inv),
-       jnp.where(edge, (left_edge & live).astype(jnp.float32), w_ins * inv),
-       jnp.where(edge, (top & live).astype(jnp.float32), w_del * inv))
-  return r, p
-
-
 def _forward(costs, n, m, gamma, ins, dele):
   """Runs the wavefront. costs f32[B, N, M], n/m int32[B].
 
@@ -123,13 +88,13 @@ def _forward(costs, n, m, gamma, ins, dele):
   def step(carry, xs):
     r2, r1, out = carry  # Diagonals d - 2 and d - 1, each [N + 1, B].
     c, d = xs
-    r, p = diagonal_cell(_shift_down(r2, _BIG), _shift_down(r1, _BIG), r1, c,
+    r, p = diagonal_cell(_shift_down(r2, BIG), _shift_down(r1, BIG), r1, c,
                          d, rows, gamma, ins, dele)
     hit = at_final & (d == final_diag)[None]
     out = out + jnp.where(hit, r, 0.0).sum(0)
     return (r1, r, out), p
 
-  big = jnp.full((num_pred + 1, batch), _BIG, jnp.float32)
+  big = jnp.full((num_pred + 1, batch), BIG, jnp.float32)
   ds = jnp.arange(num_diag, dtype=jnp.int32)
   (_, _, out), probs = lax.scan(
       step, (big, big, jnp.zeros((batch,), jnp.float32)), (skewed, ds))
@@ -268,15 +233,6 @@ def _backward_rows(probs, n, m, num_target):
   return g.transpose(2, 0, 1), acc_ins, acc_del + e0.sum(0)
 
 
-def _diagonal_rows(num_rows, num_diag, num_pred, num_target):
-  """int32[D, R]: flat index i * M + j of costs[i, j] at cell (row i + 1,
-  column j + 1) of each diagonal; N * M (a zero row) off the grid."""
-  i = jnp.arange(num_rows)[None, :] - 1
-  j = jnp.arange(num_diag)[:, None] - i - 2
-  inside = (i >= 0) & (i < num_pred) & (j >= 0) & (j < num_target)
-  return jnp.where(inside, i * num_target + j, num_pred * num_target)
-
-
 def _skew_lanes(costs, num_rows, num_diag):
   """costs f32[B, N, M] -> f32[D, R, B] (pairs on the minor axis): one
   transpose and one gather of B-vectors (off-grid cells read a zero row),
@@ -285,7 +241,7 @@ def _skew_lanes(costs, num_rows, num_diag):
   flat = jnp.concatenate([
       costs.transpose(1, 2, 0).reshape(num_pred * num_target, batch),
       jnp.zeros((1, batch), costs.dtype)])
-  return flat[_diagonal_rows(num_rows, num_diag, num_pred, num_target)]
+  return flat[diagonal_rows(num_rows, num_diag, num_pred, num_target)]
 
 
 def _unskew_lanes(flows, num_pred, num_target):
@@ -302,21 +258,19 @@ def _forward_pallas(costs, n, m, gamma, ins, dele, interpret):
   diagonals per block; the backward re-skews the costs and recomputes the
   probabilities block by block, so nothing of size D x R outlives the
   forward."""
-  from ir_jax.kernels import soft_edit_distance as kernels
   _, num_pred, num_target = costs.shape
-  rows = kernels.padded_rows(num_pred)
+  rows = tpu_kernels.padded_rows(num_pred)
   skewed = _skew_lanes(costs, rows, rows + num_target)
-  value, ckpt = kernels.forward(skewed, n, m, gamma, ins, dele,
+  value, ckpt = tpu_kernels.forward(skewed, n, m, gamma, ins, dele,
                                 interpret=interpret)
   return value, (costs, ckpt, jnp.stack([gamma, ins, dele]))
 
 
 def _backward_pallas(residuals, n, m, num_target, interpret):
-  from ir_jax.kernels import soft_edit_distance as kernels
   costs, ckpt, (gamma, ins, dele) = residuals
   num_pred = costs.shape[1]
-  rows = kernels.padded_rows(num_pred)
-  flows, g_ins, g_del = kernels.backward(
+  rows = tpu_kernels.padded_rows(num_pred)
+  flows, g_ins, g_del = tpu_kernels.backward(
       _skew_lanes(costs, rows, rows + num_target), ckpt, n, m, gamma, ins,
       dele, interpret=interpret)
   return _unskew_lanes(flows, num_pred, num_target), g_ins, g_del
@@ -325,19 +279,15 @@ def _backward_pallas(residuals, n, m, num_target, interpret):
 def _forward_pallas_gpu(costs, n, m, gamma, ins, dele, interpret):
   """The wavefront as a Mosaic GPU kernel (one pair per CUDA block); same
   residual scheme as the TPU kernel (every diagonal of R in long mode)."""
-  from ir_jax.kernels import soft_edit_distance_gpu as kernels
-  from ir_jax.kernels._batching import fold_vmap
-  run = fold_vmap(functools.partial(kernels.forward, interpret=interpret), 3)
+  run = fold_vmap(functools.partial(gpu_kernels.forward, interpret=interpret), 3)
   value, saved = run(costs, n, m, gamma, ins, dele)
   return value, (costs, saved, jnp.stack([gamma, ins, dele]))
 
 
 def _backward_pallas_gpu(residuals, n, m, num_target, interpret):
   del num_target
-  from ir_jax.kernels import soft_edit_distance_gpu as kernels
-  from ir_jax.kernels._batching import fold_vmap
   costs, saved, (gamma, ins, dele) = residuals
-  run = fold_vmap(functools.partial(kernels.backward, interpret=interpret), 4)
+  run = fold_vmap(functools.partial(gpu_kernels.backward, interpret=interpret), 4)
   return run(costs, saved, n, m, gamma, ins, dele)
 
 
@@ -354,23 +304,6 @@ def _implementation(layout):
           "rows": (_forward_rows, _backward_rows)}[layout]
 
 
-def _kernel_problem(platform, num_pred, batch):
-  """Why the platform's kernel cannot take `num_pred` rows ("" if it can):
-  a diagonal must fit on chip, and Mosaic GPU needs a Hopper."""
-  if platform == "gpu":
-    from ir_jax.kernels import soft_edit_distance_gpu as kernels
-    if not _gpu_is_hopper():
-      return "Mosaic GPU needs compute capability >= 9.0 (Hopper)"
-    if num_pred > kernels.max_pred_length():
-      return (f"{num_pred} tokens (the shorter side) do not fit shared "
-              f"memory (at most {kernels.max_pred_length()})")
-  if platform == "tpu":
-    from ir_jax.kernels import soft_edit_distance as kernels
-    if not kernels.fits_vmem(num_pred, batch):
-      return f"{num_pred} tokens (the shorter side) do not fit VMEM"
-  return ""
-
-
 def _resolve_layout(layout, implementation="auto", num_pred=0, batch=1):
   """Which code runs: "rows", "diagonals" (XLA) or a Pallas kernel,
   ("pallas_tpu" | "pallas_gpu", interpret), fixed at trace time so the
@@ -378,29 +311,20 @@ def _resolve_layout(layout, implementation="auto", num_pred=0, batch=1):
   TPU (Mosaic, compiled for v5e, v5p, v6e in the tests) and Hopper GPUs
   (Mosaic GPU, lowered in the tests) where a diagonal fits on chip; XLA
   on CPU, older GPUs and past the on-chip bound."""
-  if implementation not in ("auto", "xla", "pallas"):
-    raise ValueError("`implementation` must be 'auto', 'xla' or 'pallas', "
-                     f"got {implementation!r}.")
+  dispatch.check_implementation(implementation)
   if layout not in ("auto", "rows", "diagonals"):
     raise ValueError(f"`layout` must be 'auto', 'rows' or 'diagonals', "
                      f"got {layout!r}.")
-  platform = target_platform()
-  kernel = ("pallas_gpu" if platform == "gpu" else "pallas_tpu",
-            _pallas_interpret())
-  problem = _kernel_problem(platform, num_pred, batch)
-  if implementation == "pallas":
-    if problem:
-      raise ValueError(f"The Pallas soft-edit-distance kernel cannot run "
-                       f"here: {problem}; use implementation='xla' (or "
-                       "'auto', which falls back to it).")
+  kernel = dispatch.soft_edit_distance_kernel(
+      implementation if layout == "auto" else
+      ("pallas" if implementation == "pallas" else "xla"), num_pred, batch)
+  if kernel is not None:
     return kernel
-  if (implementation == "auto" and layout == "auto" and not problem and
-      platform in ("tpu", "gpu")):
-    return kernel
+  target = platform.target_platform()
   if layout == "auto":
     # Measured in benchmarks/rewards.py: on CPU the batch-vectorized row
     # order wins; accelerators need the wavefront's per-step parallelism.
-    return "rows" if platform == "cpu" else "diagonals"
+    return "rows" if target == "cpu" else "diagonals"
   return layout
 
 

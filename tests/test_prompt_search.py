@@ -2,19 +2,23 @@
 
 import json
 import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ir_jax import cli, decode, models, prompts, train
+from ir_jax import cli, decode, models, prompt_search, train
+from ir_jax import state as state_lib
+from ir_jax import workdir as workdir_lib
 from ir_jax import config as config_lib
 from ir_jax.data import tasks
-from ir_jax.data.vocab import BOS, PAD, SEP
+from ir_jax.data.vocab import BOS, SEP
 from ir_jax.models import prompting
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 KINDS = ("transformer", "lstm")
 
 
@@ -43,19 +47,7 @@ def _prompt_cfg(mode, kind, frozen_dir, extra=""):
 
 
 def _params(workdir):
-  return train.load_run(workdir)[3]
-
-
-def test_slots_follow_bos_and_skip_decode_steps():
-  tokens = jnp.array([[PAD, PAD, BOS, 7, 8, 9, SEP], [BOS, 7, 8, 9, 10, 11, SEP],
-                      [9, 10, 11, 12, 13, 14, 15]])
-  idx = prompting.slot_index(tokens, 2)
-  np.testing.assert_array_equal(idx, [[-1, -1, -1, 0, 1, -1, -1],
-                                      [-1, 0, 1, -1, -1, -1, -1],
-                                      [-1] * 7])
-  filled = prompting.fill_slots(tokens, jnp.array([40, 41]))
-  np.testing.assert_array_equal(filled[0], [PAD, PAD, BOS, 40, 41, 9, SEP])
-  np.testing.assert_array_equal(filled[2], tokens[2])
+  return workdir_lib.load_run(workdir)[3]
 
 
 @pytest.mark.slow
@@ -68,22 +60,22 @@ def test_soft_prompt_trains_only_the_prompt(frozen, kind, tmp_path):
       ",lstm" if kind == "lstm" else "")
   assert cli.main(["train", "--config", spec, "--workdir", workdir,
                    f"--config.init_from={frozen[kind]}"]) == 0
-  config, _, _, tuned = train.load_run(workdir)
+  config, _, _, tuned = workdir_lib.load_run(workdir)
   base = _params(frozen[kind])
   assert set(tuned) == set(base) | {"prompt"}
   for a, b in zip(jax.tree.leaves({k: tuned[k] for k in base}),
                   jax.tree.leaves(base)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  init = prompts.init_soft_prompt(config, None, base["embed"]["embedding"])
+  init = prompting.init_soft_prompt(config, None, base["embed"]["embedding"])
   assert not np.allclose(tuned["prompt"], init)
   task = tasks.build(config)
-  state = jax.eval_shape(lambda: train.init_state(
-      config, train.make_model(config, task), train.make_optimizer(config),
+  state = jax.eval_shape(lambda: state_lib.init_state(
+      config, state_lib.make_model(config, task), state_lib.make_optimizer(config),
       task))
   opt_floats = sum(l.size for l in jax.tree.leaves(state.opt_state)
                    if l.ndim)
   assert opt_floats == 2 * tuned["prompt"].size     # Adam mu and nu only.
-  saved = prompts.load_prompt(workdir, base)
+  saved = workdir_lib.load_prompt(workdir, base)
   np.testing.assert_array_equal(saved["value"], tuned["prompt"])
   assert saved["kind"] == "soft"
   # Generate with the tuned prompt on the frozen model's workdir.
@@ -93,7 +85,7 @@ def test_soft_prompt_trains_only_the_prompt(frozen, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_prompt_from_hand_tag_reproduces_hand_tag(frozen, kind):
-  config, task, model, params = train.load_run(frozen[kind])
+  config, task, model, params = workdir_lib.load_run(frozen[kind])
   tag = task.prompt[0]
   source = jnp.asarray(task.eval_sets["dev"].source[:16])
   assert bool((source == tag).any(axis=1).all())
@@ -107,9 +99,9 @@ def test_prompt_from_hand_tag_reproduces_hand_tag(frozen, kind):
                            max_len=task.target_len)
   np.testing.assert_array_equal(got, want)
   batch = {k: jnp.asarray(v[:8]) for k, v in task.train.items()}
-  l1 = train.target_logits(model, params, batch)
+  l1 = models.target_logits(model, params, batch)
   batch["source"] = prompting.fill_slots(batch["source"], jnp.array([4]))
-  l2 = train.target_logits(prompted, p_params, batch)
+  l2 = models.target_logits(prompted, p_params, batch)
   np.testing.assert_array_equal(l1, l2)
 
 
@@ -128,7 +120,7 @@ def test_prompt_gradient_matches_finite_differences():
   from ir_jax import objectives
 
   def loss(prompt):
-    logits = train.target_logits(model, dict(params, prompt=prompt), batch)
+    logits = models.target_logits(model, dict(params, prompt=prompt), batch)
     return objectives.masked_cross_entropy(logits, batch["target"],
                                            batch["target_lengths"])[0]
 
@@ -144,11 +136,11 @@ def test_prompt_gradient_matches_finite_differences():
 
 
 def test_population_scoring_equals_scoring_alone(frozen):
-  config, task, model, params = train.load_run(frozen["transformer"])
-  batch = prompts.scoring_batch(task, 12, 0)
-  cands = np.random.default_rng(0).choice(prompts.symbol_ids(task), (5, 1))
+  config, task, model, params = workdir_lib.load_run(frozen["transformer"])
+  batch = prompt_search.scoring_batch(task, 12, 0)
+  cands = np.random.default_rng(0).choice(prompting.symbol_ids(task), (5, 1))
   cands[0, 0] = task.prompt[0]
-  score = lambda c: np.asarray(prompts.score_population(
+  score = lambda c: np.asarray(prompt_search.score_population(
       model, {"params": params}, batch["source"], batch["target"],
       batch["target_lengths"], c, max_len=task.target_len))
   together = score(cands)
@@ -160,13 +152,13 @@ def test_population_scoring_equals_scoring_alone(frozen):
 def test_search_is_reproducible_and_improves():
   target = np.array([7, 9, 11])
   score = lambda c: -np.abs(np.asarray(c) - target).sum(1).astype(float)
-  runs = [prompts.evolve(score, np.arange(5, 20), 3, rounds=8, population=10,
+  runs = [prompt_search.evolve(score, np.arange(5, 20), 3, rounds=8, population=10,
                          elite=3, mutation_rate=0.3, seed=s) for s in (1, 1, 2)]
   assert runs[0][2] == runs[1][2]
   assert runs[0][2] != runs[2][2]
   best = [h["best"] for h in runs[0][2]]
   assert best == sorted(best) and best[-1] > best[0]
-  ids, value, _ = prompts.greedy_replace(score, np.arange(5, 20), 3, rounds=3,
+  ids, value, _ = prompt_search.greedy_replace(score, np.arange(5, 20), 3, rounds=3,
                                          population=4, seed=0)
   assert value == 0 and list(ids) == [7, 9, 11]
 
@@ -184,7 +176,7 @@ def test_search_from_cli_logs_and_saves(frozen, kind, tmp_path):
   curve = [r["best_reward"] for r in records if "best_reward" in r]
   assert len(curve) == 3 and curve == sorted(curve)
   assert {r["split"] for r in records if "split" in r} == {"dev", "test"}
-  meta = prompts.load_prompt(workdir, _params(frozen[kind]))
+  meta = workdir_lib.load_prompt(workdir, _params(frozen[kind]))
   assert meta["kind"] == "discrete" and len(meta["symbols"]) == 4
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert cli.main(["generate", "--workdir", frozen[kind], "--prompt",
@@ -195,13 +187,13 @@ def test_search_from_cli_logs_and_saves(frozen, kind, tmp_path):
 
 def test_mismatched_model_is_refused(frozen, tmp_path):
   params = _params(frozen["transformer"])
-  prompts.save_prompt(str(tmp_path), np.ones((4, 32), np.float32), {
-      "kind": "soft", "length": 4, "fingerprint": prompts.fingerprint(params),
+  workdir_lib.save_prompt(str(tmp_path), np.ones((4, 32), np.float32), {
+      "kind": "soft", "length": 4, "fingerprint": workdir_lib.fingerprint(params),
       "data": {}})
-  assert prompts.load_prompt(str(tmp_path), params)["value"].shape == (4, 32)
+  assert workdir_lib.load_prompt(str(tmp_path), params)["value"].shape == (4, 32)
   other = dict(params, embed={"embedding": params["embed"]["embedding"] + 1})
   with pytest.raises(ValueError, match="another checkpoint"):
-    prompts.load_prompt(str(tmp_path), other)
+    workdir_lib.load_prompt(str(tmp_path), other)
   # A prompt run whose config names another model than the frozen one.
   c = _prompt_cfg("soft", "transformer", frozen["lstm"])
   with pytest.raises(ValueError, match="not this config's model"):
@@ -209,4 +201,4 @@ def test_mismatched_model_is_refused(frozen, tmp_path):
   c = _prompt_cfg("soft", "transformer", frozen["transformer"])
   c.init_from = ""
   with pytest.raises(ValueError, match="init_from"):
-    train.validate(c)
+    config_lib.validate(c)

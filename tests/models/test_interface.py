@@ -1,4 +1,5 @@
-"""Models: shapes, causal and padding masks, cache decoding == full forward."""
+"""Both model kinds, one interface: shapes, causal and padding masks, cache
+decoding == full forward."""
 
 import flax.linen as nn
 import jax
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from ir_jax.models import LSTM, Transformer
+
 
 VOCAB = 23
 
@@ -83,60 +85,3 @@ def test_cache_decoding_equals_full_forward(model_and_params):
   stepwise = jnp.concatenate(outs, axis=1)
   np.testing.assert_allclose(np.asarray(stepwise)[np.asarray(valid)],
                              np.asarray(full)[np.asarray(valid)], atol=1e-5)
-
-
-def test_transformer_params_carry_logical_axes():
-  model = make("transformer", scan_layers=True)
-  boxed = model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
-  specs = nn.get_partition_spec(boxed)["params"]
-  assert tuple(specs["embed"]["embedding"]) == ("vocab", "embed")
-  assert tuple(specs["layers"]["query"]["kernel"]) == ("layers", "embed",
-                                                       "heads")
-  assert tuple(specs["layers"]["out"]["kernel"]) == ("layers", "heads",
-                                                     "embed")
-  assert tuple(specs["layers"]["wi_up"]["kernel"]) == ("layers", "embed",
-                                                       "mlp")
-  assert tuple(specs["logits"]["kernel"]) == ("embed", "vocab")
-
-
-def test_greedy_generate_equals_argmax_of_full_forward():
-  from ir_jax import decode
-  model = make("transformer")
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(1),
-                                    jnp.ones((1, 4), jnp.int32)))
-  source = jnp.asarray([[0, 0, 1, 7, 8, 2], [1, 9, 10, 11, 12, 2]], jnp.int32)
-  tokens, lengths = decode.generate(model, params, source, max_len=5)
-  # Re-run the whole sequence and check each generated token is the argmax.
-  seq = jnp.concatenate([source, tokens], axis=1)
-  logits, _ = model.apply(params, seq, seq != 0)
-  for b in range(2):
-    for t in range(int(lengths[b])):
-      assert int(tokens[b, t]) == int(logits[b, 5 + t].argmax())
-
-
-def test_lstm_bidirectional_source_encoder():
-  model = LSTM(vocab_size=VOCAB, embed_dim=8, hidden_dim=16, num_layers=2,
-               bidirectional_source=True)
-  sep = 2
-  tokens = jnp.asarray([[0, 0, 1, 7, 8, sep, 9, 10, 11],
-                        [1, 12, 13, 14, sep, 15, 16, 3, 0]], jnp.int32)
-  valid = tokens != 0
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), tokens, valid))
-  full, _ = model.apply(params, tokens, valid)
-  cache = model.init_cache(2)
-  outs = []
-  logits, cache = model.apply(params, tokens[:, :6], valid[:, :6], cache)
-  outs.append(logits)
-  for t in range(6, 9):
-    logits, cache = model.apply(params, tokens[:, t:t + 1], valid[:, t:t + 1],
-                                cache)
-    outs.append(logits)
-  v = np.asarray(valid)
-  np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1))[v],
-                             np.asarray(full)[v], atol=1e-5)
-  # The encoder reads the whole source: a later source token changes the
-  # logits at earlier source positions too; target positions stay causal.
-  changed, _ = model.apply(params, tokens.at[0, 4].set(5), valid)
-  assert not np.allclose(changed[0, 2], full[0, 2])
-  later, _ = model.apply(params, tokens.at[0, 8].set(5), valid)
-  np.testing.assert_allclose(later[0, :8], full[0, :8], atol=1e-6)

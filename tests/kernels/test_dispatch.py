@@ -1,0 +1,60 @@
+"""One dispatch policy: XLA or a kernel by implementation, platform and size."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ir_jax import rewards
+from ir_jax.rewards import soft
+from ir_jax.kernels import levenshtein as exact_kernel
+from ir_jax.kernels import dispatch
+
+
+def test_auto_dispatch_by_target_platform():
+  if jax.default_backend() == "cpu":
+    assert soft._resolve_layout("auto", "auto") == "rows"
+    assert soft._resolve_layout("diagonals", "auto") == "diagonals"
+    assert soft._resolve_layout("auto", "pallas") == ("pallas_tpu", True)
+  with soft.lowering_for("tpu"):
+    assert soft._resolve_layout("auto", "auto", 4096) == ("pallas_tpu", False)
+    assert soft._resolve_layout("diagonals", "auto") == "diagonals"
+    # A diagonal past VMEM (~5.7k rows x 128 pairs): XLA, or a clear error.
+    assert soft._resolve_layout("auto", "auto", 8000, 128) == "diagonals"
+    assert soft._resolve_layout("auto", "auto", 8000, 8) == ("pallas_tpu",
+                                                             False)
+    with pytest.raises(ValueError, match="VMEM"):
+      soft._resolve_layout("auto", "pallas", 8000, 128)
+  with soft.lowering_for("gpu"):
+    assert soft._resolve_layout("auto", "auto", 256) == ("pallas_gpu", False)
+    # Past shared memory: XLA's wavefront, and a clear error when forced.
+    assert soft._resolve_layout("auto", "auto", 4096) == ("pallas_gpu",
+                                                          False)
+    assert soft._resolve_layout("auto", "auto", 4608) == "diagonals"
+    with pytest.raises(ValueError, match="shared memory"):
+      soft._resolve_layout("auto", "pallas", 4608)
+  with pytest.raises(ValueError, match="platform"):
+    with soft.lowering_for("cuda"):
+      pass
+
+
+def test_exact_kernel_dispatch_and_gpu_lowering():
+  """auto: XLA on CPU, the kernel on TPU and on GPU up to 3200 target
+  tokens; the GPU kernel lowers with Mosaic GPU (jax.export for CUDA)."""
+  if jax.default_backend() == "cpu":
+    assert dispatch.levenshtein_kernel("auto", 64) is None
+    assert dispatch.levenshtein_kernel("pallas", 64) == ("tpu", True)  # Interpret.
+  with pytest.raises(ValueError, match="implementation"):
+    dispatch.levenshtein_kernel("triton", 64)
+  with rewards.lowering_for("tpu"):
+    assert dispatch.levenshtein_kernel("auto", 8192) == ("tpu", False)
+  limit = exact_kernel.max_target_length("gpu")
+  with rewards.lowering_for("gpu"):
+    assert dispatch.levenshtein_kernel("auto", limit) == ("gpu", False)
+    assert dispatch.levenshtein_kernel("auto", limit + 1) is None
+    with pytest.raises(ValueError, match="does not run here"):
+      dispatch.levenshtein_kernel("pallas", limit + 1)
+    for batch, length in ((512, 1024), (64, limit)):
+      spec = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+      exported = jax.export.export(
+          jax.jit(rewards.levenshtein), platforms=["cuda"])(spec, spec)
+      assert exported.mlir_module().count("custom_call @mosaic_gpu") == 1

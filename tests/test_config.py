@@ -1,0 +1,157 @@
+"""ir_jax.config: loading, overrides, the schema and every check."""
+
+import os
+
+import ml_collections
+import pytest
+
+from ir_jax import config as config_lib
+from helpers import ROOT, tiny
+
+
+def test_unknown_config_key_lists_valid_keys():
+  with pytest.raises(ValueError, match="Valid keys"):
+    tiny(**{"optim.learnign_rate": 1.0})
+  with pytest.raises(ValueError, match="variants"):
+    config_lib.load(os.path.join(ROOT, "experiments", "g2p.py:huge"))
+
+
+def test_every_shipped_config_validates():
+  specs = ["g2p.py", "g2p.py:tiny", "g2p.py:lstm,fused", "g2p.py:multi",
+           "g2p.py:base", "charlm.py", "charlm.py:lstm,tiny"]
+  for spec in specs:
+    config_lib.validate(config_lib.load(os.path.join(ROOT, "experiments", spec)))
+  for spec in ("g2p_rl.py:instant,tiny", "prompt.py:soft,tiny",
+               "prompt.py:search,greedy"):
+    c = config_lib.load(os.path.join(ROOT, "experiments", spec))
+    c.init_from = c.init_from or "runs/g2p"
+    config_lib.validate(c)
+  for name in ("v4_8", "v5litepod_16", "v5p_64", "v6e_256"):
+    c = config_lib.load(os.path.join(ROOT, "tpu_configs", f"{name}.py"))
+    config_lib.validate(c, num_devices=c.chips)
+
+
+def test_overrides_parse_with_the_fields_type():
+  c = tiny(**{"total_steps": "7", "optim.learning_rate": "1e-3",
+              "data.stress": "true", "rl.mode": "seq",
+              "data.paths": "('a.txt', 'b.txt')"})
+  assert c.total_steps == 7 and c.optim.learning_rate == 1e-3
+  assert c.data.stress is True and c.rl.mode == "seq"
+  assert c.data.paths == ("a.txt", "b.txt")
+  for key, text in (("total_steps", "abc"), ("data.stress", "maybe"),
+                    ("data.paths", "5"), ("model.num_heads", "3.5")):
+    with pytest.raises(ValueError, match=f"--config.{key}="):
+      tiny(**{key: text})
+  with pytest.raises(ValueError, match="must look like"):
+    config_lib.apply_overrides(tiny(), ["--config.seed"])
+
+
+def test_saved_configs_round_trip_and_gain_new_defaults(tmp_path):
+  c = tiny()
+  path = str(tmp_path / "config.json")
+  config_lib.save(c, path)
+  loaded = config_lib.from_json(path)
+  del loaded.rl                      # As written before `rl` existed.
+  merged = config_lib.with_defaults(loaded, config_lib.default_config())
+  assert merged.rl.to_dict() == config_lib.default_config().rl.to_dict()
+  assert merged.model.to_dict() == c.model.to_dict()
+  config_lib.validate(merged)        # Lists (JSON) pass as tuples.
+
+
+# (overrides, field the message names, words of the fix). Each is a mistake
+# that, unchecked, fails late or silently.
+BAD = [
+    ({"total_steps": 0}, "config.total_steps", ">= 1"),
+    ({"batch_size": -4}, "config.batch_size", ">= 1"),
+    ({"task": "mt"}, "config.task", "'g2p'"),
+    ({"data.target_len": 0}, "config.data.target_len", "EOS"),
+    ({"data.source_len": 2}, "config.data.source_len", "BOS"),
+    ({"data.directions": "g2p,x2y"}, "config.data.directions", "p2g"),
+    ({"model.num_heads": 3}, "config.model.num_heads", "must divide"),
+    ({"model.num_heads": 32}, "config.model.embed_dim / num_heads", "even"),
+    ({"model.embed_dim": 0}, "config.model.embed_dim", ">= 1"),
+    ({"model.dtype": "float16"}, "config.model.dtype", "'bfloat16'"),
+    ({"model.dropout": 1.0}, "config.model.dropout", "[0.0, 1.0)"),
+    ({"optim.learning_rate": 0.0}, "config.optim.learning_rate", "> 0"),
+    ({"optim.b2": 1.0}, "config.optim.b2", "(0.0, 1.0)"),
+    ({"objective.alpha": 1.5}, "config.objective.alpha", "[0.0, 1.0]"),
+    ({"objective.alpha_schedule": "cosine"}, "config.objective.alpha_schedule",
+     "'warmup'"),
+    ({"objective.gamma": 0.0}, "config.objective.gamma", "> 0"),
+    ({"objective.soft_ed_implementation": "cuda"},
+     "config.objective.soft_ed_implementation", "'pallas'"),
+    ({"rl.mode": "ppo"}, "config.rl.mode", "'instant'"),
+    ({"rl.mode": "seq", "rl.baseline": "mean"}, "config.rl.baseline",
+     "'greedy'"),
+    ({"rl.mode": "seq", "rl.num_samples": 0}, "config.rl.num_samples", ">= 1"),
+    ({"rl.mode": "seq", "rl.temperature": 0.0}, "config.rl.temperature",
+     "greedy"),
+    ({"rl.mode": "seq", "rl.top_p": 0.0}, "config.rl.top_p", "(0.0, 1.0]"),
+    ({"rl.mode": "seq", "rl.kl_weight": 0.1}, "config.rl.kl_weight",
+     "init_from"),
+    ({"prompt.mode": "soft"}, "config.prompt.mode", "init_from"),
+    ({"prompt.mode": "tune", "init_from": "runs/x"}, "config.prompt.mode",
+     "'search'"),
+    ({"prompt.mode": "soft", "init_from": "runs/x"}, "config.data.prompt_len",
+     "prompt.length"),
+    ({"prompt.mode": "soft", "init_from": "runs/x", "data.prompt_len": 4,
+      "prompt.init": "tag"}, "config.prompt.init", "data.tags=True"),
+    ({"prompt.mode": "search", "init_from": "runs/x", "data.prompt_len": 4,
+      "prompt.strategy": "anneal"}, "config.prompt.strategy", "'evolve'"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "config.mesh", "-1"),
+    ({"mesh.tensor": 0}, "config.mesh", "positive"),
+    ({"logical_rules": "(('embed', 'model'),)"}, "config.logical_rules",
+     "mesh axes"),
+]
+
+
+@pytest.mark.parametrize("overrides,field,fix", BAD,
+                         ids=[",".join(b[0]) for b in BAD])
+def test_validate_names_the_field_and_the_fix(overrides, field, fix):
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(tiny(**overrides))
+  assert field in str(e.value) and fix in str(e.value), str(e.value)
+
+
+def test_validate_checks_types_and_model_fields_by_kind():
+  # ConfigDict keeps a field's type once set; a section built anew (as
+  # configs build their model section) is checked here.
+  c = tiny()
+  c.model = ml_collections.ConfigDict(dict(c.model, num_layers="2"))
+  with pytest.raises(ValueError, match=r"config.model.num_layers must be an "
+                     "integer, got '2'"):
+    config_lib.validate(c)
+  c = tiny()
+  c.data = ml_collections.ConfigDict(dict(c.data, stress=1))
+  with pytest.raises(ValueError, match="config.data.stress must be a boolean"):
+    config_lib.validate(c)
+  c = tiny()
+  c.data.sorce_len = 5
+  with pytest.raises(ValueError, match=r"Unknown config keys \['data.sorce_len'\]"):
+    config_lib.validate(c)
+  c = tiny()
+  c.model.hidden_dim = 64           # An LSTM field on a Transformer.
+  with pytest.raises(ValueError, match="transformer model does not take"):
+    config_lib.validate(c)
+  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py:lstm,tiny"))
+  config_lib.validate(c)
+  c.model.kind = "gru"
+  with pytest.raises(ValueError, match="config.model.kind"):
+    config_lib.validate(c)
+
+
+def test_mesh_against_devices_and_processes():
+  c = tiny(**{"batch_size": 16})
+  config_lib.validate(c, num_devices=8)
+  assert config_lib.mesh_shape(c.mesh, 8) == (8, 1, 1)
+  c = tiny(**{"mesh.fsdp": 3})
+  with pytest.raises(ValueError, match="do not divide the 8 devices"):
+    config_lib.validate(c, num_devices=8)
+  c = tiny(**{"mesh.data": 2, "mesh.fsdp": 2})
+  with pytest.raises(ValueError, match="has 4 devices but 8 are visible"):
+    config_lib.validate(c, num_devices=8)
+  c = tiny(**{"batch_size": 12})
+  with pytest.raises(ValueError, match="data x fsdp = 8"):
+    config_lib.validate(c, num_devices=8)
+  with pytest.raises(ValueError, match="divide by the 5 processes"):
+    config_lib.validate(tiny(), num_devices=1, num_processes=5)
