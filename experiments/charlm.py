@@ -9,7 +9,11 @@ With no `data.paths` the corpus is the English text of Python's own
 as "PER" (character error rate) and exact-match rate as "WER".
 Variants: `lstm`, `fused`, `tiny`.
 
-Result reached (CPU default, 2 cores): see the README.
+Result reached (default config, pydoc corpus, 1500 steps, 356 s on a
+2-core CPU, 2026-12-02): test CER ("PER") 63.79%, continuations not exactly
+right ("WER") 91.53% of 484; dev 66.05% / 93.39%. Sixteen characters of
+free text from 32 of context is hard: the number is a baseline for
+reward objectives, not a solved task.
 """
 
 from ir_jax import config as config_lib

@@ -1,4 +1,5 @@
-"""Prompt optimisation on a frozen multi-task G2P model (ir_jax.prompts).
+"""Prompt optimisation on a frozen multi-task G2P model: soft prompts (trained
+by ir_jax.train) and discrete search (ir_jax.prompt_search).
 
 The frozen model is experiments/g2p.py:multi (letters->phonemes and
 phonemes->letters, chosen by a hand-designed tag after BOS):

@@ -37,8 +37,8 @@ barriers), which orders the ring buffers between diagonals.
 
 Off the GPU the kernels run in Pallas interpret mode (how the tests check
 them), and `jax.export(..., platforms=["cuda"])` lowers them through Mosaic
-GPU from any host (tests/test_kernels.py does). `pl.pallas_call` with
-Mosaic GPU params is deprecated upstream in favour of `plgpu.kernel`; it is
+GPU from any host (tests/kernels/test_soft_edit_distance_gpu.py does).
+`pl.pallas_call` with Mosaic GPU params is deprecated upstream in favour of `plgpu.kernel`; it is
 kept because the generic interpret mode runs it.
 """
 
