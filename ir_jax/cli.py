@@ -73,25 +73,56 @@ def _compile(args, overrides: List[str]) -> int:
 
 def _eval(args) -> int:
   from ir_jax import evaluate, workdir
-  config, task, model, params = workdir.load_run(args.workdir)
+  config, task, model, params, step = workdir.load_run_with_step(args.workdir)
   if args.split not in task.eval_sets:
     raise ValueError(f"--split {args.split!r}: this task's eval sets are "
                      f"{', '.join(task.eval_sets)}.")
+  cut = task.report.get(f"{args.split}_source_truncated", 0)
+  if cut:
+    print(f"Warning: {cut} items of {args.split} are longer than the "
+          f"model's source length ({task.source_len}) and were cut; they are "
+          "scored against their full references.", file=sys.stderr)
   writer = workdir.MetricWriter(args.workdir)
   records = evaluate.evaluate_and_log(
       model, params, task, (args.split,), config.eval_batch_size,
-      workdir.latest_step(args.workdir), writer, source="ir-jax eval")
+      step, writer, source="ir-jax eval")
   writer.close()
   print(evaluate.summary(records[args.split]))
   return 0
 
 
+def _read_lines(path: str) -> List[str]:
+  """The non-empty lines of `path`; lines that are not UTF-8 or empty are
+  skipped and reported with their numbers (stderr, once)."""
+  with open(path, "rb") as f:
+    raw = f.read().split(b"\n")
+  if raw and not raw[-1].strip():
+    raw = raw[:-1]  # The final newline ends the last line.
+  lines, bad, empty = [], [], []
+  for number, line in enumerate(raw, 1):
+    try:
+      text = line.decode("utf-8").strip()
+    except UnicodeDecodeError:
+      bad.append(number)
+      continue
+    if text:
+      lines.append(text)
+    else:
+      empty.append(number)
+  if bad or empty:
+    parts = ([f"not UTF-8 at lines {bad}"] if bad else []) + (
+        [f"empty at lines {empty}"] if empty else [])
+    print(f"Warning: skipped {len(bad) + len(empty)} lines of {path}: "
+          f"{'; '.join(parts)}.", file=sys.stderr)
+  return lines
+
+
 def _generate(args) -> int:
+  import dataclasses
   from ir_jax import evaluate, workdir
   words = list(args.words)
   if args.input:
-    with open(args.input, encoding="utf-8") as f:
-      words += [line.strip() for line in f if line.strip()]
+    words += _read_lines(args.input)
   if not words:
     print("No input: pass WORDs or --input FILE.", file=sys.stderr)
     return 2
@@ -109,9 +140,20 @@ def _generate(args) -> int:
   if unknown:
     print(f"Warning: symbols unseen in training map to <unk>: {unknown}",
           file=sys.stderr)
+  room = task.source_len - 2 - len(task.prompt)   # BOS, prompt, SEP.
+  longest = max(len(it) for it in items)
+  if longest > room:
+    # Nothing is cut: the source buffer grows to the longest input.
+    print(f"Warning: {sum(len(it) > room for it in items)} of {len(items)} "
+          f"inputs are longer than the {room} symbols the model was trained "
+          f"on (longest {longest}); the source buffer grows to fit them, "
+          "but outputs for inputs that long are untested.", file=sys.stderr)
+    task = dataclasses.replace(task, source_len=longest + 2 + len(task.prompt))
   source = task.encode_sources(items)
-  outputs = evaluate.generate_symbols(model, {"params": params}, task, source,
-                                      min(config.eval_batch_size, 1024))
+  outputs = evaluate.generate_symbols(
+      model, {"params": params}, task, source,
+      min(config.eval_batch_size, 1024),
+      direction="charlm" if config.task == "charlm" else direction)
   sep = "" if config.task != "g2p" or direction == "p2g" else " "
   for word, out in zip(words, outputs):
     print(f"{word}\t{sep.join(out)}")

@@ -46,7 +46,8 @@ def _pick(logits, rng, temperature, top_k, top_p=1.0):
 @functools.partial(jax.jit, static_argnames=("model", "max_len",
                                              "temperature", "top_k"))
 def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
-             *, max_len: int, temperature: float = 0.0, top_k: int = 0):
+             *, max_len: int, temperature: float = 0.0, top_k: int = 0,
+             allowed: Optional[jax.Array] = None):
   """Generates `max_len` target tokens after each prompt.
 
   Args:
@@ -57,6 +58,8 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
     max_len: target tokens to generate, EOS included.
     temperature: 0 for greedy, else sampling temperature.
     top_k: sample among the k most likely tokens (0 = all).
+    allowed: optional bool[V]: the only tokens that may be emitted (a
+      task's target symbols and EOS); None allows every token.
 
   Returns:
     tokens int32[B, max_len] (tokens after the first EOS are PAD) and their
@@ -65,16 +68,18 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
   batch, prompt = source.shape
   if rng is None:
     rng = jax.random.key(0)
+  restrict = ((lambda l: l) if allowed is None else
+              (lambda l: jnp.where(allowed, l, -jnp.inf)))
   cache = model.init_cache(batch, prompt + max_len)
   logits, cache = model.apply(params, source, source != PAD, cache)
   rngs = jax.random.split(rng, max_len)
-  first = _pick(logits[:, -1], rngs[0], temperature, top_k)
+  first = _pick(restrict(logits[:, -1]), rngs[0], temperature, top_k)
 
   def step(carry, key):
     token, cache = carry
     logits, cache = model.apply(params, token[:, None],
                                 jnp.ones((batch, 1), bool), cache)
-    nxt = _pick(logits[:, -1], key, temperature, top_k)
+    nxt = _pick(restrict(logits[:, -1]), key, temperature, top_k)
     return (nxt, cache), nxt
 
   _, rest = lax.scan(step, (first, cache), rngs[1:])

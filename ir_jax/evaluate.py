@@ -55,9 +55,22 @@ def error_rates(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
           "words": len(outputs)}
 
 
+def allowed_tokens(model, task, direction: str):
+  """bool[V] of the ids greedy decoding may emit for `direction` (the
+  task's target symbols and EOS), or None when the task does not say."""
+  ids = task.target_ids.get(direction)
+  if not ids:
+    return None
+  allowed = np.zeros(model.vocab_size, bool)
+  allowed[list(ids)] = True
+  return jax.numpy.asarray(allowed)
+
+
 def generate_symbols(model, params, task, source: np.ndarray,
-                     batch_size: int = 1024) -> List[Seq]:
-  """Greedy outputs for int32[W, P] prompts, decoded to symbol tuples."""
+                     batch_size: int = 1024, direction: str = "") -> List[Seq]:
+  """Greedy outputs for int32[W, P] prompts, decoded to symbol tuples; with
+  a `direction` only that direction's target symbols can be emitted."""
+  allowed = allowed_tokens(model, task, direction)
   out: List[Seq] = []
   for start in range(0, len(source), batch_size):
     chunk = source[start:start + batch_size]
@@ -67,7 +80,7 @@ def generate_symbols(model, params, task, source: np.ndarray,
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size,
                                                0)])
     tokens, _ = decode.generate(model, params, jax.numpy.asarray(chunk),
-                                max_len=task.target_len)
+                                max_len=task.target_len, allowed=allowed)
     if jax.process_count() > 1:  # Params are sharded across hosts.
       from jax.experimental import multihost_utils
       tokens = multihost_utils.process_allgather(tokens, tiled=True)
@@ -79,7 +92,8 @@ def evaluate_split(model, params, task, split: str,
                    batch_size: int = 1024) -> Dict[str, float]:
   """PER/WER of greedy generation on `task.eval_sets[split]`."""
   data = task.eval_sets[split]
-  outputs = generate_symbols(model, params, task, data.source, batch_size)
+  outputs = generate_symbols(model, params, task, data.source, batch_size,
+                             data.direction)
   return error_rates(outputs, data.references)
 
 
@@ -102,7 +116,7 @@ def evaluate_and_log(model, params, task, splits: Sequence[str],
     t0 = time.time()
     data = task.eval_sets[split]
     outputs = generate_symbols(model, {"params": params}, task, data.source,
-                               batch_size)
+                               batch_size, data.direction)
     rates = error_rates(outputs, data.references)
     record = {"step": step, "split": split, "per": rates["per"],
               "wer": rates["wer"], "words": rates["words"],

@@ -132,7 +132,7 @@ def evaluate_ids(model, variables, task, ids, batch_size: int,
     source = np.asarray(prompting.fill_slots(jnp.asarray(data.source),
                                              jnp.asarray(ids, jnp.int32)))
     outputs = evaluate.generate_symbols(model, variables, task, source,
-                                        batch_size)
+                                        batch_size, data.direction)
     out[split] = evaluate.error_rates(outputs, data.references)
   return out
 

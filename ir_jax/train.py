@@ -57,8 +57,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   else:
     os.makedirs(workdir, exist_ok=True)
 
-  # The rules also drive the models' activation constraints.
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  # The rules also drive the models' activation constraints; the manager
+  # is closed (pending saves finished) however the run ends.
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), \
+      workdir_lib.checkpoint_manager(workdir, config) as manager:
     # ---------------------------------------------- Model & optimizer state
     # Created already sharded: nothing is materialised on one device first.
     _, shardings = state_lib.state_shardings(config, model, tx, task, mesh)
@@ -76,10 +78,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     # ---------------------------------------------------- Load checkpoint
     # After the init_from params: a resumed run continues its own state.
-    manager = workdir_lib.checkpoint_manager(workdir, config)
-    start = manager.latest_step()
+    state, start = workdir_lib.restore_checkpoint(manager, state, iterator)
     if start is not None:
-      state = workdir_lib.restore_checkpoint(manager, start, state, iterator)
       if lead:
         print(f"Resumed from step {start} in {workdir}.", file=sys.stderr)
     step = int(state.step)
@@ -142,7 +142,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if soft_prompt and lead:
       _save_soft_prompt(config, workdir, state.params, step)
     writer.close()
-    manager.close()
   return results
 
 

@@ -11,7 +11,8 @@ of another model or vocabulary before anything is overwritten.
 import hashlib
 import json
 import os
-from typing import Any, Dict, Optional
+import sys
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -85,41 +86,139 @@ def checkpoint_manager(workdir: str, config=None) -> ocp.CheckpointManager:
 
 
 def latest_step(workdir: str) -> Optional[int]:
-  return checkpoint_manager(workdir).latest_step()
+  """The newest step on disk (readable or not; `restore_params` says)."""
+  with checkpoint_manager(workdir) as manager:
+    return manager.latest_step()
 
 
 def save_checkpoint(manager, step: int, state, iterator) -> None:
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(iterator.get_state())), force=True)
+  """Saves `state` and the iterator's position; a save that fails (disk
+  full, no permission) stops the run with what to do, and the previous
+  checkpoint stays as it was."""
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(iterator.get_state())), force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # OSError, or orbax/tensorstore wrapping one.
+    manager.reload()
+    previous = [s for s in manager.all_steps() if s < step]
+    kept = (f"step {max(previous)} is intact" if previous else
+            "no earlier checkpoint exists")
+    raise RuntimeError(
+        f"Could not save the checkpoint of step {step} in "
+        f"{manager.directory} ({_reason(e)}); {kept}. Free disk space or "
+        "fix the folder's permissions, then rerun the same command to "
+        "resume.") from e
 
 
-def restore_checkpoint(manager, step: int, state, iterator):
-  """The state saved at `step`, onto `state`'s shardings (whatever mesh
-  wrote it); the data iterator is set to where it was."""
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state), data=ocp.args.JsonRestore()))
-  iterator.set_state(restored["data"])
-  return restored["state"]
+def _reason(e: BaseException) -> str:
+  """The first line of an error, with its type."""
+  lines = str(e).strip().splitlines() or [""]
+  return f"{type(e).__name__}: {lines[0][:300]}"
+
+
+def _unfinished(step_dir: str) -> str:
+  """Why a local step folder is not a finished checkpoint ("" if it is):
+  orbax writes commit_success.txt into it and each item last."""
+  if "://" in step_dir or not os.path.isdir(step_dir):
+    return ""
+  for folder in [step_dir] + [os.path.join(step_dir, d)
+                              for d in ("state", "data")]:
+    if os.path.isdir(folder) and not os.path.exists(
+        os.path.join(folder, "commit_success.txt")):
+      return f"no commit marker in {os.path.relpath(folder, step_dir)}"
+  return ""
+
+
+def _readable_steps(manager, restore, move_aside: bool):
+  """(value, step) of `restore(step)` at the newest step that reads.
+
+  An unreadable step (corrupt array data, a missing commit marker) is
+  reported in one line and, with `move_aside`, renamed to STEP.unreadable
+  (never deleted) so that training continues from the step before it.
+  Returns (None, None) when no step exists; raises when none reads.
+  """
+  manager.reload()
+  steps = sorted(manager.all_steps(), reverse=True)
+  unreadable: List[int] = []
+  for step in steps:
+    step_dir = os.path.join(str(manager.directory), str(step))
+    try:
+      problem = _unfinished(step_dir)
+      if problem:
+        raise ValueError(problem)
+      return restore(step), step
+    except Exception as e:  # Whatever orbax or tensorstore raise.
+      unreadable.append(step)
+      where = ""
+      if move_aside and jax.process_index() == 0:
+        where = f"; moved aside to {_move_aside(step_dir)}"
+      if move_aside:
+        manager.reload()  # Forget the moved step.
+      if jax.process_index() == 0:
+        print(f"Checkpoint step {step} in {manager.directory} is unreadable "
+              f"({_reason(e)}){where}.", file=sys.stderr)
+  if unreadable:
+    raise RuntimeError(
+        f"No readable checkpoint in {manager.directory} (unreadable steps: "
+        f"{unreadable}{', moved aside as STEP.unreadable' if move_aside else ''}"
+        "). Start afresh with a new --workdir, or move a good checkpoint "
+        "back in place.")
+  return None, None
+
+
+def _move_aside(step_dir: str) -> str:
+  target, k = step_dir + ".unreadable", 1
+  while os.path.exists(target):
+    target, k = f"{step_dir}.unreadable.{k}", k + 1
+  os.rename(step_dir, target)
+  return target
+
+
+def restore_checkpoint(manager, state, iterator):
+  """(state, step) from the newest readable checkpoint, onto `state`'s
+  shardings (whatever mesh wrote it), with the data iterator set to where
+  it was; (state, None) when there is none. Unreadable newer checkpoints
+  are moved aside (STEP.unreadable)."""
+  def restore(step):
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), data=ocp.args.JsonRestore()))
+    iterator.set_state(restored["data"])
+    return restored["state"]
+
+  restored, step = _readable_steps(manager, restore, move_aside=True)
+  return (state, None) if step is None else (restored, step)
 
 
 def restore_params(workdir: str, target_params) -> Any:
-  """Latest params of another run (for init_from / eval / generate)."""
-  manager = checkpoint_manager(workdir)
-  step = manager.latest_step()
+  """Params of the newest readable checkpoint of a run (for init_from,
+  eval, generate); unreadable newer ones are reported, left in place."""
+  return readable_params(workdir, target_params)[0]
+
+
+def readable_params(workdir: str, target_params):
+  """(params, step) of the newest readable checkpoint; see restore_params."""
+  with checkpoint_manager(workdir) as manager:
+
+    def restore(step):
+      meta = manager.item_metadata(step)["state"]
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, meta)
+      return manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))["state"]["params"]
+
+    params, step = _readable_steps(manager, restore, move_aside=False)
+    newest = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  meta = manager.item_metadata(step)["state"]
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, meta)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))["state"]
-  params = restored["params"]
+  if step != newest and jax.process_index() == 0:
+    print(f"Using checkpoint step {step} of {workdir}.", file=sys.stderr)
   want = jax.tree.map(jnp.shape, target_params)
   got = jax.tree.map(jnp.shape, params)
   if want != got:
     raise ValueError(f"Params in {workdir} do not fit this model "
                      f"(saved {got}, expected {want}).")
-  return params
+  return params, step
 
 
 def load_config(workdir: str):
@@ -136,13 +235,19 @@ def load_config(workdir: str):
 
 def load_run(workdir: str):
   """(config, task, model, params) of a trained workdir."""
+  return load_run_with_step(workdir)[:4]
+
+
+def load_run_with_step(workdir: str):
+  """(config, task, model, params, step): `load_run` and the step of the
+  checkpoint it read (the newest readable one)."""
   config = load_config(workdir)
   task = tasks.build(config)
   model = state_lib.make_model(config, task)
   tx = state_lib.make_optimizer(config)
-  params = restore_params(workdir,
-                          state_lib.abstract_params(config, model, tx, task))
-  return config, task, model, params
+  params, step = readable_params(
+      workdir, state_lib.abstract_params(config, model, tx, task))
+  return config, task, model, params, step
 
 
 # -------------------------------------------------------- compatibility

@@ -13,6 +13,7 @@ import shutil
 import pytest
 
 from ir_jax import cli
+from ir_jax import workdir as workdir_lib
 from test_config import BAD
 from helpers import CONFIG, FIXTURE, ROOT
 
@@ -83,3 +84,26 @@ def test_eval_and_generate_on_a_workdir_of_an_earlier_version(tmp_path,
   assert cli.main(["generate", "--workdir", wd, "hello", "world"]) == 0
   lines = capsys.readouterr().out.strip().split("\n")
   assert [l.split("\t")[0] for l in lines] == ["hello", "world"]
+
+
+def test_generate_reports_bad_lines_and_emits_only_target_symbols(tmp_path,
+                                                                   capsys):
+  wd = str(tmp_path / "run")
+  shutil.copytree(FIXTURE, wd)
+  path = tmp_path / "words.txt"
+  path.write_bytes(b"hello\n\n\xff\xfebad\n" + b"a" * 34 + b"\nh3llo\n")
+  assert cli.main(["generate", "--workdir", wd, "--input", str(path)]) == 0
+  captured = capsys.readouterr()
+  assert "skipped 2 lines" in captured.err
+  assert "not UTF-8 at lines [3]" in captured.err
+  assert "empty at lines [2]" in captured.err
+  assert "1 of 3 inputs are longer than the 16 symbols" in captured.err
+  assert "unseen in training map to <unk>: ['3']" in captured.err
+  lines = captured.out.strip().split("\n")
+  assert [l.split("\t")[0] for l in lines] == ["hello", "a" * 34, "h3llo"]
+  # The barely trained model would print letters; decoding cannot.
+  _, task, _, _ = workdir_lib.load_run(wd)
+  phonemes = {task.vocab.symbols[i] for i in task.target_ids["g2p"]}
+  for line in lines:
+    out = line.split("\t")[1].split()
+    assert out and set(out) <= phonemes, line

@@ -2,10 +2,15 @@
 
 import os
 
+import hypothesis
+import hypothesis.strategies as st
+import jax
 import ml_collections
 import pytest
 
 from ir_jax import config as config_lib
+from ir_jax import state as state_lib
+from ir_jax import step as step_lib
 from helpers import ROOT, tiny
 
 
@@ -155,3 +160,51 @@ def test_mesh_against_devices_and_processes():
     config_lib.validate(c, num_devices=8)
   with pytest.raises(ValueError, match="divide by the 5 processes"):
     config_lib.validate(tiny(), num_devices=1, num_processes=5)
+
+
+# ------------------------------------------------------------------ fuzz
+
+_DEFAULTS = config_lib.default_config()
+_KEYS = [k for k in config_lib.leaf_keys(_DEFAULTS) if k != "logical_rules"]
+_WORDS = sorted(set(config_lib.RL_MODES + config_lib.BASELINES +
+                    config_lib.PROMPT_MODES + config_lib.PROMPT_INITS +
+                    config_lib.SEARCH_STRATEGIES + config_lib.TASKS +
+                    config_lib.ALPHA_SCHEDULES + config_lib.IMPLEMENTATIONS +
+                    config_lib.DTYPES + ("lstm", "g2p,p2g", "xyz", "runs/x")))
+_VALUES = st.one_of(
+    st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 8, 16, 64, 300]),
+    st.sampled_from([-1.0, 0.0, 1e-3, 0.5, 0.99, 1.0, 1.5]),
+    st.booleans(), st.sampled_from(_WORDS))
+_OVERRIDES = st.lists(st.tuples(
+    st.sampled_from(_KEYS + ["optim.learnign_rate", "model.hidden_dim",
+                             "bogus"]), _VALUES), max_size=4)
+_TRACED = []
+
+
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(_OVERRIDES, st.sampled_from([1, 8]))
+def test_fuzzed_configs_validate_or_name_the_field(overrides, devices):
+  """Random override sets: each is refused with a message whose first line
+  names a config field, or it validates; the first valid ones (on one
+  device) trace their train step from shapes without error."""
+  c = tiny()
+  try:
+    config_lib.apply_overrides(c, [f"--config.{k}={v}" for k, v in overrides])
+    config_lib.validate(c, num_devices=devices)
+    if devices == 1 and len(_TRACED) < 4:
+      _TRACED.append(overrides)
+      setup = state_lib.setup(c)   # The data may still refuse (no pairs).
+  except ValueError as e:
+    first = str(e).splitlines()[0]
+    assert "config" in first.lower(), first
+    return
+  if devices == 1 and _TRACED and _TRACED[-1] is overrides:
+    task, model, tx, _, _ = setup
+    state = jax.eval_shape(lambda: state_lib.init_state(c, model, tx, task))
+    batch = {k: jax.ShapeDtypeStruct((c.batch_size,) + v.shape[1:], v.dtype)
+             for k, v in task.train.items()}
+    ref = state.params if c.rl.mode and c.rl.kl_weight else None
+    out, metrics = jax.eval_shape(step_lib.make_train_step(c, model, tx),
+                                  state, batch, ref)
+    assert metrics["loss"].shape == ()

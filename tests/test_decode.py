@@ -109,3 +109,15 @@ def test_greedy_generate_equals_argmax_of_full_forward():
   for b in range(2):
     for t in range(int(lengths[b])):
       assert int(tokens[b, t]) == int(logits[b, 5 + t].argmax())
+
+
+def test_generate_emits_only_allowed_tokens(model_params):
+  model, params = model_params
+  source, _, _ = prompts()
+  allowed = jnp.zeros(VOCAB, bool).at[jnp.array([5, 6, EOS])].set(True)
+  free, _ = decode.generate(model, params, source, max_len=6)
+  tokens, lengths = decode.generate(model, params, source, max_len=6,
+                                    allowed=allowed)
+  assert set(np.asarray(free).ravel()) - {5, 6, EOS, PAD}  # Unrestricted.
+  assert set(np.asarray(tokens).ravel()) <= {5, 6, EOS, PAD}
+  assert np.all(np.asarray(lengths) >= 1)

@@ -5,6 +5,8 @@ import os
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import (
+    EventAccumulator)
 
 from ir_jax import cli
 from ir_jax import config as config_lib
@@ -45,6 +47,16 @@ def test_cli_train_eval_generate_plot(tmp_path, capsys):
   assert all(0 <= r["per"] and 0 <= r["wer"] <= 1 for r in evals)
   assert os.listdir(os.path.join(wd, "tensorboard"))
   assert os.path.exists(os.path.join(wd, "config.json"))
+  # TensorBoard's own reader finds the scalars and the sample predictions.
+  events = EventAccumulator(os.path.join(wd, "tensorboard"),
+                            size_guidance={"scalars": 0, "tensors": 0})
+  events.Reload()
+  tags = events.Tags()
+  for tag in ("train/loss", "train/soft_ed", "train/reward", "dev/per",
+              "dev/wer", "test/per"):
+    assert tag in tags["scalars"], tag
+  assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]
+  assert any(t.startswith("dev/samples") for t in tags["tensors"])
 
   assert cli.main(["eval", "--workdir", wd, "--split", "dev"]) == 0
   assert "dev: PER" in capsys.readouterr().out

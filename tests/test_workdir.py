@@ -7,9 +7,10 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from ir_jax import train
+from ir_jax import evaluate, train
 from ir_jax import workdir as workdir_lib
 from helpers import FIXTURE, FULL_RUN, read, tiny
 
@@ -31,9 +32,17 @@ def test_workdir_of_an_earlier_version_resumes_exactly(old_workdir):
       os.path.join(old_workdir, "metrics.jsonl")) if "split" not in r}
   for step in ("15", "20"):   # Written after the resume.
     np.testing.assert_allclose(losses[step], want[step]["loss"], rtol=1e-6)
+  # The same params as the uninterrupted run: unconstrained greedy outputs
+  # score as they did then (evaluation now emits target symbols only).
+  _, task, model, params = workdir_lib.load_run(old_workdir)
   for split in ("dev", "test"):
-    np.testing.assert_allclose(results[split]["per"], want[split]["per"],
-                               rtol=1e-6)
+    data = task.eval_sets[split]
+    outputs = evaluate.generate_symbols(model, {"params": params}, task,
+                                        data.source, 64)
+    np.testing.assert_allclose(
+        evaluate.error_rates(outputs, data.references)["per"],
+        want[split]["per"], rtol=1e-6)
+    assert results[split]["per"] <= want[split]["per"]
   assert workdir_lib.latest_step(old_workdir) == 20
 
 
@@ -95,3 +104,81 @@ def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
   silent.write({"step": 1, "loss": 1.0})
   silent.close()
   assert not os.path.exists(tmp_path / "other")
+
+
+def _corrupt_array_data(step_dir):
+  """Overwrites bytes in the middle of every array data file of a step."""
+  count = 0
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    if os.path.basename(root) != "d":
+      continue
+    for name in files:
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * min(64, max(1, size - size // 2)))
+      count += 1
+  assert count > 0
+
+
+@pytest.mark.slow
+def test_unreadable_newest_checkpoint_is_moved_aside_and_resumed_before(
+    old_workdir, tmp_path, capsys):
+  config = tiny(keep_checkpoints=2, eval_every=100)
+  train.train_and_evaluate(config, old_workdir)        # Checkpoints 10, 20.
+  marker = str(tmp_path / "marker")
+  shutil.copytree(old_workdir, marker)
+  _corrupt_array_data(os.path.join(old_workdir, "checkpoints", "20"))
+  os.remove(os.path.join(marker, "checkpoints", "20", "state",
+                         "commit_success.txt"))
+  with open(FULL_RUN) as f:
+    want = json.load(f)
+  for wd in (old_workdir, marker):
+    capsys.readouterr()
+    # Read-only use (eval, generate) takes step 10 and leaves 20 in place.
+    assert workdir_lib.load_run_with_step(wd)[4] == 10
+    assert "Checkpoint step 20" in capsys.readouterr().err
+    assert os.path.isdir(os.path.join(wd, "checkpoints", "20"))
+    before = len(read(os.path.join(wd, "metrics.jsonl")))
+    train.train_and_evaluate(config, wd)
+    err = capsys.readouterr().err
+    assert "Checkpoint step 20" in err and "unreadable" in err
+    assert "Resumed from step 10" in err
+    assert os.path.isdir(os.path.join(wd, "checkpoints", "20.unreadable"))
+    losses = {r["step"]: r["loss"] for r in read(
+        os.path.join(wd, "metrics.jsonl"))[before:] if "split" not in r}
+    assert sorted(losses) == [15, 20]
+    for step in (15, 20):
+      np.testing.assert_allclose(losses[step], want[str(step)]["loss"],
+                                 rtol=1e-6)
+    assert workdir_lib.latest_step(wd) == 20
+    assert workdir_lib.load_run_with_step(wd)[4] == 20
+
+
+def test_no_readable_checkpoint_is_a_clear_error(old_workdir):
+  _corrupt_array_data(os.path.join(old_workdir, "checkpoints", "10"))
+  with pytest.raises(RuntimeError, match="No readable checkpoint in .*new "
+                     "--workdir"):
+    train.train_and_evaluate(tiny(keep_checkpoints=1, eval_every=100),
+                             old_workdir)
+  assert os.path.isdir(os.path.join(old_workdir, "checkpoints",
+                                    "10.unreadable"))
+
+
+def test_a_failed_save_stops_and_keeps_the_previous_checkpoint(
+    old_workdir, monkeypatch):
+  real = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step == 20:
+      raise OSError(28, "No space left on device")
+    return real(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(RuntimeError, match="Could not save the checkpoint of "
+                     "step 20 .*No space left on device.*step 10 is intact"):
+    train.train_and_evaluate(tiny(keep_checkpoints=1, eval_every=100),
+                             old_workdir)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+  assert workdir_lib.load_run_with_step(old_workdir)[4] == 10

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from ir_jax.data import cmudict
-from ir_jax.data.vocab import BOS, EOS, PAD, SEP, UNK, Vocab
+from ir_jax.data.vocab import BOS, EOS, PAD, SEP, SPECIALS, UNK, Vocab
 
 
 @dataclasses.dataclass
@@ -29,6 +29,7 @@ class EvalSet:
   keys: List[str]                       # Word (or context) per row.
   source: np.ndarray                    # int32[W, P]
   references: List[List[Tuple[str, ...]]]
+  direction: str = ""                   # Key of Task.target_ids.
 
 
 @dataclasses.dataclass
@@ -42,6 +43,10 @@ class Task:
   eval_targets: Dict[str, Dict[str, np.ndarray]]  # Teacher-forced eval CE.
   report: Dict[str, int]                # Bad-data counts, never silent.
   prompt: Tuple[int, ...] = ()          # Slot ids after BOS (task tag).
+  # Per direction ("g2p", "p2g", "charlm"): the ids decoding may emit, the
+  # direction's target symbols and EOS.
+  target_ids: Dict[str, Tuple[int, ...]] = dataclasses.field(
+      default_factory=dict)
 
   def encode_sources(self, items: Sequence[Sequence[str]]) -> np.ndarray:
     return np.stack([encode_source(self.vocab, s, self.source_len, self.prompt)
@@ -134,9 +139,15 @@ def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
           keys=[" ".join(s) if d == "p2g" else "".join(s) for s, _ in items],
           source=np.stack([encode_source(vocab, s, source_len, slots(d))
                            for s, _ in items]),
-          references=[list(refs) for _, refs in items])
+          references=[list(refs) for _, refs in items], direction=d)
       eval_targets[name] = _arrays(vocab, [(s, list(refs[0])) for s, refs in items],
                                    source_len, target_len, slots(d))
+  if not pairs:
+    raise ValueError(
+        f"No training pair fits config.data.source_len={source_len} and "
+        f"data.target_len={target_len} (BOS, {prompt_len} prompt slot(s) and "
+        "SEP take 2 + slots of the source, EOS one of the target); raise "
+        "them or data.max_train_words.")
   unknown = sum(c not in letters for s in ("dev", "test")
                 for w in lexicon[s] for c in w)
   if unknown:
@@ -145,8 +156,12 @@ def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
                    source_len, target_len, slots(d)) for d in directions]
   train = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   name = "g2p" if directions == ("g2p",) else "+".join(directions)
+  outputs = {"g2p": phones, "p2g": letters}
+  target_ids = {d: tuple(sorted(vocab.index[s] for s in outputs[d])) + (EOS,)
+                for d in directions}
   return Task(name, vocab, source_len, target_len, train, eval_sets,
-              eval_targets, dict(report), tuple(slots(directions[0])))
+              eval_targets, dict(report), tuple(slots(directions[0])),
+              target_ids)
 
 
 def default_corpus() -> str:
@@ -193,18 +208,24 @@ def charlm(paths: Sequence[str] = (), context: int = 32, continuation: int = 16,
              list(part[k + context:k + context + continuation]))
             for k in range(0, len(part) - context - continuation, step)]
 
-  train = _arrays(vocab, windows(parts["train"], stride), source_len,
-                  target_len)
+  pairs = windows(parts["train"], stride)
+  if not pairs:
+    raise ValueError(
+        f"The training text ({len(parts['train'])} characters) is shorter "
+        f"than config.data.context + data.continuation = "
+        f"{context + continuation}; add text (data.paths) or shorten them.")
+  train = _arrays(vocab, pairs, source_len, target_len)
   eval_sets, eval_targets = {}, {}
   for split in ("dev", "test"):
     pairs = windows(parts[split], context + continuation)[:max_eval_items]
     eval_sets[split] = EvalSet(
         keys=["".join(s) for s, _ in pairs],
         source=np.stack([encode_source(vocab, s, source_len) for s, _ in pairs]),
-        references=[[tuple(t)] for _, t in pairs])
+        references=[[tuple(t)] for _, t in pairs], direction="charlm")
     eval_targets[split] = _arrays(vocab, pairs, source_len, target_len)
+  target_ids = {"charlm": tuple(range(len(SPECIALS), vocab.size)) + (EOS,)}
   return Task("charlm", vocab, source_len, target_len, train, eval_sets,
-              eval_targets, dict(report))
+              eval_targets, dict(report), target_ids=target_ids)
 
 
 def build(config) -> Task:
