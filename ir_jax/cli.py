@@ -26,6 +26,11 @@ def _train(args, overrides: List[str]) -> int:
                                     args.num_processes, args.process_id)
   config = config_lib.load(args.config)
   config_lib.apply_overrides(config, overrides)
+  if config.prompt.mode and config.init_from:
+    # Model and data from the frozen run; the command line still wins, so
+    # a mismatch forced there is refused by the compatibility check.
+    config = config_lib.apply_overrides(
+        config_lib.with_frozen_model(config), overrides)
   if args.dry_run:
     from ir_jax import aot
     aot.dry_run(config)

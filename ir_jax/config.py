@@ -517,3 +517,34 @@ def validate(config: ml_collections.ConfigDict, *,
   if c.batch_size % num_processes:
     raise ValueError(f"config.batch_size={c.batch_size} must divide by the "
                      f"{num_processes} processes.")
+
+
+# ------------------------------------------------------------ prompt runs
+
+
+def with_frozen_model(config: ml_collections.ConfigDict
+                      ) -> ml_collections.ConfigDict:
+  """A prompt config (`prompt.mode` set) completed from the frozen run in
+  `config.init_from`: its task, model, vocabulary padding and data come
+  from that run's config.json, and only what the prompt needs is added:
+  the direction to tune (`data.directions`, the prompt config's), the P
+  slots (`data.prompt_len = prompt.length`) and the source room for them.
+  Anything else is left as it is; a config without a prompt mode, or whose
+  `init_from` has no config.json, is returned unchanged.
+  """
+  path = os.path.join(config.init_from or "", "config.json")
+  if not config.prompt.mode or not os.path.exists(path):
+    return config
+  frozen = with_defaults(from_json(path), default_config())
+  out = ml_collections.ConfigDict(config.to_dict())
+  slots = max(int(frozen.data.prompt_len), 1 if frozen.data.tags else 0)
+  length = int(config.prompt.length)
+  with out.unlocked():
+    out.task = frozen.task
+    out.vocab_multiple = frozen.vocab_multiple
+    out.model = ml_collections.ConfigDict(frozen.model.to_dict())
+    out.data = ml_collections.ConfigDict(frozen.data.to_dict())
+    out.data.directions = config.data.directions
+    out.data.prompt_len = length
+    out.data.source_len = int(frozen.data.source_len) + max(0, length - slots)
+  return out

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +15,9 @@ from ir_jax import config as config_lib
 from ir_jax.data import tasks
 from ir_jax.data.vocab import BOS, SEP
 from ir_jax.models import prompting
+from helpers import FIXTURE, ROOT
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 KINDS = ("transformer", "lstm")
@@ -202,3 +203,30 @@ def test_mismatched_model_is_refused(frozen, tmp_path):
   c.init_from = ""
   with pytest.raises(ValueError, match="init_from"):
     config_lib.validate(c)
+
+
+def test_prompt_config_takes_the_frozen_runs_model_and_data(tmp_path,
+                                                            capsys):
+  """A single-task run (no task tags) prompt-tuned with the multi-task
+  prompt config: model and data come from its config.json; a mismatch
+  forced on the command line is still refused."""
+  frozen = str(tmp_path / "frozen")
+  shutil.copytree(FIXTURE, frozen)
+  spec = os.path.join(ROOT, "experiments", "prompt.py:soft,tiny")
+  flags = [f"--config.init_from={frozen}", "--config.total_steps=2",
+           "--config.log_every=1", "--config.eval_every=100"]
+  wd = str(tmp_path / "soft")
+  assert cli.main(["train", "--config", spec, "--workdir", wd, *flags]) == 0
+  saved = config_lib.from_json(os.path.join(wd, "config.json"))
+  base = config_lib.from_json(os.path.join(frozen, "config.json"))
+  assert saved.model.to_dict() == base.model.to_dict()
+  assert (saved.data.tags, saved.data.stress) == (base.data.tags,
+                                                  base.data.stress)
+  assert saved.data.prompt_len == saved.prompt.length == 4
+  assert saved.data.source_len == base.data.source_len + 4
+  assert workdir_lib.load_prompt(wd)["kind"] == "soft"
+  capsys.readouterr()
+  assert cli.main(["train", "--config", spec, "--workdir",
+                   str(tmp_path / "forced"), *flags,
+                   "--config.model.embed_dim=48"]) == 2
+  assert "not this config's model" in capsys.readouterr().err
