@@ -132,8 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if step % config.checkpoint_every == 0 or step == config.total_steps:
             save()
     finally:
-      bar.close()
-      manager.wait_until_finished()
+      bar.close()  # Saves have finished: each one waits for itself.
 
     # --------------------------------------------------------- Final eval
     results = evaluate.evaluate_and_log(model, state.params, task,

@@ -15,12 +15,11 @@ of the platform it lowers for.
 
 from typing import Optional, Tuple
 
+from ir_jax.config import IMPLEMENTATIONS
 from ir_jax.kernels import levenshtein as levenshtein_kernels
 from ir_jax.kernels import platform
 from ir_jax.kernels import soft_edit_distance as soft_tpu
 from ir_jax.kernels import soft_edit_distance_gpu as soft_gpu
-
-IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
 def check_implementation(implementation: str) -> None:
