@@ -6,12 +6,19 @@
 
 MODE is `seq` (REINFORCE, one sequence reward per sample), `instant`
 (per-token rewards from the in-loop edit-distance rows, reward-to-go
-advantages) or `ocd` (Optimal Completion Distillation on the model's own
-prefixes). All use K samples per word with a leave-one-out group baseline
-(`--config.rl.baseline=greedy` for SCST), an exact KL to the frozen CE
-model and CE mixing: loss = (1 - alpha) CE + alpha (RL + kl_weight KL),
-with alpha from the reward-adaptive controller. Add `,tiny` for tests and
-`,lstm` for the LSTM model (the CE run must use the same model).
+advantages), `ocd` (Optimal Completion Distillation on the model's own
+prefixes) or `grpo`. seq/instant/ocd use K samples per word with a
+leave-one-out group baseline (`--config.rl.baseline=greedy` for SCST), an
+exact KL to the frozen CE model and CE mixing: loss = (1 - alpha) CE +
+alpha (RL + kl_weight KL), with alpha from the reward-adaptive controller.
+`grpo` is the clipped group-relative objective alone (alpha = 1) with
+token-level credit from the instant rewards, k3 KL (beta 0.04) and
+`rl.inner_steps` updates per rollout; `--config.rl.credit=sequence` is
+standard GRPO, `rl.group_std=False` + `rl.loss_aggregation=constant`
+Dr.GRPO, `rl.epsilon_high=0.28` + `token_mean` DAPO's clip and loss.
+Rewards: `--config.rl.rewards=edit_distance:1.0,exact_match:0.5` (or a
+user's by import path). Add `,tiny` for tests and `,lstm` for the LSTM
+model (the CE run must use the same model).
 
 Result reached: docs/instant_rewards.md (the comparison table).
 """
@@ -23,9 +30,10 @@ _g2p = sibling(__file__, "g2p.py")
 
 def get_config(arg=None):
   parts = [p for p in (arg or "").split(",") if p]
-  modes = [p for p in parts if p in ("seq", "instant", "ocd")]
+  modes = [p for p in parts if p in ("seq", "instant", "ocd", "grpo")]
   if len(modes) != 1:
-    raise ValueError("g2p_rl.py needs exactly one MODE of seq, instant, ocd "
+    raise ValueError("g2p_rl.py needs exactly one MODE of seq, instant, ocd, "
+                     "grpo "
                      f"(got {arg!r}), e.g. experiments/g2p_rl.py:instant,tiny.")
   c = _g2p.get_config(",".join(p for p in parts if p not in modes))
   c.rl.mode = modes[0]
@@ -38,6 +46,10 @@ def get_config(arg=None):
   c.objective.alpha_min = 0.2
   c.objective.alpha_max = 0.8
   c.objective.alpha_rate = 0.002
+  if modes[0] == "grpo":
+    c.objective.alpha = 1.0
+    c.objective.alpha_schedule = "constant"
+    c.rl.kl_weight = 0.04
   c.optim.learning_rate = 3e-4
   c.optim.warmup_steps = 20
   if "tiny" not in parts:

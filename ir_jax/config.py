@@ -53,7 +53,13 @@ DIRECTIONS = ("g2p", "p2g")
 DTYPES = ("float32", "bfloat16")
 ALPHA_SCHEDULES = ("constant", "warmup", "adaptive")
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
-RL_MODES = ("", "seq", "instant", "ocd")
+RL_MODES = ("", "seq", "instant", "ocd", "grpo")
+CREDITS = ("token", "sequence")
+AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+KL_ESTIMATORS = ("k3", "exact")
+# ir_jax.rewards' builtin reward names (tests check the two agree).
+REWARD_NAMES = ("edit_distance", "exact_match", "length_penalty",
+                "negative_edit_distance", "cosine")
 BASELINES = ("group", "greedy", "none")
 PROMPT_MODES = ("", "soft", "search")
 PROMPT_INITS = ("random", "tag", "vocab")
@@ -100,10 +106,22 @@ def default_config() -> ml_collections.ConfigDict:
       # alpha_schedule="adaptive": the reward-driven controller.
       alpha_min=0.0, alpha_max=1.0, alpha_rate=0.002))
   # RL on the model's own samples (ir_jax.decode.sample_with_rewards):
-  # mode "" (off), "seq", "instant" or "ocd"; alpha mixes CE (1 - alpha).
+  # mode "" (off), "seq", "instant", "ocd" or "grpo"; alpha mixes CE
+  # (1 - alpha). rewards: "name[:weight],..." of ir_jax.rewards' builtins
+  # (edit_distance, exact_match, length_penalty, negative_edit_distance,
+  # cosine) or a user's by import path (package.module.name).
   c.rl = ml_collections.ConfigDict(dict(
       mode="", num_samples=4, temperature=1.0, top_k=0, top_p=1.0,
-      baseline="group", kl_weight=0.0))
+      baseline="group", kl_weight=0.0, rewards="edit_distance:1.0",
+      # GRPO (ir_jax.objectives.grpo_*): clip [1 - epsilon, 1 +
+      # epsilon_high] (0 = epsilon; DAPO raises it), inner updates per
+      # rollout, token_mean (DAPO) | sequence_mean (GRPO) | constant
+      # (Dr.GRPO) aggregation, group_std=False for Dr.GRPO's advantages,
+      # credit "token" (reward-to-go, normalised per position) or
+      # "sequence", KL to the reference (kl_weight = beta) by "k3" or "exact".
+      epsilon=0.2, epsilon_high=0.0, inner_steps=1,
+      loss_aggregation="sequence_mean", group_std=True, credit="token",
+      kl_estimator="k3"))
   # Prompt optimisation on a frozen model (--config.init_from=WORKDIR):
   # mode "" (off), "soft" (P learned embeddings in the data.prompt_len
   # slots, trained with any objective above) or "search" (a discrete prompt
@@ -357,6 +375,32 @@ def _check_rules(rules) -> None:
       raise ValueError(f"{fix}; got {rule!r}.")
 
 
+def _check_rewards(spec) -> None:
+  """rl.rewards: `name[:weight]` items (the registry lives in
+  ir_jax.rewards; here only the syntax, so configs load without JAX)."""
+  if not isinstance(spec, str) or not spec.strip(","):
+    raise ValueError("config.rl.rewards must name at least one reward, e.g. "
+                     f"'edit_distance:1.0', got {spec!r}.")
+  for item in filter(None, (p.strip() for p in spec.split(","))):
+    name, sep, weight = item.partition(":")
+    if not name or not all(part.isidentifier() for part in name.split(".")):
+      raise ValueError(f"config.rl.rewards: {item!r} is not name[:weight] "
+                       "(a builtin such as edit_distance, or package.module."
+                       "name).")
+    if "." not in name and name not in REWARD_NAMES:
+      raise ValueError(f"config.rl.rewards: unknown reward {name!r}; builtins "
+                       f"are {', '.join(REWARD_NAMES)}, or a user reward by "
+                       "import path (package.module.name).")
+    try:
+      w = float(weight) if sep else 1.0
+    except ValueError:
+      w = float("nan")
+    if w != w or w in (float("inf"), float("-inf")):
+      raise ValueError(f"config.rl.rewards: weight {weight!r} of {name!r} "
+                       "must be a finite number (name:weight, e.g. "
+                       "exact_match:0.5).")
+
+
 def _one_of(name: str, value, allowed: Sequence) -> None:
   if value not in allowed:
     raise ValueError(f"config.{name} must be one of "
@@ -475,6 +519,28 @@ def validate(config: ml_collections.ConfigDict, *,
     raise ValueError(f"config.rl.temperature must be > 0 for rl.mode="
                      f"{rl.mode!r} (0 is greedy: every sample would be the "
                      f"same), got {rl.temperature}.")
+  _one_of("rl.credit", rl.credit, CREDITS)
+  _one_of("rl.loss_aggregation", rl.loss_aggregation, AGGREGATIONS)
+  _one_of("rl.kl_estimator", rl.kl_estimator, KL_ESTIMATORS)
+  _at_least(c, ("rl.inner_steps",), 1)
+  _at_least(c, ("rl.epsilon_high",), 0)
+  if not 0 < rl.epsilon < 1:
+    raise ValueError(f"config.rl.epsilon (the clip range) must be in (0, 1), "
+                     f"got {rl.epsilon}.")
+  if rl.mode:
+    _check_rewards(rl.rewards)
+  if rl.mode == "grpo":
+    if rl.num_samples < 2:
+      raise ValueError("config.rl.num_samples must be >= 2 for rl.mode='grpo' "
+                       "(advantages are relative to the group), got "
+                       f"{rl.num_samples}.")
+    if obj.alpha == 0 and obj.alpha_schedule == "constant":
+      raise ValueError("config.objective.alpha=0 gives the GRPO term no "
+                       "weight (loss = (1 - alpha) CE + alpha GRPO): set "
+                       "--config.objective.alpha=1.")
+  elif rl.inner_steps != 1:
+    raise ValueError(f"config.rl.inner_steps={rl.inner_steps} needs "
+                     "rl.mode='grpo' (other modes update once per sample).")
   if rl.mode and rl.kl_weight and not c.init_from:
     raise ValueError("config.rl.kl_weight > 0 needs --config.init_from=WORKDIR "
                      "(the frozen reference model), or set rl.kl_weight=0.")

@@ -21,6 +21,12 @@ def lengths_from_eos(tokens: jax.Array) -> jax.Array:
   return jnp.where(is_eos.any(1), first + 1, tokens.shape[1]).astype(jnp.int32)
 
 
+def without_pad(logits: jax.Array) -> jax.Array:
+  """logits [..., V] with PAD at -inf: the distribution samples come from
+  and that RL objectives score them under."""
+  return logits.at[..., PAD].set(-jnp.inf)
+
+
 def _pick(logits, rng, temperature, top_k, top_p=1.0):
   """Greedy (temperature 0) or sampled next tokens from logits [B, V]."""
   if temperature == 0.0:
@@ -59,7 +65,7 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
     temperature: 0 for greedy, else sampling temperature.
     top_k: sample among the k most likely tokens (0 = all).
     allowed: optional bool[V]: the only tokens that may be emitted (a
-      task's target symbols and EOS); None allows every token.
+      task's target symbols and EOS); None allows every token but PAD.
 
   Returns:
     tokens int32[B, max_len] (tokens after the first EOS are PAD) and their
@@ -68,7 +74,7 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
   batch, prompt = source.shape
   if rng is None:
     rng = jax.random.key(0)
-  restrict = ((lambda l: l) if allowed is None else
+  restrict = (without_pad if allowed is None else
               (lambda l: jnp.where(allowed, l, -jnp.inf)))
   cache = model.init_cache(batch, prompt + max_len)
   logits, cache = model.apply(params, source, source != PAD, cache)
@@ -90,20 +96,23 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "max_len", "num_samples", "temperature", "top_k", "top_p"))
+    "model", "max_len", "num_samples", "temperature", "top_k", "top_p",
+    "reward"))
 def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
                         target_lengths: jax.Array, rng: jax.Array, *,
                         max_len: int, num_samples: int = 1,
                         temperature: float = 1.0, top_k: int = 0,
-                        top_p: float = 1.0):
-  """Samples K continuations per prompt with per-token edit-distance rewards.
+                        top_p: float = 1.0,
+                        reward: rewards.InstantReward = rewards.edit_distance_reward()):
+  """Samples K continuations per prompt, each token rewarded on the spot.
 
-  The edit-distance DP row against the target is carried in the decoding
-  loop: each sampled token advances it by `rewards.edit_row_step` (O(M)),
-  which yields the potential-based instant reward of that token on the spot
-  (`rewards.instant_rewards`' definition, the final term on the token that
-  ends the sample). Target and samples both include EOS, which leaves the
-  edit distance unchanged.
+  The reward's state (`rewards.InstantReward`; by default the edit-distance
+  DP row against the target) is carried in the decoding loop: each sampled
+  token advances it by `reward.step` (O(M) for the edit distance), and the
+  token that ends a sample (EOS or the length limit) also gets
+  `reward.finish`. For the edit distance this is `rewards.instant_rewards`'
+  definition and sum_t r_t = -ED. Target and samples both include EOS,
+  which leaves the edit distance unchanged.
 
   Args:
     source: int32[B, P] prompts; target: int32[B, M] with EOS inside
@@ -111,45 +120,56 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
     rng: PRNG key. temperature / top_k / top_p: as `generate` (temperature 0
       gives greedy, and then all K samples are equal).
     num_samples: K samples per prompt; outputs are ordered [b0 k0, b0 k1, ...].
+    reward: the instant reward (static: a hashable `InstantReward`).
+
+  PAD is never sampled: teacher forcing reads PAD as padding, so a sampled
+  PAD would be scored under another context than it was drawn in.
 
   Returns:
     dict with tokens int32[B K, T] (PAD after the first EOS), lengths
-    int32[B K] (EOS included), rewards float32[B K, T] (0 past the length;
-    sum = -ED), edit_distance int32[B K].
+    int32[B K] (EOS included), rewards float32[B K, T] (0 past the length),
+    logprobs float32[B K, T]: log pi(y_t | y_<t) under the sampling
+    temperature, before top-k / top-p truncation (the old log-probs of
+    GRPO's ratio; 0 past the length, and 0 for greedy), and reward_state,
+    the reward's state after each sample's last token.
   """
   source = jnp.repeat(source, num_samples, axis=0)
   target = jnp.repeat(target, num_samples, axis=0)
   m = jnp.repeat(target_lengths, num_samples, axis=0)
   batch, prompt = source.shape
-  cols = jnp.arange(target.shape[1] + 1)
-
-  def potential(row):
-    return -jnp.min(jnp.where(cols <= m[:, None], row, 1 << 30), axis=-1)
 
   cache = model.init_cache(batch, prompt + max_len)
   logits, cache = model.apply(params, source, source != PAD, cache)
   logits = logits[:, -1]
-  row = rewards.edit_row_init(target)
+  state = reward.init(target, m)
   done = jnp.zeros((batch,), bool)
   keys = jax.random.split(rng, max_len)
 
   def step(carry, xs):
-    logits, cache, row, done = carry
+    logits, cache, state, done = carry
     key, t = xs
+    logits = without_pad(logits)
     token = _pick(logits, key, temperature, top_k, top_p)
     token = jnp.where(done, PAD, token)
-    new_row = rewards.edit_row_step(row, token, target, m)
+    if temperature == 0.0:
+      logp = jnp.zeros((batch,), jnp.float32)
+    else:
+      logp = jnp.take_along_axis(jax.nn.log_softmax(
+          logits.astype(jnp.float32) / temperature, axis=-1),
+          token[:, None], axis=-1)[:, 0]
+    new_state, r = reward.step(state, token, t)
     ends = (token == EOS) | (t == max_len - 1)
-    at_m = jnp.take_along_axis(new_row, m[:, None], axis=1)[:, 0]
-    nxt = jnp.where(ends, -at_m, potential(new_row))
-    reward = jnp.where(done, 0, nxt - potential(row)).astype(jnp.float32)
-    row = jnp.where(done[:, None], row, new_row)
-    distance = jnp.where(ends & ~done, at_m, -1)
+    r = r + jnp.where(ends, reward.finish(new_state), 0.0)
+    r = jnp.where(done, 0.0, r).astype(jnp.float32)
+    state = jax.tree.map(
+        lambda a, b: jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)),
+                               b, a), new_state, state)
     logits, cache = model.apply(params, token[:, None], ~done[:, None], cache)
-    return (logits[:, -1], cache, row, done | ends), (token, reward, distance)
+    return ((logits[:, -1], cache, state, done | ends),
+            (token, r, jnp.where(done, 0.0, logp)))
 
-  _, (tokens, rewards_, distance) = lax.scan(
-      step, (logits, cache, row, done), (keys, jnp.arange(max_len)))
-  tokens, rewards_ = tokens.T, rewards_.T
+  (_, _, state, _), (tokens, rewards_, logps) = lax.scan(
+      step, (logits, cache, state, done), (keys, jnp.arange(max_len)))
+  tokens = tokens.T
   return {"tokens": tokens, "lengths": lengths_from_eos(tokens),
-          "rewards": rewards_, "edit_distance": distance.max(0)}
+          "rewards": rewards_.T, "logprobs": logps.T, "reward_state": state}

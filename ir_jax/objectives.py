@@ -7,9 +7,11 @@ The fused objective (teacher forcing):
            + w_cos * cos(logits, target; E_frozen).
 
 The reward enters with a minus sign, so minimising the loss maximises it.
-RL objectives (`rl.mode`: seq, instant, ocd) score the model's own samples
-with the rewards computed inside the sampling loop. `make_loss_fn(config,
-model)` is the one entry the train step uses.
+RL objectives (`rl.mode`: seq, instant, ocd, grpo) score the model's own
+samples with the rewards of `rl.rewards` (ir_jax.rewards' protocol),
+computed inside the sampling loop. `make_loss_fn(config, model)` is the one
+entry the train step uses for every mode but GRPO, whose rollout feeds
+several updates (`grpo_rollout`, `grpo_update_loss`; ir_jax.step).
 """
 
 from typing import Callable, Dict, Optional, Tuple
@@ -267,6 +269,10 @@ def make_loss_fn(config, model) -> LossFn:
   frozen f32[V, D] table of the cosine reward; ref_params: the frozen
   reference of the KL penalty (or None); rng: None runs deterministically.
   """
+  if config.rl.mode == "grpo":
+    raise ValueError("rl.mode='grpo' updates several times per rollout: use "
+                     "ir_jax.step.make_train_step (objectives.grpo_rollout "
+                     "and grpo_update_loss).")
   if config.rl.mode:
     return lambda params, batch, rng, **kw: rl_loss(config, model, params,
                                                    batch, rng, **kw)
@@ -287,42 +293,121 @@ def make_loss_fn(config, model) -> LossFn:
   return loss_fn
 
 
+def instant_reward_of(spec: rewards.RewardSpec) -> rewards.InstantReward:
+  """The sampler's reward for a parsed `rl.rewards`: its instant terms,
+  weighted (the same object for equal specs, so sampling compiles once)."""
+  return rewards.weighted(*[(rewards.resolve(n), w) for n, w in spec.instant])
+
+
+def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
+                     temperature: float, reward_embeddings=None
+                     ) -> Dict[str, jax.Array]:
+  """K samples per prompt scored by `config.rl.rewards`, on device.
+
+  Instant terms are advanced inside the sampling loop; sequence terms are
+  computed on the finished samples and credited to each sample's last
+  token, so the per-token rewards always sum to the return.
+
+  Returns:
+    tokens int32[B K, T], lengths int32[B K], token_rewards float32[B K, T]
+    (sum_t = return), returns float32[B K], terms float32[B K, n] (each
+    term's unweighted return, `rewards.term_names` order), logprobs
+    float32[B K, T] (the sampler's, `decode.sample_with_rewards`),
+    edit_distance int32[B K] (exact, for logging), target int32[B K, M] and
+    target_lengths int32[B K] (repeated).
+  """
+  rl = config.rl
+  spec = rewards.parse_rewards(rl.rewards)
+  instant = instant_reward_of(spec)
+  t = batch["target"].shape[1]
+  out = decode.sample_with_rewards(
+      model, {"params": jax.lax.stop_gradient(params)}, batch["source"],
+      batch["target"], batch["target_lengths"], rng, max_len=t,
+      num_samples=num_samples, temperature=temperature, top_k=rl.top_k,
+      top_p=rl.top_p, reward=instant)
+  tokens, lengths = out["tokens"], out["lengths"]
+  target = jnp.repeat(batch["target"], num_samples, axis=0)
+  m = jnp.repeat(batch["target_lengths"], num_samples)
+  terms = [rewards.term_returns(instant, out["reward_state"])]
+  token_rewards = out["rewards"]
+  last = jnp.arange(t)[None] == (lengths - 1)[:, None]
+  for name, w in spec.sequence:
+    value = rewards.resolve(name, reward_embeddings)(tokens, lengths, target,
+                                                     m).astype(jnp.float32)
+    token_rewards = token_rewards + jnp.where(last, w * value[:, None], 0.0)
+    terms.append(value[:, None])
+  return {"tokens": tokens, "lengths": lengths, "token_rewards": token_rewards,
+          "returns": token_rewards.sum(-1),
+          "terms": jnp.concatenate(terms, axis=-1),
+          "logprobs": out["logprobs"],
+          "edit_distance": rewards.levenshtein(tokens, target,
+                                               pred_lengths=lengths,
+                                               target_lengths=m),
+          "target": target, "target_lengths": m}
+
+
+def reward_metrics(config, scored: Dict[str, jax.Array]) -> Metrics:
+  """Batch means of a `sample_and_score` result: reward (the return) and
+  its std, each term (`reward/<name>`), edit distance, per-token reward
+  statistics and sample length."""
+  names = rewards.term_names(rewards.parse_rewards(config.rl.rewards))
+  token_rewards, lengths = scored["token_rewards"], scored["lengths"]
+  valid = token_mask(lengths, token_rewards.shape[1])
+  per_token = jnp.where(valid, token_rewards, 0.0)
+  count = jnp.maximum(valid.sum(), 1)
+  mean_tok = per_token.sum() / count
+  metrics = {
+      "reward": scored["returns"].mean(),
+      "reward_std": scored["returns"].std(),
+      "edit_distance": scored["edit_distance"].mean(),
+      "token_reward_mean": mean_tok,
+      "token_reward_std": jnp.sqrt(jnp.sum(jnp.where(
+          valid, (token_rewards - mean_tok) ** 2, 0.0)) / count),
+      "token_reward_nonzero": jnp.sum(per_token != 0) / count,
+      "sample_length": lengths.mean()}
+  for i, name in enumerate(names):
+    metrics[f"reward/{name}"] = scored["terms"][:, i].mean()
+  return metrics
+
+
+def _ce_term(config, model, params, batch, alpha):
+  """The CE mixed into RL objectives; skipped (0) when alpha is fixed at 1."""
+  obj = config.objective
+  if float(obj.alpha) >= 1.0 and obj.alpha_schedule != "adaptive":
+    return jnp.zeros(())
+  logits = models.target_logits(model, params, batch)
+  return masked_cross_entropy(logits, batch["target"], batch["target_lengths"],
+                              config.optim.label_smoothing)[0]
+
+
 def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
             ref_params=None) -> Tuple[jax.Array, Metrics]:
   """`(1 - alpha) CE + alpha (RL + kl_weight KL)` on K samples per prompt.
 
-  Samples come from the current params (gradients stopped) with per-token
-  rewards from the in-loop edit-distance rows, scaled to -ED / |target|;
-  the RL term is REINFORCE with sequence (`seq`) or reward-to-go
-  (`instant`) advantages against `rl.baseline`, or OCD's optimal-completion
-  cross-entropy (`ocd`). Metrics: ce, rl_loss, kl, alpha, reward and its
-  std, edit_distance, per-token reward statistics, sample_length.
+  Samples come from the current params (gradients stopped), scored by
+  `config.rl.rewards` (`sample_and_score`; by default the in-loop
+  edit-distance rows, -ED / |target| per sample); the RL term is REINFORCE
+  with sequence (`seq`) or reward-to-go (`instant`) advantages against
+  `rl.baseline`, or OCD's optimal-completion cross-entropy (`ocd`).
+  Metrics: ce, rl_loss, kl, alpha, and `reward_metrics`.
   """
-  del reward_embeddings
-  rl, obj = config.rl, config.objective
+  rl = config.rl
   k = rl.num_samples
   sample_rng, dropout_rng = jax.random.split(rng)
   use_dropout = float(config.model.get("dropout", 0.0)) > 0
-  frozen = {"params": jax.lax.stop_gradient(params)}
   t = batch["target"].shape[1]
-  out = decode.sample_with_rewards(
-      model, frozen, batch["source"], batch["target"],
-      batch["target_lengths"], sample_rng, max_len=t, num_samples=k,
-      temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p)
-  tokens, lengths = out["tokens"], out["lengths"]
-  m = jnp.repeat(batch["target_lengths"], k)
-  # Rewards per target symbol (EOS excluded): returns are -ED / length.
-  scale = 1.0 / jnp.maximum(m - 1, 1).astype(jnp.float32)
-  token_rewards = out["rewards"] * scale[:, None]
-  returns = token_rewards.sum(-1)
+  scored = sample_and_score(config, model, params, batch, sample_rng,
+                            num_samples=k, temperature=rl.temperature,
+                            reward_embeddings=reward_embeddings)
+  tokens, lengths = scored["tokens"], scored["lengths"]
+  token_rewards, returns = scored["token_rewards"], scored["returns"]
   if rl.baseline == "group":
     baseline = leave_one_out_mean(returns, k)
   elif rl.baseline == "greedy":  # Self-critical (SCST).
-    greedy = decode.sample_with_rewards(
-        model, frozen, batch["source"], batch["target"],
-        batch["target_lengths"], sample_rng, max_len=t, num_samples=1,
-        temperature=0.0)
-    baseline = jnp.repeat(greedy["rewards"].sum(-1), k) * scale
+    greedy = sample_and_score(config, model, params, batch, sample_rng,
+                              num_samples=1, temperature=0.0,
+                              reward_embeddings=reward_embeddings)
+    baseline = jnp.repeat(greedy["returns"], k)
   else:
     baseline = jnp.zeros_like(returns)
   samples = {"source": jnp.repeat(batch["source"], k, axis=0),
@@ -331,9 +416,8 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
                                 dropout_rng if use_dropout else None)
   if rl.mode == "ocd":
     optimal = rewards.optimal_completion_targets(
-        tokens, jnp.repeat(batch["target"], k, axis=0),
-        vocab_size=logits.shape[-1], eos_id=EOS, pred_lengths=lengths,
-        target_lengths=m)[:, :t]
+        tokens, scored["target"], vocab_size=logits.shape[-1], eos_id=EOS,
+        pred_lengths=lengths, target_lengths=scored["target_lengths"])[:, :t]
     rl_term = ocd_loss(logits, optimal, lengths)
   else:
     adv_fn = (sequence_advantages if rl.mode == "seq" else
@@ -344,24 +428,245 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
   if rl.kl_weight:
     ref_logits = models.target_logits(model, ref_params, samples)
     kl = kl_to_reference(logits, ref_logits, lengths)
-  ce = jnp.zeros(())
-  if not (float(obj.alpha) >= 1.0 and obj.alpha_schedule != "adaptive"):
-    ce_logits = models.target_logits(model, params, batch)
-    ce, _ = masked_cross_entropy(ce_logits, batch["target"],
-                                 batch["target_lengths"],
-                                 config.optim.label_smoothing)
+  ce = _ce_term(config, model, params, batch, alpha)
   loss = (1.0 - alpha) * ce + alpha * (rl_term + rl.kl_weight * kl)
-  valid = token_mask(lengths, t)
-  per_token = jnp.where(valid, token_rewards, 0.0)
-  count = jnp.maximum(valid.sum(), 1)
-  mean_tok = per_token.sum() / count
-  metrics = {
-      "ce": ce, "rl_loss": rl_term, "kl": kl, "alpha": alpha,
-      "reward": returns.mean(), "reward_std": returns.std(),
-      "edit_distance": out["edit_distance"].mean(),
-      "token_reward_mean": mean_tok,
-      "token_reward_std": jnp.sqrt(jnp.sum(jnp.where(
-          valid, (token_rewards - mean_tok) ** 2, 0.0)) / count),
-      "token_reward_nonzero": jnp.sum(per_token != 0) / count,
-      "sample_length": lengths.mean()}
+  metrics = {"ce": ce, "rl_loss": rl_term, "kl": kl, "alpha": alpha,
+             **reward_metrics(config, scored)}
   return loss, metrics
+
+
+# ------------------------------------------------------------------ GRPO
+#
+# One rollout (K samples per prompt, their old and reference log-probs and
+# advantages) feeds `rl.inner_steps` clipped updates: `ir_jax.step` scans
+# them inside one jitted program. Conventions follow Tunix's GRPO core
+# (tunix/rl/algo_core.py) so the two agree to float precision
+# (tests/test_objectives.py checks it when tunix is installed).
+
+
+def group_advantages(returns: jax.Array, group: int, *,
+                     normalize_std: bool = True, eps: float = 1e-6
+                     ) -> jax.Array:
+  r"""GRPO's group-relative advantage (Shao et al. 2024, eq. 3).
+
+  .. math:: A_i = (R_i - \mathrm{mean}_g R) / (\mathrm{std}_g R + \epsilon)
+
+  over the G samples of each prompt (std with Bessel's correction, as
+  Tunix); `normalize_std=False` is Dr.GRPO's `R_i - mean_g R` (Liu et al.
+  2025). returns: float[B G] ordered [b0 g0, b0 g1, ...]. Returns [B G].
+  """
+  r = returns.astype(jnp.float32).reshape(-1, group)
+  adv = r - r.mean(1, keepdims=True)
+  if normalize_std:
+    adv = adv / (r.std(1, ddof=1, keepdims=True) + eps)
+  return adv.reshape(-1)
+
+
+def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
+                           group: int, *, normalize_std: bool = True,
+                           eps: float = 1e-6) -> jax.Array:
+  r"""Token-level GRPO credit from instant rewards.
+
+  The reward-to-go `G_t = sum_{t' >= t} r_t'` of each sample, normalised
+  within its group position by position:
+
+  .. math:: A_{i,t} = (G_{i,t} - \mathrm{mean}_g G_{\cdot,t}) /
+            (\mathrm{std}_g G_{\cdot,t} + \epsilon).
+
+  A sample that has ended holds its last reward-to-go at later positions,
+  so with a terminal-only reward every `G_{i,t} = R_i` and this is exactly
+  `group_advantages` broadcast over the tokens.
+
+  token_rewards: float[B G, T]; lengths: int[B G] (>= 1). Returns
+  float32[B G, T], 0 past each sample's length.
+  """
+  r = token_rewards.astype(jnp.float32)
+  t = r.shape[-1]
+  to_go = jnp.cumsum(r[:, ::-1], axis=-1)[:, ::-1]
+  mask = token_mask(lengths, t)
+  last = jnp.take_along_axis(to_go, jnp.clip(lengths - 1, 0, t - 1)[:, None],
+                             axis=-1)
+  held = jnp.where(mask, to_go, last).reshape(-1, group, t)
+  adv = held - held.mean(1, keepdims=True)
+  if normalize_std:
+    adv = adv / (held.std(1, ddof=1, keepdims=True) + eps)
+  return jnp.where(mask, adv.reshape(-1, t), 0.0)
+
+
+AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str
+                     ) -> jax.Array:
+  """Reduces per-token values float[B, T] over a mask bool[B, T].
+
+  * `token_mean` (DAPO): sum over all valid tokens / their count;
+  * `sequence_mean` (GRPO): per-sequence token mean, averaged over the
+    sequences with at least one valid token;
+  * `constant` (Dr.GRPO): per-sequence sum / T (the length budget), averaged
+    the same way, so long and short samples weigh each token alike.
+
+  Tunix's `token-mean`, `sequence-mean-token-mean` and
+  `sequence-mean-token-scale` (norm = T).
+  """
+  mask = mask.astype(jnp.float32)
+  sums = (values.astype(jnp.float32) * mask).sum(-1)
+  counts = mask.sum(-1)
+  rows = jnp.maximum((counts > 0).sum(), 1)
+  if mode == "token_mean":
+    return sums.sum() / jnp.maximum(counts.sum(), 1)
+  if mode == "sequence_mean":
+    return (sums / jnp.maximum(counts, 1)).sum() / rows
+  if mode == "constant":
+    return (sums / values.shape[-1]).sum() / rows
+  raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}.")
+
+
+def k3_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
+  """Per-token KL(pi || pi_ref) estimate on the sampled tokens (Schulman's
+  k3, Tunix's `low_var_kl`): `exp(d) - d - 1` with `d = log pi_ref - log pi`.
+  Unbiased and >= 0."""
+  d = ref_logprobs.astype(jnp.float32) - logprobs.astype(jnp.float32)
+  return jnp.exp(d) - d - 1.0
+
+
+def exact_kl(logits: jax.Array, ref_logits: jax.Array,
+             temperature: float = 1.0) -> jax.Array:
+  """Per-token KL(pi || pi_ref) summed over the vocabulary: float32[B, T]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, -1)
+  logq = jax.nn.log_softmax(
+      jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature, -1)
+  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array,
+              advantages: jax.Array, mask: jax.Array, *, epsilon: float,
+              epsilon_high: Optional[float] = None,
+              aggregation: str = "sequence_mean", kl_weight: float = 0.0,
+              kl_per_token: Optional[jax.Array] = None
+              ) -> Tuple[jax.Array, Metrics]:
+  r"""The clipped GRPO surrogate (Shao et al. 2024; PPO's clip, Schulman et
+  al. 2017) with DAPO's asymmetric clip (Yu et al. 2025).
+
+  .. math::
+
+     \rho_t = \exp(\log\pi(y_t) - \log\pi_{old}(y_t)), \quad
+     \ell_t = \max(-A_t \rho_t,\;
+                    -A_t\,\mathrm{clip}(\rho_t, 1 - \epsilon,
+                                          1 + \epsilon_{high})),
+
+     L = \mathrm{agg}(\ell) + \beta\, \mathrm{agg}(\mathrm{KL}_t).
+
+  The log-ratio is clipped to [-20, 20] before exp (as Tunix) so a stale
+  sample cannot overflow. Outside the clip region on the clipped side the
+  gradient is zero.
+
+  Args:
+    logprobs: float[B, T] log pi(y_t) under the current params (traced).
+    old_logprobs: float[B, T] the sampler's (constant).
+    advantages: float[B] (sequence) or float[B, T] (token-level).
+    mask: bool[B, T] valid sample tokens.
+    epsilon, epsilon_high: clip range [1 - epsilon, 1 + epsilon_high]
+      (epsilon_high None = epsilon).
+    aggregation: `aggregate_tokens` mode.
+    kl_weight: beta; kl_per_token: float[B, T] (`k3_kl` or `exact_kl`), or
+      None for no penalty.
+
+  Returns:
+    (loss, metrics: pg_loss, kl, clip_fraction, ratio_mean).
+  """
+  eps_high = epsilon if epsilon_high is None else epsilon_high
+  logprobs = logprobs.astype(jnp.float32)
+  log_ratio = jnp.clip(logprobs - jax.lax.stop_gradient(
+      old_logprobs.astype(jnp.float32)), -20.0, 20.0)
+  ratio = jnp.exp(log_ratio)
+  adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))
+  if adv.ndim == 1:
+    adv = adv[:, None]
+  unclipped = -adv * ratio
+  clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + eps_high)
+  pg = aggregate_tokens(jnp.maximum(unclipped, clipped), mask, aggregation)
+  kl = jnp.zeros(())
+  loss = pg
+  if kl_per_token is not None:
+    kl = aggregate_tokens(kl_per_token, mask, aggregation)
+    loss = loss + kl_weight * kl
+  m = mask.astype(jnp.float32)
+  count = jnp.maximum(m.sum(), 1)
+  metrics = {"pg_loss": pg, "kl": kl,
+             "clip_fraction": jnp.sum((clipped > unclipped) * m) / count,
+             "ratio_mean": jnp.sum(ratio * m) / count}
+  return loss, metrics
+
+
+def policy_logprobs(model, params, samples, temperature: float, rng=None
+                    ) -> Tuple[jax.Array, jax.Array]:
+  """(log pi(y_t | y_<t) float32[B, T] under `temperature`, logits): the
+  learner's side of the sampler's `logprobs` (PAD excluded, as there)."""
+  logits = models.target_logits(model, params, samples, rng)
+  scaled = decode.without_pad(logits.astype(jnp.float32)) / temperature
+  return token_logprobs(scaled, samples["target"]), logits
+
+
+def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
+                 reward_embeddings=None) -> Tuple[Dict[str, jax.Array],
+                                                  Metrics]:
+  """Everything the inner GRPO updates need from one rollout, gradient-free.
+
+  K = `rl.num_samples` samples per prompt scored by `rl.rewards` in the
+  sampling loop, their old log-probs (the sampler's), the reference
+  log-probs (or logits for `rl.kl_estimator="exact"`) when `rl.kl_weight`
+  > 0, and advantages: per token (`rl.credit="token"`,
+  `token_group_advantages`) or per sequence (`group_advantages`).
+
+  Returns (rollout, reward metrics); rollout holds samples (source, target,
+  target_lengths), old_logprobs, advantages, and ref_logprobs / ref_logits.
+  """
+  rl = config.rl
+  k = rl.num_samples
+  scored = sample_and_score(config, model, params, batch, rng, num_samples=k,
+                            temperature=rl.temperature,
+                            reward_embeddings=reward_embeddings)
+  lengths = scored["lengths"]
+  samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+             "target": scored["tokens"], "target_lengths": lengths}
+  if rl.credit == "token":
+    advantages = token_group_advantages(scored["token_rewards"], lengths, k,
+                                        normalize_std=rl.group_std)
+  else:
+    advantages = group_advantages(scored["returns"], k,
+                                  normalize_std=rl.group_std)
+  rollout = {"samples": samples, "old_logprobs": scored["logprobs"],
+             "advantages": advantages}
+  if rl.kl_weight:
+    ref_logp, ref_logits = policy_logprobs(model, ref_params, samples,
+                                           rl.temperature)
+    if rl.kl_estimator == "exact":
+      rollout["ref_logits"] = ref_logits
+    else:
+      rollout["ref_logprobs"] = ref_logp
+  return rollout, reward_metrics(config, scored)
+
+
+def grpo_update_loss(config, model, params, batch, rollout, rng, *, alpha
+                     ) -> Tuple[jax.Array, Metrics]:
+  """`(1 - alpha) CE + alpha GRPO` of one inner update on a rollout."""
+  rl = config.rl
+  use_dropout = float(config.model.get("dropout", 0.0)) > 0
+  samples = rollout["samples"]
+  logp, logits = policy_logprobs(model, params, samples, rl.temperature,
+                                 rng if use_dropout else None)
+  mask = token_mask(samples["target_lengths"], logp.shape[1])
+  kl_tok = None
+  if rl.kl_weight:
+    kl_tok = (exact_kl(logits, rollout["ref_logits"], rl.temperature)
+              if rl.kl_estimator == "exact" else
+              k3_kl(logp, rollout["ref_logprobs"]))
+  term, metrics = grpo_loss(
+      logp, rollout["old_logprobs"], rollout["advantages"], mask,
+      epsilon=rl.epsilon, epsilon_high=rl.epsilon_high or None,
+      aggregation=rl.loss_aggregation, kl_weight=rl.kl_weight,
+      kl_per_token=kl_tok)
+  ce = _ce_term(config, model, params, batch, alpha)
+  loss = (1.0 - alpha) * ce + alpha * term
+  return loss, dict(metrics, ce=ce, rl_loss=metrics["pg_loss"], alpha=alpha)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from ir_jax import config as config_lib
-from ir_jax import models, objectives, parallel
+from ir_jax import models, objectives, parallel, rewards
 from ir_jax.data import tasks
 
 
@@ -109,6 +109,8 @@ def setup(config, devices: Optional[Sequence[Any]] = None) -> Setup:
   its task, model, optimizer, mesh and logical rules. Nothing is placed on
   a device."""
   config_lib.validate(config)  # What the config alone decides: no backend.
+  if config.rl.mode:  # User rewards by import path: importable, right kind.
+    rewards.parse_rewards(config.rl.rewards)
   devices = list(devices) if devices is not None else jax.devices()
   config_lib.validate(config, num_devices=len(devices),
                       num_processes=jax.process_count())

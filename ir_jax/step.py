@@ -2,7 +2,8 @@
 
 `make_train_step(config, model, tx)` returns the pure function
 `(state, batch, ref_params) -> (state, metrics)` that `ir_jax.train` jits
-with its shardings; `lower_train_step` lowers the same function from
+with its shardings (for `rl.mode="grpo"` one call is a whole GRPO
+iteration: rollout, then `rl.inner_steps` updates in a `lax.scan`); `lower_train_step` lowers the same function from
 shapes alone (`--dry-run`, `ir-jax compile`).
 """
 
@@ -25,6 +26,36 @@ def make_alpha_fn(objective_config):
   return lambda state: schedule(state.step)
 
 
+def _value_and_grad(loss_fn, soft_prompt: bool):
+  """value_and_grad of `loss_fn(params, ...)`; with a soft prompt only the
+  prompt is differentiated (the other gradients are zeros)."""
+  def value_and_grad(params, *args, **kwargs):
+    if not soft_prompt:
+      return jax.value_and_grad(loss_fn, has_aux=True)(params, *args, **kwargs)
+    out, g = jax.value_and_grad(
+        lambda prompt: loss_fn(dict(params, prompt=prompt), *args, **kwargs),
+        has_aux=True)(params["prompt"])
+    grads = {k: g if k == "prompt" else jax.tree.map(jnp.zeros_like, v)
+             for k, v in params.items()}
+    return out, grads
+  return value_and_grad
+
+
+def _update(tx, soft_prompt, params, opt_state, grads, loss):
+  """One optimizer update, or none where loss or gradient is not finite:
+  (params, opt_state, finite, grad_norm)."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  if soft_prompt:  # Frozen params bit-identical (no -0.0 + 0.0 = +0.0).
+    new_params = dict(params, prompt=new_params["prompt"])
+  keep = lambda new, old: jax.tree.map(
+      lambda a, b: jnp.where(finite, a, b), new, old)
+  return (keep(new_params, params), keep(new_opt, opt_state), finite,
+          grad_norm)
+
+
 def make_train_step(config, model, tx):
   """(state, batch, ref_params) -> (state, metrics), pure; the caller jits it.
 
@@ -35,23 +66,17 @@ def make_train_step(config, model, tx):
     `skipped`); the loop stops after `config.max_nonfinite` in a row.
   * `ref_params` (the frozen reference of the RL KL penalty) is an
     argument, not state: it never changes and is never checkpointed twice.
+  * `rl.mode="grpo"`: see `make_grpo_step`.
   """
+  if config.rl.mode == "grpo":
+    return make_grpo_step(config, model, tx)
   obj, rl = config.objective, config.rl
   adaptive = obj.alpha_schedule == "adaptive"
   alpha_of = make_alpha_fn(obj)
-  loss_fn = objectives.make_loss_fn(config, model)
-  stochastic = bool(rl.mode) or float(config.model.get("dropout", 0.0)) > 0
   soft_prompt = config.prompt.mode == "soft"
-
-  def value_and_grad(params, *args, **kwargs):
-    if not soft_prompt:
-      return jax.value_and_grad(loss_fn, has_aux=True)(params, *args, **kwargs)
-    out, g = jax.value_and_grad(
-        lambda prompt: loss_fn(dict(params, prompt=prompt), *args, **kwargs),
-        has_aux=True)(params["prompt"])
-    grads = {k: g if k == "prompt" else jax.tree.map(jnp.zeros_like, v)
-             for k, v in params.items()}
-    return out, grads
+  value_and_grad = _value_and_grad(objectives.make_loss_fn(config, model),
+                                   soft_prompt)
+  stochastic = bool(rl.mode) or float(config.model.get("dropout", 0.0)) > 0
 
   def train_step(state: TrainState, batch, ref_params=None
                  ) -> Tuple[TrainState, Dict]:
@@ -59,29 +84,86 @@ def make_train_step(config, model, tx):
     (loss, metrics), grads = value_and_grad(
         state.params, batch, rng, alpha=alpha_of(state),
         reward_embeddings=state.reward_embeddings, ref_params=ref_params)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if soft_prompt:  # Frozen params bit-identical (no -0.0 + 0.0 = +0.0).
-      params = dict(state.params, prompt=params["prompt"])
-    keep = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(finite, a, b), new, old)
-    controller = state.controller
-    if adaptive:
-      controller = keep(objectives.controller_update(
-          controller, metrics["reward"], rate=obj.alpha_rate,
-          low=obj.alpha_min, high=obj.alpha_max), controller)
-    state = state.replace(
-        step=state.step + 1, params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state), controller=controller,
-        nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
-        skipped=state.skipped + (~finite).astype(jnp.int32))
+    params, opt_state, finite, grad_norm = _update(
+        tx, soft_prompt, state.params, state.opt_state, grads, loss)
+    state = _finish(state, obj, adaptive, metrics, params, opt_state, finite)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    skipped_nonfinite=state.skipped)
     return state, metrics
 
   return train_step
+
+
+def _finish(state, obj, adaptive, metrics, params, opt_state, finite):
+  """The next TrainState: step + 1, the controller moved by this step's
+  reward (unless non-finite), the non-finite counters."""
+  controller = state.controller
+  if adaptive:
+    moved = objectives.controller_update(
+        controller, metrics["reward"], rate=obj.alpha_rate, low=obj.alpha_min,
+        high=obj.alpha_max)
+    controller = jax.tree.map(lambda a, b: jnp.where(finite, a, b), moved,
+                              controller)
+  return state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state,
+      controller=controller,
+      nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
+      skipped=state.skipped + (~finite).astype(jnp.int32))
+
+
+def make_grpo_step(config, model, tx):
+  """One GRPO iteration as one pure function (the caller jits it):
+
+  1. rollout: K samples per prompt from the current params with in-loop
+     rewards, the sampler's log-probs, reference log-probs, advantages
+     (`objectives.grpo_rollout`; no gradient);
+  2. `rl.inner_steps` clipped updates on that rollout in a `lax.scan`
+     (`objectives.grpo_update_loss`), the old log-probs held fixed, each
+     skipped if non-finite.
+
+  `state.step` counts rollouts (one batch each), so a resumed run redraws
+  the same samples. Metrics are the rollout's rewards and the mean over the
+  inner updates of the loss terms; `skipped_nonfinite` counts rollouts with
+  any skipped update.
+  """
+  obj, rl = config.objective, config.rl
+  adaptive = obj.alpha_schedule == "adaptive"
+  alpha_of = make_alpha_fn(obj)
+  soft_prompt = config.prompt.mode == "soft"
+  value_and_grad = _value_and_grad(
+      lambda params, batch, rollout, rng, alpha: objectives.grpo_update_loss(
+          config, model, params, batch, rollout, rng, alpha=alpha),
+      soft_prompt)
+
+  def grpo_step(state: TrainState, batch, ref_params=None
+                ) -> Tuple[TrainState, Dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    rollout_rng, update_rng = jax.random.split(rng)
+    alpha = alpha_of(state)
+    rollout, reward_metrics = objectives.grpo_rollout(
+        config, model, state.params, batch, rollout_rng,
+        ref_params=ref_params, reward_embeddings=state.reward_embeddings)
+
+    def inner(carry, key):
+      params, opt_state = carry
+      (loss, metrics), grads = value_and_grad(params, batch, rollout, key,
+                                              alpha)
+      params, opt_state, finite, grad_norm = _update(
+          tx, soft_prompt, params, opt_state, grads, loss)
+      return (params, opt_state), (dict(metrics, loss=loss,
+                                        grad_norm=grad_norm), finite)
+
+    keys = jax.random.split(update_rng, rl.inner_steps)
+    (params, opt_state), (metrics, finite) = jax.lax.scan(
+        inner, (state.params, state.opt_state), keys)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics.update(reward_metrics)
+    state = _finish(state, obj, adaptive, metrics, params, opt_state,
+                    jnp.all(finite))
+    metrics["skipped_nonfinite"] = state.skipped
+    return state, metrics
+
+  return grpo_step
 
 
 def lower_train_step(config, model, tx, task, mesh, abstract, shardings):

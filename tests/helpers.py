@@ -22,6 +22,35 @@ def tiny(**overrides):
       c, [f"{k}={v}" for k, v in overrides.items()])
 
 
+def _position_init(target, target_lengths):
+  import jax.numpy as jnp
+  return {"target": target, "m": target_lengths.astype(jnp.int32)}
+
+
+def _position_step(state, token, t):
+  import jax.numpy as jnp
+  width = state["target"].shape[-1]
+  at_t = state["target"][:, jnp.minimum(t, width - 1)]
+  hit = (t < state["m"]) & (token == at_t)
+  return state, hit.astype(jnp.float32)
+
+
+def _position_finish(state):
+  import jax.numpy as jnp
+  return jnp.zeros(state["m"].shape, jnp.float32)
+
+
+def _position_match():
+  from ir_jax import rewards
+  return rewards.InstantReward(_position_init, _position_step,
+                               _position_finish)
+
+
+# A user-defined instant reward (+1 per token equal to the target token at
+# its position), importable as `helpers.position_match` in rl.rewards.
+position_match = _position_match()
+
+
 def read(path):
   """The records of a metrics.jsonl."""
   with open(path) as f:

@@ -71,7 +71,8 @@ def test_in_loop_rewards_equal_instant_rewards(model_params):
   np.testing.assert_array_equal(out["rewards"], want)
   ed = rewards.levenshtein(out["tokens"], tgt, pred_lengths=out["lengths"],
                            target_lengths=mm)
-  np.testing.assert_array_equal(out["edit_distance"], ed)
+  np.testing.assert_array_equal(rewards.edit_distance_of(out["reward_state"]),
+                                ed)
   np.testing.assert_array_equal(np.asarray(out["rewards"]).sum(-1), -ed)
 
 

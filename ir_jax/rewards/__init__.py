@@ -1,4 +1,6 @@
-"""Reward functions: exact/soft edit distance, instant rewards, cosine reward.
+"""Reward functions: exact/soft edit distance, instant rewards, cosine reward,
+and the reward protocol (`InstantReward`, sequence rewards, `weighted`,
+`parse_rewards`, `host_reward`) that RL objectives sample with.
 
 Pure, jit-able and vmap-able; every function accepts any leading batch dims
 and optional `pred_lengths` / `target_lengths`.
@@ -9,10 +11,21 @@ from ir_jax.rewards.exact import (edit_row_init, edit_row_step,
                                   instant_rewards, levenshtein,
                                   optimal_completion_targets,
                                   prefix_edit_distances)
+from ir_jax.rewards.protocol import (InstantReward, RewardSpec,
+                                     cosine_similarity, edit_distance_of,
+                                     edit_distance_reward, exact_match,
+                                     host_reward, length_penalty,
+                                     negative_edit_distance, parse_rewards,
+                                     resolve, term_names, term_returns,
+                                     weighted)
 from ir_jax.rewards.soft import (soft_alignment, soft_edit_distance,
                                  soft_edit_distance_from_logits)
 
 __all__ = [
+    "InstantReward", "RewardSpec", "cosine_similarity", "edit_distance_of",
+    "edit_distance_reward", "exact_match", "host_reward", "length_penalty",
+    "negative_edit_distance", "parse_rewards", "resolve", "term_names",
+    "term_returns", "weighted",
     "cosine_reward", "cosine_reward_per_position", "edit_row_init",
     "edit_row_step", "instant_rewards", "levenshtein", "lowering_for",
     "optimal_completion_targets", "prefix_edit_distances", "soft_alignment",
