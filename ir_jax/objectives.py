@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from ir_jax import decode, models, parallel, rewards
-from ir_jax.data.vocab import EOS
+from ir_jax.data.vocab import EOS, PAD
 
 Metrics = Dict[str, jax.Array]
 
@@ -602,7 +602,11 @@ def policy_logprobs(model, params, samples, temperature: float, rng=None
   learner's side of the sampler's `logprobs` (PAD excluded, as there)."""
   logits = models.target_logits(model, params, samples, rng)
   scaled = decode.without_pad(logits.astype(jnp.float32)) / temperature
-  return token_logprobs(scaled, samples["target"]), logits
+  logp = token_logprobs(scaled, samples["target"])
+  # PAD follows a sample's end and is never sampled: its log-prob is -inf.
+  # Masked out of every loss, an -inf there still turns the gradient NaN
+  # (0 * inf through exp and the k3 KL), so it scores 0, as the sampler's.
+  return jnp.where(samples["target"] == PAD, 0.0, logp), logits
 
 
 def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,

@@ -318,3 +318,37 @@ def test_grpo_loss_and_gradient_equal_tunix(monkeypatch, aggregation,
                                   normalize_std=False),
       algo_core.compute_drgrpo_advantages(jnp.asarray(returns), 4),
       rtol=1e-6, atol=1e-6)
+
+
+def test_grpo_gradient_is_finite_when_samples_end_early():
+  """Samples that stop before the length limit are followed by PAD, which
+  the policy cannot emit (log-prob -inf). Masked out of the loss, it must
+  not turn the gradient NaN (it did: every such GRPO update was skipped)."""
+  import flax.linen as nn
+  from ir_jax import config as config_lib
+  from ir_jax.models import Transformer
+  from ir_jax.data.vocab import PAD
+  model = Transformer(vocab_size=16, embed_dim=16, num_layers=1, num_heads=2,
+                      mlp_dim=16)
+  c = config_lib.default_config()
+  c.objective.alpha = 1.0
+  c.rl.update(mode="grpo", num_samples=2, kl_weight=0.04)
+  source = jnp.array([[0, 1, 7, 8, 2], [1, 9, 9, 10, 2]])
+  target = jnp.array([[5, 6, EOS, PAD, PAD], [7, EOS, PAD, PAD, PAD]])
+  samples = {"source": source, "target": target,
+             "target_lengths": jnp.array([3, 2])}
+  params = nn.meta.unbox(model.init(jax.random.key(0), source)["params"])
+  logp, _ = objectives.policy_logprobs(model, params, samples, 1.0)
+  assert bool(jnp.isfinite(logp).all())
+  rollout = {"samples": samples, "old_logprobs": logp,
+             "advantages": jnp.array([[1.0] * 5, [-1.0] * 5]),
+             "ref_logprobs": logp - 0.1}
+  for kl in ("k3", "exact"):
+    c.rl.kl_estimator = kl
+    if kl == "exact":
+      rollout["ref_logits"] = objectives.policy_logprobs(
+          model, params, samples, 1.0)[1]
+    grads = jax.grad(lambda p: objectives.grpo_update_loss(
+        c, model, p, samples, rollout, None, alpha=1.0)[0])(params)
+    norm = float(optax.tree.norm(grads))
+    assert np.isfinite(norm) and norm > 0, kl
