@@ -8,6 +8,13 @@ previous call; `decode_step == full forward` holds by construction.
 
 Params carry logical axis names (`vocab`, `embed`, `mlp`, `heads`, and
 `layers` when `scan_layers`) for the sharding rules of `ir_jax.parallel`.
+
+The defaults are the project's own LM (Llama-style: RMSNorm, RoPE, SwiGLU,
+no biases). The other fields cover the pretrained families that
+`ir_jax.models.hf` imports: grouped-query attention (`num_kv_heads`), an
+explicit `head_dim`, `rope_theta` and Llama-3 `rope_scaling`, q/k/v biases
+(Qwen2), q/k RMSNorm (Qwen3), tied embeddings, and GPT-2's block (LayerNorm
+with biases, learned positions, GELU MLP).
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -21,10 +28,35 @@ from ir_jax.models import prompting
 Cache = Dict[str, jax.Array]
 
 
-def rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0):
-  """Rotary position embedding of x[B, L, H, Dh] at positions int[B, L]."""
-  half = x.shape[-1] // 2
+def rope_frequencies(head_dim: int, base: float = 10_000.0,
+                     scaling: tuple = ()) -> jax.Array:
+  """float32[head_dim // 2]: theta_i = base^(-2i / head_dim), rescaled as
+  Llama 3.1 does when `scaling` (sorted (key, value) pairs) has
+  rope_type "llama3": wavelengths above original_max_position_embeddings /
+  low_freq_factor are divided by `factor`, those below .. / high_freq_factor
+  kept, and those between interpolated linearly in 1 / wavelength."""
+  half = head_dim // 2
   freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  s = dict(scaling)
+  if s.get("rope_type", "default") == "default":
+    return freqs
+  factor, low, high = (float(s["factor"]), float(s["low_freq_factor"]),
+                       float(s["high_freq_factor"]))
+  old = float(s["original_max_position_embeddings"])
+  wavelen = 2 * jnp.pi / freqs
+  scaled = jnp.where(wavelen > old / low, freqs / factor, freqs)
+  smooth = (old / wavelen - low) / (high - low)
+  mixed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old / high) & (wavelen <= old / low)
+  return jnp.where(medium, mixed, scaled)
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0,
+         scaling: tuple = ()):
+  """Rotary position embedding of x[B, L, H, Dh] at positions int[B, L]
+  (the half-split convention: dims i and i + Dh/2 rotate together)."""
+  half = x.shape[-1] // 2
+  freqs = rope_frequencies(x.shape[-1], base, scaling)
   angles = positions[..., None, None].astype(jnp.float32) * freqs  # B L 1 h
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -36,7 +68,20 @@ def _dense(features, axes, name, dtype, use_bias=False):
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), axes))
+          nn.initializers.lecun_normal(), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                             axes[-1:]))
+
+
+def _norm(kind, eps, dtype, name, axis="embed", use_bias=False):
+  """RMSNorm (`kind="rms"`) or LayerNorm (`"layer"`, GPT-2) with its
+  scale (and bias) over the logical axis `axis`."""
+  ones = nn.with_logical_partitioning(nn.initializers.ones, (axis,))
+  if kind == "layer":
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name, use_bias=use_bias,
+                        scale_init=ones, bias_init=nn.with_logical_partitioning(
+                            nn.initializers.zeros, (axis,)))
+  return nn.RMSNorm(epsilon=eps, dtype=dtype, name=name, scale_init=ones)
 
 
 class Block(nn.Module):
@@ -47,25 +92,43 @@ class Block(nn.Module):
   dropout: float
   dtype: Any
   deterministic: bool = True
+  num_kv_heads: int = 0          # 0: num_heads (no grouping).
+  norm: str = "rms"              # "rms" | "layer" (GPT-2, with biases).
+  norm_eps: float = 1e-6
+  rope_theta: float = 10_000.0
+  rope_scaling: tuple = ()       # Sorted (key, value) pairs; () = none.
+  use_rope: bool = True
+  qkv_bias: bool = False         # Qwen2; GPT-2 has biases everywhere.
+  qk_norm: bool = False          # Qwen3: RMSNorm of each head's q and k.
+  mlp: str = "swiglu"            # "swiglu" | "gelu_tanh" (GPT-2).
+  use_bias: bool = False         # Biases on every projection (GPT-2).
 
   @nn.compact
   def __call__(self, x, positions, valid, layer_cache):
     deterministic = self.deterministic
-    # x [B, L, E]; positions, valid [B, L]; layer_cache k/v [B, S, H, Dh],
+    # x [B, L, E]; positions, valid [B, L]; layer_cache k/v [B, S, KV, Dh],
     # valid [B, S], index [].
-    norm = lambda name: nn.RMSNorm(dtype=self.dtype, name=name, scale_init=(
-        nn.with_logical_partitioning(nn.initializers.ones, ("embed",))))
+    norm = lambda name: _norm(self.norm, self.norm_eps, self.dtype, name,
+                              use_bias=self.use_bias)
+    kv_heads = self.num_kv_heads or self.num_heads
     h = norm("attn_norm")(x)
     # Projections to H * Dh features (head-major, so sharding the `heads`
     # axis over `tensor` splits whole heads), reshaped to [B, L, H, Dh].
     # Plain Dense: Flax's DenseGeneral evaluates boxed initializers on a
     # flattened shape, which breaks under active logical-axis rules.
-    split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, self.head_dim))
+    split = lambda t, n: t.reshape(t.shape[:2] + (n, self.head_dim))
     width = self.num_heads * self.head_dim
-    q = split(_dense(width, ("embed", "heads"), "query", self.dtype)(h))
-    k = split(_dense(width, ("embed", "heads"), "key", self.dtype)(h))
-    v = split(_dense(width, ("embed", "heads"), "value", self.dtype)(h))
-    q, k = rope(q, positions), rope(k, positions)
+    bias = self.qkv_bias or self.use_bias
+    proj = lambda n, name: split(_dense(n * self.head_dim, ("embed", "heads"),
+                                        name, self.dtype, bias)(h), n)
+    q, k, v = (proj(self.num_heads, "query"), proj(kv_heads, "key"),
+               proj(kv_heads, "value"))
+    if self.qk_norm:
+      q = _norm("rms", self.norm_eps, self.dtype, "query_norm", "head_dim")(q)
+      k = _norm("rms", self.norm_eps, self.dtype, "key_norm", "head_dim")(k)
+    if self.use_rope:
+      q = rope(q, positions, self.rope_theta, self.rope_scaling)
+      k = rope(k, positions, self.rope_theta, self.rope_scaling)
     index = layer_cache["index"]
     keys = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(
         layer_cache["k"].dtype), index, axis=1)
@@ -79,25 +142,51 @@ class Block(nn.Module):
     # Padded queries with no visible key would softmax over nothing; they
     # are masked out of every loss, so let them see slot 0 instead of NaN.
     mask = mask.at[:, :, 0].set(mask[:, :, 0] | ~mask.any(-1))
-    logits = jnp.einsum("blhd,bshd->bhls", q, keys.astype(q.dtype))
-    logits = logits.astype(jnp.float32) / jnp.sqrt(self.head_dim)
-    logits = jnp.where(mask[:, None], logits, -1e30)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-    attn = jnp.einsum("bhls,bshd->blhd", weights, values.astype(self.dtype))
-    out = _dense(x.shape[-1], ("heads", "embed"), "out", self.dtype)(
-        attn.reshape(attn.shape[:2] + (width,)))
+    attn = _attend(q, keys, values, mask, self.dtype,
+                   lambda w: nn.Dropout(self.dropout)(
+                       w, deterministic=deterministic))
+    out = _dense(x.shape[-1], ("heads", "embed"), "out", self.dtype,
+                 self.use_bias)(attn.reshape(attn.shape[:2] + (width,)))
     x = x + nn.Dropout(self.dropout)(out, deterministic=deterministic)
     h = norm("mlp_norm")(x)
-    gate = _dense(self.mlp_dim, ("embed", "mlp"), "wi_gate", self.dtype)(h)
-    up = _dense(self.mlp_dim, ("embed", "mlp"), "wi_up", self.dtype)(h)
-    h = _dense(x.shape[-1], ("mlp", "embed"), "wo", self.dtype)(
-        nn.silu(gate) * up)
+    dense = lambda n, axes, name: _dense(n, axes, name, self.dtype,
+                                         self.use_bias)
+    up = dense(self.mlp_dim, ("embed", "mlp"), "wi_up")(h)
+    if self.mlp == "gelu_tanh":
+      hidden = nn.gelu(up, approximate=True)
+    else:
+      hidden = nn.silu(dense(self.mlp_dim, ("embed", "mlp"), "wi_gate")(h)) * up
+    h = dense(x.shape[-1], ("mlp", "embed"), "wo")(hidden)
     x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     new_cache = {"k": keys, "v": values, "valid": key_valid,
                  "index": index + x.shape[1]}
     return x, new_cache
+
+
+def _attend(q, keys, values, mask, dtype, dropout):
+  """softmax(q k^T / sqrt(Dh)) v over the visible slots.
+
+  q [B, L, H, Dh]; keys, values [B, S, KV, Dh] with H a multiple of KV
+  (grouped-query attention: query head h reads KV head h // (H / KV));
+  mask bool[B, L, S]. Returns [B, L, H, Dh].
+  """
+  b, l, h, d = q.shape
+  kv = keys.shape[2]
+  scale = jnp.sqrt(jnp.float32(d))
+  if kv == h:
+    logits = jnp.einsum("blhd,bshd->bhls", q, keys.astype(q.dtype))
+    logits = logits.astype(jnp.float32) / scale
+    logits = jnp.where(mask[:, None], logits, -1e30)
+    weights = dropout(jax.nn.softmax(logits, axis=-1).astype(dtype))
+    return jnp.einsum("bhls,bshd->blhd", weights, values.astype(dtype))
+  qg = q.reshape(b, l, kv, h // kv, d)
+  logits = jnp.einsum("blkgd,bskd->bkgls", qg, keys.astype(q.dtype))
+  logits = logits.astype(jnp.float32) / scale
+  logits = jnp.where(mask[:, None, None], logits, -1e30)
+  weights = dropout(jax.nn.softmax(logits, axis=-1).astype(dtype))
+  out = jnp.einsum("bkgls,bskd->blkgd", weights, values.astype(dtype))
+  return out.reshape(b, l, h, d)
 
 
 class _ScanBlock(Block):
@@ -112,7 +201,8 @@ class Transformer(nn.Module):
   """Causal LM. `__call__(tokens, valid, cache=None) -> (logits, cache)`.
 
   tokens, valid: int/bool[B, L]. Positions count valid tokens only, so a
-  left-padded prompt starts at position 0. logits: float32[B, L, V].
+  left-padded prompt starts at position 0 (and a right-padded one counts
+  0, 1, ... like Hugging Face's). logits: float32[B, L, V].
   """
   vocab_size: int
   embed_dim: int = 128
@@ -124,14 +214,31 @@ class Transformer(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   prompt_length: int = 0    # > 0: a learned soft prompt of this many slots.
+  # Pretrained families (ir_jax.models.hf); the defaults are the LM above.
+  num_kv_heads: int = 0     # Grouped-query attention; 0 = num_heads.
+  head_size: int = 0        # Per-head width; 0 = embed_dim // num_heads.
+  norm: str = "rms"         # "rms" | "layer".
+  norm_eps: float = 1e-6
+  rope_theta: float = 10_000.0
+  rope_scaling: tuple = ()  # Sorted (key, value) pairs (rope_type llama3).
+  max_positions: int = 0    # > 0: learned positions (GPT-2), no RoPE.
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  mlp: str = "swiglu"       # "swiglu" | "gelu_tanh".
+  use_bias: bool = False
+  tie_embeddings: bool = False
 
   @property
   def head_dim(self) -> int:
-    return self.embed_dim // self.num_heads
+    return self.head_size or self.embed_dim // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
   def init_cache(self, batch: int, slots: int) -> Cache:
     """An empty cache of `slots` positions, stacked over layers."""
-    shape = (self.num_layers, batch, slots, self.num_heads, self.head_dim)
+    shape = (self.num_layers, batch, slots, self.kv_heads, self.head_dim)
     return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
             "valid": jnp.zeros((self.num_layers, batch, slots), bool),
             "index": jnp.zeros((self.num_layers,), jnp.int32),
@@ -151,7 +258,13 @@ class Transformer(nn.Module):
         self.vocab_size, self.embed_dim, name="embed",
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ("vocab", "embed")))
-    x = prompting.with_prompt(self, embed(tokens), tokens).astype(self.dtype)
+    x = prompting.with_prompt(self, embed(tokens), tokens)
+    if self.max_positions:
+      x = x + nn.Embed(
+          self.max_positions, self.embed_dim, name="position_embed",
+          embedding_init=nn.with_logical_partitioning(
+              nn.initializers.normal(0.02), ("length", "embed")))(positions)
+    x = x.astype(self.dtype)
     # Activations: batch over (data, fsdp), features whole. Without this XLA
     # copies the params' `embed`-over-fsdp sharding onto activations and
     # reshuffles them every layer.
@@ -160,6 +273,16 @@ class Transformer(nn.Module):
     kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim,
                   mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
                   deterministic=deterministic)
+    defaults = dict(num_kv_heads=0, norm="rms", norm_eps=1e-6,
+                    rope_theta=10_000.0, rope_scaling=(), use_rope=True,
+                    qkv_bias=False, qk_norm=False, mlp="swiglu",
+                    use_bias=False)
+    family = dict(num_kv_heads=self.num_kv_heads, norm=self.norm,
+                  norm_eps=self.norm_eps, rope_theta=self.rope_theta,
+                  rope_scaling=self.rope_scaling,
+                  use_rope=not self.max_positions, qkv_bias=self.qkv_bias,
+                  qk_norm=self.qk_norm, mlp=self.mlp, use_bias=self.use_bias)
+    kwargs.update({k: v for k, v in family.items() if v != defaults[k]})
     if self.scan_layers:
       block = nn.remat(_ScanBlock) if self.remat else _ScanBlock
       x, new = nn.scan(
@@ -177,9 +300,12 @@ class Transformer(nn.Module):
         outs.append(c)
       new = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-    x = nn.RMSNorm(dtype=self.dtype, name="final_norm", scale_init=(
-        nn.with_logical_partitioning(nn.initializers.ones, ("embed",))))(x)
-    logits = _dense(self.vocab_size, ("embed", "vocab"), "logits",
-                    jnp.float32)(x)
+    x = _norm(self.norm, self.norm_eps, self.dtype, "final_norm",
+              use_bias=self.use_bias)(x)
+    if self.tie_embeddings:
+      logits = embed.attend(x.astype(jnp.float32))
+    else:
+      logits = _dense(self.vocab_size, ("embed", "vocab"), "logits",
+                      jnp.float32)(x)
     new["position"] = cache["position"] + valid.sum(1).astype(jnp.int32)
     return logits, new
