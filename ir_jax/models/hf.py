@@ -389,12 +389,14 @@ def save(path: str, model: Transformer, params, *, dtype: str = "float32",
   Args:
     path: output directory (created).
     model, params: a Transformer of a supported family and its params
-      (merge LoRA adapters first).
+      (LoRA adapters are merged in: `lora.merge`).
     dtype: "float32" or "bfloat16" on disk.
     max_shard_bytes: > 0 splits the weights into files of about this size
       with a `model.safetensors.index.json`, as `save_pretrained` does.
   """
   from safetensors.numpy import save_file
+  from ir_jax.models import lora
+  model, params = lora.merge(model, params)
   npdtype = _DTYPES[dtype][1]
   os.makedirs(path, exist_ok=True)
   config = hf_config(model, dtype)

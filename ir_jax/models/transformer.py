@@ -64,7 +64,46 @@ def rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0,
   return out.astype(x.dtype)
 
 
-def _dense(features, axes, name, dtype, use_bias=False):
+LORA_TARGETS = ("query", "key", "value", "out", "wi_gate", "wi_up", "wo")
+
+
+class LoRADense(nn.Module):
+  """y = x W (+ b) + (alpha / r) x A B: a frozen-able Dense (`kernel`,
+  `bias` named as nn.Dense's) plus a rank-r adapter. A [in, r] starts
+  Gaussian (std 1/r), B [r, out] at zero, so the adapter starts as a no-op
+  (Hu et al. 2021)."""
+  features: int
+  axes: Tuple[str, str]
+  rank: int
+  alpha: float
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), self.axes), (x.shape[-1],
+                                                      self.features))
+    a = self.param("lora_a", nn.with_logical_partitioning(
+        nn.initializers.normal(1.0 / self.rank), (self.axes[0], None)),
+        (x.shape[-1], self.rank))
+    b = self.param("lora_b", nn.with_logical_partitioning(
+        nn.initializers.zeros, (None, self.axes[1])),
+        (self.rank, self.features))
+    bias = (self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, self.axes[-1:]), (self.features,))
+            if self.use_bias else None)
+    x, kernel, a, b, bias = nn.dtypes.promote_dtype(x, kernel, a, b, bias,
+                                                    dtype=self.dtype)
+    y = x @ kernel + (self.alpha / self.rank) * ((x @ a) @ b)
+    return y if bias is None else y + bias
+
+
+def _dense(features, axes, name, dtype, use_bias=False, lora=None):
+  """nn.Dense with logical axes; `lora=(rank, alpha)` adds an adapter."""
+  if lora:
+    return LoRADense(features, axes, lora[0], lora[1], use_bias, dtype,
+                     name=name)
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(
@@ -102,6 +141,9 @@ class Block(nn.Module):
   qk_norm: bool = False          # Qwen3: RMSNorm of each head's q and k.
   mlp: str = "swiglu"            # "swiglu" | "gelu_tanh" (GPT-2).
   use_bias: bool = False         # Biases on every projection (GPT-2).
+  lora_rank: int = 0             # > 0: LoRA adapters on `lora_targets`.
+  lora_alpha: float = 16.0
+  lora_targets: tuple = LORA_TARGETS
 
   @nn.compact
   def __call__(self, x, positions, valid, layer_cache):
@@ -119,8 +161,11 @@ class Block(nn.Module):
     split = lambda t, n: t.reshape(t.shape[:2] + (n, self.head_dim))
     width = self.num_heads * self.head_dim
     bias = self.qkv_bias or self.use_bias
+    lora = lambda name: ((self.lora_rank, self.lora_alpha) if self.lora_rank
+                         and name in self.lora_targets else None)
     proj = lambda n, name: split(_dense(n * self.head_dim, ("embed", "heads"),
-                                        name, self.dtype, bias)(h), n)
+                                        name, self.dtype, bias,
+                                        lora(name))(h), n)
     q, k, v = (proj(self.num_heads, "query"), proj(kv_heads, "key"),
                proj(kv_heads, "value"))
     if self.qk_norm:
@@ -146,11 +191,12 @@ class Block(nn.Module):
                    lambda w: nn.Dropout(self.dropout)(
                        w, deterministic=deterministic))
     out = _dense(x.shape[-1], ("heads", "embed"), "out", self.dtype,
-                 self.use_bias)(attn.reshape(attn.shape[:2] + (width,)))
+                 self.use_bias, lora("out"))(
+                     attn.reshape(attn.shape[:2] + (width,)))
     x = x + nn.Dropout(self.dropout)(out, deterministic=deterministic)
     h = norm("mlp_norm")(x)
     dense = lambda n, axes, name: _dense(n, axes, name, self.dtype,
-                                         self.use_bias)
+                                         self.use_bias, lora(name))
     up = dense(self.mlp_dim, ("embed", "mlp"), "wi_up")(h)
     if self.mlp == "gelu_tanh":
       hidden = nn.gelu(up, approximate=True)
@@ -227,6 +273,10 @@ class Transformer(nn.Module):
   mlp: str = "swiglu"       # "swiglu" | "gelu_tanh".
   use_bias: bool = False
   tie_embeddings: bool = False
+  # LoRA (ir_jax.models.lora): rank-r adapters on these projections.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple = LORA_TARGETS
 
   @property
   def head_dim(self) -> int:
@@ -273,16 +323,13 @@ class Transformer(nn.Module):
     kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim,
                   mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
                   deterministic=deterministic)
-    defaults = dict(num_kv_heads=0, norm="rms", norm_eps=1e-6,
-                    rope_theta=10_000.0, rope_scaling=(), use_rope=True,
-                    qkv_bias=False, qk_norm=False, mlp="swiglu",
-                    use_bias=False)
-    family = dict(num_kv_heads=self.num_kv_heads, norm=self.norm,
+    kwargs.update(num_kv_heads=self.num_kv_heads, norm=self.norm,
                   norm_eps=self.norm_eps, rope_theta=self.rope_theta,
                   rope_scaling=self.rope_scaling,
                   use_rope=not self.max_positions, qkv_bias=self.qkv_bias,
-                  qk_norm=self.qk_norm, mlp=self.mlp, use_bias=self.use_bias)
-    kwargs.update({k: v for k, v in family.items() if v != defaults[k]})
+                  qk_norm=self.qk_norm, mlp=self.mlp, use_bias=self.use_bias,
+                  lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                  lora_targets=tuple(self.lora_targets))
     if self.scan_layers:
       block = nn.remat(_ScanBlock) if self.remat else _ScanBlock
       x, new = nn.scan(
