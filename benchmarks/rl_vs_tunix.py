@@ -186,8 +186,6 @@ def run_ours(batch: int, steps: int, inner: int, warmup: int, host: bool):
       rng=jax.random.PRNGKey(1))
 
   # Parts, each jitted alone on the first batch (before training).
-  spec = rewards.parse_rewards(c.rl.rewards)
-  instant = objectives.instant_reward_of(spec)
   zero = rewards.InstantReward(
       init=lambda target, m: {"n": jnp.zeros(target.shape[:1], jnp.int32)},
       step=lambda s, token, t: (s, jnp.zeros(token.shape, jnp.float32)),

@@ -33,7 +33,7 @@ LayerNorm, learned positions and tanh-GELU.
 import functools
 import json
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import flax.linen as nn
 import jax
