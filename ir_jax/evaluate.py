@@ -19,14 +19,17 @@ from ir_jax import decode, rewards
 Seq = Tuple[str, ...]
 
 
-def error_rates(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
-                ) -> Dict[str, float]:
-  """PER and WER of `outputs` (one symbol tuple per word) as fractions."""
+def word_errors(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
+                ) -> Tuple[np.ndarray, np.ndarray]:
+  """(errors int[W], lengths int[W]): per word, ED(out_w, r*_w) and
+  len(r*_w), with r* the closest reference (ties: shorter, then
+  lexicographic). PER = errors.sum() / lengths.sum(); WER = mean(errors > 0).
+  """
   if len(outputs) != len(references):
     raise ValueError(f"{len(outputs)} outputs but {len(references)} "
                      "reference lists.")
   if not outputs:
-    return {"per": 0.0, "wer": 0.0, "words": 0}
+    return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
   symbols = {s: i + 1 for i, s in enumerate(sorted(
       {s for refs in references for r in refs for s in r} |
       {s for o in outputs for s in o}))}
@@ -48,11 +51,79 @@ def error_rates(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
     key = (int(d), len(r), r)
     if w not in best or key < best[w]:
       best[w] = key
-  errors = sum(b[0] for b in best.values())
-  length = sum(b[1] for b in best.values())
-  wrong = sum(b[0] > 0 for b in best.values())
-  return {"per": errors / max(length, 1), "wer": wrong / len(outputs),
-          "words": len(outputs)}
+  errors = np.array([best[w][0] for w in range(len(outputs))], np.int64)
+  lengths = np.array([best[w][1] for w in range(len(outputs))], np.int64)
+  return errors, lengths
+
+
+def error_rates(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
+                ) -> Dict[str, float]:
+  """PER and WER of `outputs` (one symbol tuple per word) as fractions."""
+  errors, lengths = word_errors(outputs, references)
+  if not len(errors):
+    return {"per": 0.0, "wer": 0.0, "words": 0}
+  return {"per": float(errors.sum() / max(lengths.sum(), 1)),
+          "wer": float((errors > 0).mean()), "words": len(outputs)}
+
+
+# ------------------------------------------------------------ significance
+
+
+def paired_bootstrap(errors_a, errors_b, lengths, *, resamples: int = 10_000,
+                     seed: int = 0, chunk: int = 256) -> Dict[str, Any]:
+  """Paired bootstrap of the PER difference of systems a and b over items.
+
+  Each resample draws W items with replacement and recomputes
+  PER = sum errors / sum lengths for both systems on the same items
+  (Koehn 2004). `lengths` are the reference lengths (`word_errors`; pass
+  system a's if the closest references differ).
+
+  Returns delta = PER_a - PER_b on all items, ci95 = the 2.5 and 97.5
+  percentiles of the resampled deltas, and p_value: two-sided,
+  2 min(P(delta* <= 0), P(delta* >= 0)) with add-one smoothing, capped at 1
+  (1 for identical systems; about 2 / (resamples + 1) when a wins on every
+  resample).
+  """
+  a = np.asarray(errors_a, np.float64)
+  b = np.asarray(errors_b, np.float64)
+  n = np.asarray(lengths, np.float64)
+  if not (a.shape == b.shape == n.shape) or a.ndim != 1 or not len(a):
+    raise ValueError(f"errors_a, errors_b and lengths must be equal-length "
+                     f"non-empty vectors, got {a.shape}, {b.shape}, {n.shape}.")
+  rng = np.random.default_rng(seed)
+  deltas = []
+  for start in range(0, resamples, chunk):
+    idx = rng.integers(0, len(a), (min(chunk, resamples - start), len(a)))
+    total = np.maximum(n[idx].sum(1), 1.0)
+    deltas.append((a[idx].sum(1) - b[idx].sum(1)) / total)
+  deltas = np.concatenate(deltas)
+  low = (np.sum(deltas <= 0) + 1) / (resamples + 1)
+  high = (np.sum(deltas >= 0) + 1) / (resamples + 1)
+  return {"delta": float((a.sum() - b.sum()) / max(n.sum(), 1.0)),
+          "ci95": [float(np.percentile(deltas, 2.5)),
+                   float(np.percentile(deltas, 97.5))],
+          "p_value": float(min(1.0, 2 * min(low, high))),
+          "resamples": int(resamples)}
+
+
+def mcnemar(correct_a, correct_b) -> Dict[str, Any]:
+  """Exact McNemar test of two systems' per-item correctness (WER).
+
+  With b01 = items only b gets right and b10 = items only a gets right,
+  p = 2 P(X <= min(b01, b10)), X ~ Binomial(b01 + b10, 1/2), capped at 1
+  (1 when the systems never disagree).
+  """
+  from scipy import stats
+  a = np.asarray(correct_a, bool)
+  b = np.asarray(correct_b, bool)
+  if a.shape != b.shape or a.ndim != 1:
+    raise ValueError(f"correct_a and correct_b must be equal-length vectors, "
+                     f"got {a.shape} and {b.shape}.")
+  only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+  n = only_a + only_b
+  p = 1.0 if n == 0 else min(1.0, 2 * float(stats.binom.cdf(
+      min(only_a, only_b), n, 0.5)))
+  return {"only_a": only_a, "only_b": only_b, "p_value": p}
 
 
 def allowed_tokens(model, task, direction: str):

@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from ir_jax import evaluate, workdir
@@ -52,3 +53,62 @@ def test_evaluate_and_log_writes_one_record_per_split(tmp_path):
   assert evaluate.summary(dev).startswith(
       f"dev: PER {100 * dev['per']:.2f}%  WER {100 * dev['wer']:.2f}%  (64 "
       "items, step 10)")
+
+
+# ------------------------------------------------------------ significance
+
+
+def test_word_errors_give_the_error_rates():
+  outputs = [("a", "b"), ("c",), ("x", "y", "z")]
+  refs = [[("a", "b")], [("c", "d"), ("e",)], [("x", "y")]]
+  errors, lengths = evaluate.word_errors(outputs, refs)
+  # ("c",) vs ("c","d"): 1 edit, vs ("e",): 1 edit -> the shorter, len 1.
+  assert errors.tolist() == [0, 1, 1] and lengths.tolist() == [2, 1, 2]
+  rates = evaluate.error_rates(outputs, refs)
+  assert rates["per"] == pytest.approx(2 / 5) and rates["wer"] == 2 / 3
+
+
+def test_bootstrap_identical_systems_p_is_one():
+  rng = np.random.default_rng(0)
+  errors = rng.integers(0, 3, 200)
+  lengths = rng.integers(3, 9, 200)
+  out = evaluate.paired_bootstrap(errors, errors, lengths, resamples=2000)
+  assert out["delta"] == 0 and out["ci95"] == [0.0, 0.0]
+  assert out["p_value"] == 1.0
+
+
+def test_bootstrap_one_sided_win_and_hand_computed_delta():
+  lengths = np.full(50, 2)
+  worse = np.ones(50, int)
+  better = np.zeros(50, int)
+  out = evaluate.paired_bootstrap(better, worse, lengths, resamples=999)
+  # Every resample: PER 0 vs 0.5 -> delta -0.5 exactly.
+  assert out["delta"] == -0.5 and out["ci95"] == [-0.5, -0.5]
+  assert out["p_value"] == pytest.approx(2 / 1000)
+  # A noisy but real win: small p, CI excludes 0; reversed, same p.
+  rng = np.random.default_rng(1)
+  lengths = rng.integers(4, 10, 500)
+  a = rng.binomial(lengths, 0.08)
+  b = rng.binomial(lengths, 0.12)
+  out = evaluate.paired_bootstrap(a, b, lengths, resamples=4000)
+  assert out["delta"] == pytest.approx((a.sum() - b.sum()) / lengths.sum())
+  assert out["ci95"][1] < 0 and out["p_value"] < 0.01
+  back = evaluate.paired_bootstrap(b, a, lengths, resamples=4000)
+  assert back["p_value"] == pytest.approx(out["p_value"])
+
+
+def test_mcnemar_hand_computed():
+  same = np.array([True, False, True, True])
+  assert evaluate.mcnemar(same, same)["p_value"] == 1.0
+  # 10 items only a gets right, none only b: p = 2 / 2^10.
+  a = np.array([True] * 10 + [False] * 5)
+  b = np.array([False] * 10 + [False] * 5)
+  out = evaluate.mcnemar(a, b)
+  assert (out["only_a"], out["only_b"]) == (10, 0)
+  assert out["p_value"] == pytest.approx(2 / 1024)
+  # 7 vs 3 discordant: p = 2 (1 + 10 + 45 + 120) / 1024 = 0.34375.
+  a = np.array([True] * 7 + [False] * 3 + [True] * 4)
+  b = np.array([False] * 7 + [True] * 3 + [True] * 4)
+  assert evaluate.mcnemar(a, b)["p_value"] == pytest.approx(0.34375)
+  with pytest.raises(ValueError, match="equal-length"):
+    evaluate.mcnemar(a, b[:3])
