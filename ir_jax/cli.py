@@ -131,6 +131,9 @@ def _generate(args) -> int:
   if not words:
     print("No input: pass WORDs or --input FILE.", file=sys.stderr)
     return 2
+  if args.mbr < 0 or args.mbr == 1:
+    print(f"--mbr K needs K >= 2 samples (got {args.mbr}).", file=sys.stderr)
+    return 2
   config, task, model, params = workdir.load_run(args.workdir)
   direction = str(config.data.get("directions", "g2p")).split(",")[0]
   if args.prompt:
@@ -158,7 +161,8 @@ def _generate(args) -> int:
   outputs = evaluate.generate_symbols(
       model, {"params": params}, task, source,
       min(config.eval_batch_size, 1024),
-      direction="charlm" if config.task == "charlm" else direction)
+      direction="charlm" if config.task == "charlm" else direction,
+      mbr=args.mbr, seed=args.seed)
   sep = "" if config.task != "g2p" or direction == "p2g" else " "
   for word, out in zip(words, outputs):
     print(f"{word}\t{sep.join(out)}")
@@ -238,6 +242,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--prompt", help="a tuned prompt (the workdir of a "
                  "prompt.mode=soft|search run, or its prompt/ directory) or "
                  "prompt symbols such as '<p2g>'")
+  p.add_argument("--mbr", type=int, default=0, metavar="K",
+                 help="minimum Bayes risk decoding: the output closest (exact "
+                 "edit distance) to the others among greedy + K samples")
+  p.add_argument("--seed", type=int, default=0, help="sampling seed (--mbr)")
   p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
   p.add_argument("--workdir", required=True)
   args, rest = parser.parse_known_args(argv)

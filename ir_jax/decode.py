@@ -173,3 +173,54 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   tokens = tokens.T
   return {"tokens": tokens, "lengths": lengths_from_eos(tokens),
           "rewards": rewards_.T, "logprobs": logps.T, "reward_state": state}
+
+
+@jax.jit
+def mbr_select(candidates: jax.Array, lengths: jax.Array,
+               weights: Optional[jax.Array] = None):
+  """Minimum Bayes risk choice under the exact edit distance.
+
+  risk_k = sum_j w_j ED(c_k, c_j) / sum_j w_j over the K candidates of each
+  item (uniform w for samples, which already carry the model's
+  probabilities; the N-best's renormalised probabilities otherwise): the
+  candidate closest to all the others, the medoid. Ties go to the lowest
+  index, so put the greedy output first.
+
+  Args:
+    candidates: int32[B, K, T]; lengths: int32[B, K] (the valid prefix).
+    weights: optional float[B, K] >= 0.
+
+  Returns:
+    (index int32[B] of the chosen candidate, risk float32[B, K]).
+  """
+  b, k, t = candidates.shape
+  left = jnp.repeat(candidates, k, axis=1).reshape(b * k * k, t)
+  right = jnp.tile(candidates, (1, k, 1)).reshape(b * k * k, t)
+  dist = rewards.levenshtein(
+      left, right, pred_lengths=jnp.repeat(lengths, k, axis=1).reshape(-1),
+      target_lengths=jnp.tile(lengths, (1, k)).reshape(-1)).reshape(b, k, k)
+  w = jnp.ones((b, k), jnp.float32) if weights is None else weights
+  risk = (dist.astype(jnp.float32) * w[:, None, :]).sum(-1) / w.sum(
+      -1, keepdims=True)
+  return jnp.argmin(risk, axis=-1).astype(jnp.int32), risk
+
+
+def mbr_decode(model, params, source: jax.Array, rng: jax.Array, *,
+               max_len: int, num_samples: int, temperature: float = 1.0,
+               allowed: Optional[jax.Array] = None):
+  """Greedy output plus `num_samples` samples per prompt, then the MBR
+  choice (`mbr_select`) among them. Returns tokens int32[B, max_len] and
+  lengths int32[B], as `generate`."""
+  batch = source.shape[0]
+  greedy, greedy_len = generate(model, params, source, max_len=max_len,
+                                allowed=allowed)
+  sampled, sampled_len = generate(
+      model, params, jnp.repeat(source, num_samples, axis=0), rng,
+      max_len=max_len, temperature=temperature, allowed=allowed)
+  tokens = jnp.concatenate([greedy[:, None], sampled.reshape(
+      batch, num_samples, max_len)], axis=1)
+  lengths = jnp.concatenate([greedy_len[:, None], sampled_len.reshape(
+      batch, num_samples)], axis=1)
+  best, _ = mbr_select(tokens, lengths)
+  rows = jnp.arange(batch)
+  return tokens[rows, best], lengths[rows, best]

@@ -138,9 +138,12 @@ def allowed_tokens(model, task, direction: str):
 
 
 def generate_symbols(model, params, task, source: np.ndarray,
-                     batch_size: int = 1024, direction: str = "") -> List[Seq]:
+                     batch_size: int = 1024, direction: str = "",
+                     mbr: int = 0, seed: int = 0) -> List[Seq]:
   """Greedy outputs for int32[W, P] prompts, decoded to symbol tuples; with
-  a `direction` only that direction's target symbols can be emitted."""
+  a `direction` only that direction's target symbols can be emitted. `mbr`
+  > 0: the MBR choice among the greedy output and `mbr` samples at
+  temperature 1 (`decode.mbr_decode`, seeded by `seed`)."""
   allowed = allowed_tokens(model, task, direction)
   out: List[Seq] = []
   for start in range(0, len(source), batch_size):
@@ -150,8 +153,14 @@ def generate_symbols(model, params, task, source: np.ndarray,
       # Pad the last chunk so one compiled program serves every batch.
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size,
                                                0)])
-    tokens, _ = decode.generate(model, params, jax.numpy.asarray(chunk),
-                                max_len=task.target_len, allowed=allowed)
+    if mbr:
+      tokens, _ = decode.mbr_decode(
+          model, params, jax.numpy.asarray(chunk),
+          jax.random.fold_in(jax.random.key(seed), start),
+          max_len=task.target_len, num_samples=mbr, allowed=allowed)
+    else:
+      tokens, _ = decode.generate(model, params, jax.numpy.asarray(chunk),
+                                  max_len=task.target_len, allowed=allowed)
     if jax.process_count() > 1:  # Params are sharded across hosts.
       from jax.experimental import multihost_utils
       tokens = multihost_utils.process_allgather(tokens, tiled=True)

@@ -107,3 +107,21 @@ def test_generate_reports_bad_lines_and_emits_only_target_symbols(tmp_path,
   for line in lines:
     out = line.split("\t")[1].split()
     assert out and set(out) <= phonemes, line
+
+
+def test_generate_with_mbr(tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  shutil.copytree(FIXTURE, wd)
+  assert cli.main(["generate", "--workdir", wd, "--mbr", "1", "hello"]) == 2
+  assert "--mbr K needs K >= 2" in capsys.readouterr().err
+  args = ["generate", "--workdir", wd, "--mbr", "4", "hello", "world"]
+  assert cli.main(args) == 0
+  first = capsys.readouterr().out
+  assert cli.main(args) == 0               # Seeded: the same choice again.
+  assert capsys.readouterr().out == first
+  _, task, _, _ = workdir_lib.load_run(wd)
+  phonemes = {task.vocab.symbols[i] for i in task.target_ids["g2p"]}
+  lines = first.strip().split("\n")
+  assert [l.split("\t")[0] for l in lines] == ["hello", "world"]
+  for line in lines:
+    assert set(line.split("\t")[1].split()) <= phonemes, line

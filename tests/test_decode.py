@@ -122,3 +122,39 @@ def test_generate_emits_only_allowed_tokens(model_params):
   assert set(np.asarray(free).ravel()) - {5, 6, EOS, PAD}  # Unrestricted.
   assert set(np.asarray(tokens).ravel()) <= {5, 6, EOS, PAD}
   assert np.all(np.asarray(lengths) >= 1)
+
+
+def test_mbr_picks_the_medoid_on_hand_made_sets():
+  from ir_jax import decode
+  words = [["abc", "abd", "abc", "xyz"], ["q", "qq", "qqq", "qqqq"]]
+  enc = np.zeros((2, 4, 4), np.int32)
+  lengths = np.zeros((2, 4), np.int32)
+  for b, group in enumerate(words):
+    for k, w in enumerate(group):
+      enc[b, k, :len(w)] = [ord(c) for c in w]
+      lengths[b, k] = len(w)
+  best, risk = decode.mbr_select(jnp.asarray(enc), jnp.asarray(lengths))
+  # abc: (0 + 1 + 0 + 3) / 4; abd: (1 + 0 + 1 + 3) / 4; xyz: 9 / 4.
+  np.testing.assert_allclose(risk[0], [1.0, 1.25, 1.0, 2.25])
+  assert int(best[0]) == 0                  # Ties: the first.
+  # q..qqqq: the middle lengths are closest to the rest (tie -> "qq").
+  np.testing.assert_allclose(risk[1], [1.5, 1.0, 1.0, 1.5])
+  assert int(best[1]) == 1
+  # Weights: all the mass on "xyz" makes it the choice.
+  w = jnp.asarray([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+  assert int(decode.mbr_select(jnp.asarray(enc), jnp.asarray(lengths),
+                               w)[0][0]) == 3
+
+
+def test_mbr_equals_brute_force():
+  from rapidfuzz.distance import Levenshtein
+  from ir_jax import decode
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 4, (5, 6, 7)).astype(np.int32)
+  lengths = rng.integers(0, 8, (5, 6)).astype(np.int32)
+  best, risk = decode.mbr_select(jnp.asarray(tokens), jnp.asarray(lengths))
+  for b in range(5):
+    seqs = [list(tokens[b, k, :lengths[b, k]]) for k in range(6)]
+    want = [np.mean([Levenshtein.distance(s, t) for t in seqs]) for s in seqs]
+    np.testing.assert_allclose(risk[b], want, rtol=1e-6)
+    assert int(best[b]) == int(np.argmin(want))
