@@ -90,7 +90,9 @@ def _eval(args) -> int:
   writer = workdir.MetricWriter(args.workdir)
   records = evaluate.evaluate_and_log(
       model, params, task, (args.split,), config.eval_batch_size,
-      step, writer, source="ir-jax eval")
+      step, writer, source="ir-jax eval",
+      beam=args.beam or int(config.eval.beam_size),
+      length_penalty=float(config.eval.length_penalty))
   writer.close()
   print(evaluate.summary(records[args.split]))
   return 0
@@ -134,6 +136,10 @@ def _generate(args) -> int:
   if args.mbr < 0 or args.mbr == 1:
     print(f"--mbr K needs K >= 2 samples (got {args.mbr}).", file=sys.stderr)
     return 2
+  if args.beam < 0 or (args.beam and args.mbr):
+    print("--beam K needs K >= 1, and --beam and --mbr do not combine.",
+          file=sys.stderr)
+    return 2
   config, task, model, params = workdir.load_run(args.workdir)
   direction = str(config.data.get("directions", "g2p")).split(",")[0]
   if args.prompt:
@@ -162,7 +168,8 @@ def _generate(args) -> int:
       model, {"params": params}, task, source,
       min(config.eval_batch_size, 1024),
       direction="charlm" if config.task == "charlm" else direction,
-      mbr=args.mbr, seed=args.seed)
+      mbr=args.mbr, seed=args.seed, beam=args.beam or 1,
+      length_penalty=float(config.eval.length_penalty))
   sep = "" if config.task != "g2p" or direction == "p2g" else " "
   for word, out in zip(words, outputs):
     print(f"{word}\t{sep.join(out)}")
@@ -235,6 +242,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--split", default="test",
                  help="an eval set: dev, test (multi-task: also dev_p2g, ...)")
+  p.add_argument("--beam", type=int, default=0, metavar="K",
+                 help="beam search of width K (default: config.eval.beam_size)")
   p = sub.add_parser("generate", help="word<TAB>phonemes on stdout")
   p.add_argument("--workdir", required=True)
   p.add_argument("words", nargs="*")
@@ -246,6 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                  help="minimum Bayes risk decoding: the output closest (exact "
                  "edit distance) to the others among greedy + K samples")
   p.add_argument("--seed", type=int, default=0, help="sampling seed (--mbr)")
+  p.add_argument("--beam", type=int, default=0, metavar="K",
+                 help="beam search of width K (default: greedy)")
   p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
   p.add_argument("--workdir", required=True)
   args, rest = parser.parse_known_args(argv)

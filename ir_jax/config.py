@@ -130,6 +130,9 @@ def default_config() -> ml_collections.ConfigDict:
       mode="", length=4, init="random",       # soft: random | tag | vocab
       strategy="evolve", population=32, rounds=20, elite=8,
       mutation_rate=0.25, score_words=256))   # search
+  # Evaluation decoding: beam_size 1 is greedy; > 1 beam search
+  # (ir_jax.decode.beam_search) with score log p / len^length_penalty.
+  c.eval = ml_collections.ConfigDict(dict(beam_size=1, length_penalty=0.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical param axis -> mesh axes (MaxText style), see ir_jax.parallel.
   c.logical_rules = DEFAULT_RULES
@@ -441,6 +444,8 @@ def validate(config: ml_collections.ConfigDict, *,
                 "checkpoint_every", "eval_batch_size", "keep_checkpoints",
                 "max_nonfinite", "vocab_multiple"), 1)
   _at_least(c, ("chips",), 0)
+  _at_least(c, ("eval.beam_size",), 1)
+  _at_least(c, ("eval.length_penalty",), 0.0)
   _one_of("task", c.task, TASKS)
 
   # Data.

@@ -224,3 +224,111 @@ def mbr_decode(model, params, source: jax.Array, rng: jax.Array, *,
   best, _ = mbr_select(tokens, lengths)
   rows = jnp.arange(batch)
   return tokens[rows, best], lengths[rows, best]
+
+
+# Where each cache entry keeps its batch axis (None: shared by the batch).
+_CACHE_BATCH_AXIS = {"k": 1, "v": 1, "valid": 1, "c": 1, "h": 1,
+                     "position": 0, "context": 0, "has_context": 0,
+                     "index": None}
+
+
+def _gather_rows(cache, rows: jax.Array):
+  """The cache with its batch rows replaced by `rows` (int32[N])."""
+  def take(path, leaf):
+    key = path[-1].key
+    if key not in _CACHE_BATCH_AXIS:
+      raise ValueError(f"beam_search: unknown cache entry {key!r}; add its "
+                       "batch axis to decode._CACHE_BATCH_AXIS.")
+    axis = _CACHE_BATCH_AXIS[key]
+    return leaf if axis is None else jnp.take(leaf, rows, axis=axis)
+  return jax.tree_util.tree_map_with_path(take, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam",
+                                             "length_penalty"))
+def beam_search(model, params, source: jax.Array, *, max_len: int,
+                beam: int, length_penalty: float = 0.0,
+                allowed: Optional[jax.Array] = None):
+  """Batched beam search over the model's cache: the `beam` best outputs.
+
+  A hypothesis ends at EOS (counted in its length) or at `max_len` tokens.
+  Its score is log p(y | x) / len(y)^length_penalty (0: the plain
+  log-probability, under which beam 1 is exactly greedy decoding). Each
+  step keeps the `beam` best unfinished hypotheses out of the beam x V
+  expansions and merges the ones that just emitted EOS into the `beam`
+  best finished ones; hypotheses still open at `max_len` finish there.
+
+  Args:
+    model, params, source, max_len, allowed: as `generate`.
+    beam: K, the beam width and the size of the N-best list.
+    length_penalty: alpha of the length normalisation above.
+
+  Returns:
+    dict with tokens int32[B, K, max_len] (PAD after EOS), lengths
+    int32[B, K], scores float32[B, K] (normalised, best first) and logprobs
+    float32[B, K] (the unnormalised sums).
+  """
+  batch, prompt = source.shape
+  k, t_max = beam, max_len
+  neg = jnp.float32(-1e30)
+  restrict = (without_pad if allowed is None else
+              (lambda l: jnp.where(allowed, l, -jnp.inf)))
+  norm = lambda logp, length: logp / (length.astype(jnp.float32)
+                                      ** length_penalty)
+  rows = jnp.repeat(source, k, axis=0)                      # [B K, P]
+  cache = model.init_cache(batch * k, prompt + t_max)
+  logits, cache = model.apply(params, rows, rows != PAD, cache)
+  logits = logits[:, -1]
+  alive_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
+  alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, neg)[None].repeat(batch, 0)
+  done_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
+  done_logp = jnp.full((batch, k), neg)
+  done_score = jnp.full((batch, k), neg)
+  done_len = jnp.full((batch, k), t_max, jnp.int32)
+
+  def step(carry, t):
+    (logits, cache, alive_tokens, alive_logp, done_tokens, done_logp,
+     done_score, done_len) = carry
+    logp = jax.nn.log_softmax(restrict(logits.astype(jnp.float32)),
+                              axis=-1).reshape(batch, k, -1)
+    vocab = logp.shape[-1]
+    total = (alive_logp[..., None] + logp).reshape(batch, k * vocab)
+    total = jnp.where(jnp.isfinite(total), total, neg)
+    cand_logp, cand = lax.top_k(total, 2 * k)               # [B, 2K]
+    parent, token = cand // vocab, (cand % vocab).astype(jnp.int32)
+    cand_tokens = jnp.take_along_axis(alive_tokens, parent[..., None], 1)
+    cand_tokens = cand_tokens.at[:, :, t].set(token)
+    ends = (token == EOS) | (t == t_max - 1)
+    real = cand_logp > neg / 2
+    # Finished: merge this step's ending candidates into the K best.
+    length = jnp.full(token.shape, t + 1, jnp.int32)
+    score = jnp.where(ends & real, norm(cand_logp, length), neg)
+    pool_score = jnp.concatenate([done_score, score], 1)
+    pool_logp = jnp.concatenate([done_logp, cand_logp], 1)
+    pool_len = jnp.concatenate([done_len, length], 1)
+    pool_tokens = jnp.concatenate([done_tokens, cand_tokens], 1)
+    done_score, keep = lax.top_k(pool_score, k)
+    pick = lambda a: jnp.take_along_axis(
+        a, keep.reshape(keep.shape + (1,) * (a.ndim - 2)), 1)
+    done_logp, done_len, done_tokens = (pick(pool_logp), pick(pool_len),
+                                        pick(pool_tokens))
+    # Alive: the K best candidates that did not end.
+    open_logp = jnp.where(ends, neg, cand_logp)
+    alive_logp, keep = lax.top_k(open_logp, k)
+    alive_tokens = jnp.take_along_axis(cand_tokens, keep[..., None], 1)
+    alive_parent = jnp.take_along_axis(parent, keep, 1)
+    alive_token = jnp.take_along_axis(token, keep, 1)
+    src_rows = (jnp.arange(batch)[:, None] * k + alive_parent).reshape(-1)
+    cache = _gather_rows(cache, src_rows)
+    logits, cache = model.apply(params, alive_token.reshape(-1, 1),
+                                jnp.ones((batch * k, 1), bool), cache)
+    return (logits[:, -1], cache, alive_tokens, alive_logp, done_tokens, done_logp,
+            done_score, done_len), None
+
+  carry = (logits, cache, alive_tokens, alive_logp, done_tokens, done_logp,
+           done_score, done_len)
+  carry, _ = lax.scan(step, carry, jnp.arange(t_max))
+  _, _, _, _, tokens, logp, score, lengths = carry
+  tokens = jnp.where(jnp.arange(t_max) < lengths[..., None], tokens, PAD)
+  return {"tokens": tokens, "lengths": lengths, "scores": score,
+          "logprobs": logp}

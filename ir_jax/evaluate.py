@@ -139,11 +139,13 @@ def allowed_tokens(model, task, direction: str):
 
 def generate_symbols(model, params, task, source: np.ndarray,
                      batch_size: int = 1024, direction: str = "",
-                     mbr: int = 0, seed: int = 0) -> List[Seq]:
+                     mbr: int = 0, seed: int = 0, beam: int = 1,
+                     length_penalty: float = 0.0) -> List[Seq]:
   """Greedy outputs for int32[W, P] prompts, decoded to symbol tuples; with
   a `direction` only that direction's target symbols can be emitted. `mbr`
   > 0: the MBR choice among the greedy output and `mbr` samples at
-  temperature 1 (`decode.mbr_decode`, seeded by `seed`)."""
+  temperature 1 (`decode.mbr_decode`, seeded by `seed`); `beam` > 1: the
+  best of a beam search (`decode.beam_search`)."""
   allowed = allowed_tokens(model, task, direction)
   out: List[Seq] = []
   for start in range(0, len(source), batch_size):
@@ -153,7 +155,12 @@ def generate_symbols(model, params, task, source: np.ndarray,
       # Pad the last chunk so one compiled program serves every batch.
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size,
                                                0)])
-    if mbr:
+    if beam > 1:
+      tokens = decode.beam_search(
+          model, params, jax.numpy.asarray(chunk), max_len=task.target_len,
+          beam=beam, length_penalty=length_penalty,
+          allowed=allowed)["tokens"][:, 0]
+    elif mbr:
       tokens, _ = decode.mbr_decode(
           model, params, jax.numpy.asarray(chunk),
           jax.random.fold_in(jax.random.key(seed), start),
@@ -185,22 +192,27 @@ def summary(record: Dict[str, Any]) -> str:
 
 
 def evaluate_and_log(model, params, task, splits: Sequence[str],
-                     batch_size: int, step, writer, **extra
+                     batch_size: int, step, writer, beam: int = 1,
+                     length_penalty: float = 0.0, **extra
                      ) -> Dict[str, Dict[str, Any]]:
   """Scores `splits` and writes one record each through `writer` (a
   `workdir.MetricWriter`): {step, split, per, wer, words, eval_seconds,
-  **extra}, plus the first 8 outputs as TensorBoard text; a summary line
-  per split on stderr (process 0). Returns {split: record}."""
+  **extra} (and `beam` when > 1), plus the first 8 outputs as TensorBoard
+  text; a summary line per split on stderr (process 0). Returns
+  {split: record}."""
   results = {}
   for split in splits:
     t0 = time.time()
     data = task.eval_sets[split]
     outputs = generate_symbols(model, {"params": params}, task, data.source,
-                               batch_size, data.direction)
+                               batch_size, data.direction, beam=beam,
+                               length_penalty=length_penalty)
     rates = error_rates(outputs, data.references)
     record = {"step": step, "split": split, "per": rates["per"],
               "wer": rates["wer"], "words": rates["words"],
               "eval_seconds": time.time() - t0, **extra}
+    if beam > 1:
+      record["beam"] = beam
     writer.write(record)
     sample = "\n".join(
         f"{k}\t{' '.join(o)}\t(ref {' '.join(r[0])})" for k, o, r in zip(

@@ -128,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if step % config.eval_every == 0 and step < config.total_steps:
             evaluate.evaluate_and_log(model, state.params, task,
                                       dev_splits(task), config.eval_batch_size,
-                                      step, writer)
+                                      step, writer, **_decoding(config))
           if step % config.checkpoint_every == 0 or step == config.total_steps:
             save()
     finally:
@@ -137,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # --------------------------------------------------------- Final eval
     results = evaluate.evaluate_and_log(model, state.params, task,
                                         tuple(task.eval_sets),
-                                        config.eval_batch_size, step, writer)
+                                        config.eval_batch_size, step, writer,
+                                        **_decoding(config))
     if soft_prompt and lead:
       _save_soft_prompt(config, workdir, state.params, step)
     writer.close()
@@ -223,3 +224,9 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
+
+
+def _decoding(config):
+  """Eval decoding settings (`config.eval`): greedy or beam search."""
+  return {"beam": int(config.eval.beam_size),
+          "length_penalty": float(config.eval.length_penalty)}

@@ -125,3 +125,24 @@ def test_generate_with_mbr(tmp_path, capsys):
   assert [l.split("\t")[0] for l in lines] == ["hello", "world"]
   for line in lines:
     assert set(line.split("\t")[1].split()) <= phonemes, line
+
+
+def test_beam_search_in_generate_and_eval(tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  shutil.copytree(FIXTURE, wd)           # Its config predates config.eval.
+  assert cli.main(["generate", "--workdir", wd, "--beam", "3", "--mbr", "2",
+                   "hello"]) == 2
+  assert "do not combine" in capsys.readouterr().err
+  assert cli.main(["generate", "--workdir", wd, "--beam", "1", "hello",
+                   "world"]) == 0
+  greedy = capsys.readouterr().out
+  assert cli.main(["generate", "--workdir", wd, "hello", "world"]) == 0
+  assert capsys.readouterr().out == greedy            # Beam 1 == greedy.
+  assert cli.main(["generate", "--workdir", wd, "--beam", "4", "hello"]) == 0
+  assert capsys.readouterr().out.startswith("hello\t")
+  assert cli.main(["eval", "--workdir", wd, "--split", "dev", "--beam",
+                   "2"]) == 0
+  assert capsys.readouterr().out.startswith("dev: PER ")
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    last = json.loads(f.readlines()[-1])
+  assert last["beam"] == 2 and last["split"] == "dev"

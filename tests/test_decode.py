@@ -158,3 +158,70 @@ def test_mbr_equals_brute_force():
     want = [np.mean([Levenshtein.distance(s, t) for t in seqs]) for s in seqs]
     np.testing.assert_allclose(risk[b], want, rtol=1e-6)
     assert int(best[b]) == int(np.argmin(want))
+
+
+# ------------------------------------------------------------------ beam
+
+
+def _score(model, params, source, outputs, lengths, allowed=None):
+  """log p(output | source) by teacher forcing, under the same restriction
+  as decoding (PAD never, only `allowed` if given)."""
+  from ir_jax import models
+  target = jnp.asarray(outputs, jnp.int32)
+  logits = models.target_logits(model, params["params"],
+                                {"source": jnp.asarray(source),
+                                 "target": target})
+  logits = (decode.without_pad(logits) if allowed is None
+            else jnp.where(allowed, logits, -jnp.inf))
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
+                             target[..., None], -1)[..., 0]
+  mask = jnp.arange(target.shape[1])[None] < jnp.asarray(lengths)[:, None]
+  return np.asarray(jnp.where(mask, logp, 0.0).sum(-1))
+
+
+def test_beam_one_is_greedy_and_wider_beams_score_higher(model_params):
+  model, params = model_params
+  source, _, _ = prompts()
+  greedy, greedy_len = decode.generate(model, params, source, max_len=6)
+  one = decode.beam_search(model, params, source, max_len=6, beam=1)
+  np.testing.assert_array_equal(one["tokens"][:, 0], greedy)
+  np.testing.assert_array_equal(one["lengths"][:, 0], greedy_len)
+  greedy_logp = _score(model, params, source, greedy, greedy_len)
+  np.testing.assert_allclose(one["logprobs"][:, 0], greedy_logp, atol=1e-4)
+  four = decode.beam_search(model, params, source, max_len=6, beam=4)
+  assert (np.asarray(four["scores"][:, 0]) >= greedy_logp - 1e-4).all()
+  # N-best sorted, each score its hypothesis' own log-probability.
+  assert (np.diff(np.asarray(four["scores"]), axis=1) <= 1e-6).all()
+  for j in range(4):
+    np.testing.assert_allclose(
+        four["logprobs"][:, j], _score(model, params, source,
+                                       four["tokens"][:, j],
+                                       four["lengths"][:, j]), atol=1e-4)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_equals_exhaustive_search(model_params, length_penalty):
+  """Three allowed tokens (EOS, 5, 6) and 3 steps: 19 hypotheses, all kept
+  by a beam of 9; the best must be the exhaustive best."""
+  import itertools
+  model, params = model_params
+  source, _, _ = prompts()
+  allowed = jnp.zeros(VOCAB, bool).at[jnp.asarray([EOS, 5, 6])].set(True)
+  hyps = [(EOS,)] + [p + (EOS,) for n in (1, 2) for p in
+                     itertools.product((5, 6), repeat=n)] + list(
+                         itertools.product((5, 6), repeat=3))
+  outputs = np.zeros((len(hyps), 3), np.int32)
+  for i, h in enumerate(hyps):
+    outputs[i, :len(h)] = h
+  lengths = np.array([len(h) for h in hyps])
+  out = decode.beam_search(model, params, source, max_len=3, beam=9,
+                           length_penalty=length_penalty, allowed=allowed)
+  for b in range(source.shape[0]):
+    logp = _score(model, params, np.repeat(source[b:b + 1], len(hyps), 0),
+                  outputs, lengths, allowed)
+    score = logp / lengths ** length_penalty
+    best = int(np.argmax(score))
+    np.testing.assert_array_equal(out["tokens"][b, 0], outputs[best])
+    np.testing.assert_allclose(out["scores"][b, 0], score[best], atol=1e-4)
+    np.testing.assert_allclose(np.sort(np.asarray(out["scores"][b]))[::-1],
+                               np.sort(score)[::-1][:9], atol=1e-4)
