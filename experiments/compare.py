@@ -1,106 +1,382 @@
-"""Compare objectives from one CE checkpoint at an equal step budget.
+"""The fair comparison of objectives (#15): one CE branch point, every arm
+on the same remaining schedule, 3 seeds, significance against CE.
 
-  python experiments/compare.py --base runs/g2p --steps 300 \
-      --out benchmarks/results/compare
+  python experiments/compare.py --task g2p            # ~75 min on 2 cores
+  python experiments/compare.py --task g2p --tiny     # seconds (CI)
 
-Arms, each fine-tuning the same CE run for the same number of steps and
-prompts per step: `ce` (CE only), `fused` (CE + fused soft edit distance),
-`seq`, `instant`, `ocd` (experiments/g2p_rl.py). Writes compare.md (dev/test
-PER and WER, wall time), compare.json and compare.png (reward curves).
+Protocol, per task (`g2p`, `p2g` = phonemes -> letters, `g2p_words` = 3
+words joined by "|", ~21 output symbols):
+
+1. Branch point: CE (experiments/g2p.py) at a constant learning rate after
+   its warm-up (`optim.schedule="constant"`), `--branch_steps` steps, seed
+   0. Its dev/test PER/WER and the beam-4 oracle WER (an item counts as
+   right when any of the 4 best is: the headroom a sequence-level objective
+   can use) are reported.
+2. Arms, each from the branch params, with the same remaining schedule:
+   `--steps` steps of `--batch` items, cosine decay from the branch's
+   learning rate to 1% of it, no warm-up, no KL to the branch model (its
+   CE continuation moves away from it); seeds vary the continuation (data
+   order, sampling). Arms: `ce`; `fused` (CE + soft edit distance and
+   cosine, alpha 0.3); `seq`, `instant`, `ocd` (experiments/g2p_rl.py: K=4
+   samples, leave-one-out baseline, reward-adaptive alpha in [0.2, 0.8]);
+   `mwer` (expected edit-distance risk over the beam's 4-best, same alpha).
+   Equal steps and items, not equal wall-clock: the RL arms sample, and
+   their seconds are in the table.
+3. Every arm is scored greedily on dev and test; the statistics pool the
+   seeds (item i of seed s of an arm is paired with item i of seed s of
+   ce): paired bootstrap of the PER difference (10,000 resamples) and the
+   exact McNemar test of WER, overall and per reference-length bucket.
+
+Writes (the results format of #15):
+  <out>/<task>/<arm>/seed<S>/test.tsv (and dev.tsv): `source<TAB>output`
+    lines, as `ir-jax generate` prints them;
+  <out>/<task>/summary.json: "runs" (one record per arm and seed: arm,
+    seed, test_per, test_wer, dev_per, dev_wer, steps, wall_s, fractions),
+    "vs_ce" (per arm: delta_per, ci95, p_value, mcnemar_p, ... and
+    "buckets"), "branch" and the protocol;
+  <out>/<task>/summary.md (the table) and reward.png (every run's greedy
+    reward curve). The summary is rewritten after every run, so a stopped
+    comparison keeps what finished; rerunning skips finished runs.
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ir_jax import config as config_lib  # noqa: E402
-from ir_jax import train  # noqa: E402
+from ir_jax import decode, evaluate, train, workdir as workdir_lib  # noqa: E402
 
-ARMS = ("ce", "fused", "seq", "instant", "ocd")
+ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer")
+RL_ARMS = ("seq", "instant", "ocd", "mwer")
+# Task name -> config overrides on experiments/g2p.py.
+TASKS = {
+    "g2p": {},
+    "p2g": {"data.directions": "p2g"},
+    "g2p_words": {"data.join_words": 3, "data.source_len": 40,
+                  "data.target_len": 36},
+}
+BUCKETS = (("<=5", 0, 5), ("6-8", 6, 8), (">=9", 9, 10 ** 9))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
 
 
-def arm_config(arm, base, steps, batch, variant):
-  extra = f",{variant}" if variant else ""
-  if arm in ("ce", "fused"):
-    c = config_lib.load(os.path.join(ROOT, "experiments/g2p.py") +
-                        ":" + ("fused" if arm == "fused" else "") + extra)
-    c.optim.learning_rate = 3e-4
-    c.optim.warmup_steps = 20
-    if arm == "fused":
-      c.objective.alpha_warmup_steps = 20
-  else:
-    c = config_lib.load(os.path.join(ROOT, "experiments/g2p_rl.py") +
-                        f":{arm}{extra}")
-  c.init_from = base
-  c.total_steps = steps
-  c.batch_size = batch
-  c.log_every = max(1, steps // 20)
-  c.eval_every = 10 * steps  # Only the final dev/test evaluation.
-  c.checkpoint_every = steps
+def _override(c, overrides):
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
   return c
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--base", required=True, help="workdir of the CE run")
-  p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--variant", default="", help="e.g. lstm")
-  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/compare"))
-  p.add_argument("--arms", default=",".join(ARMS))
-  args = p.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  base_metrics = [json.loads(l) for l in open(os.path.join(args.base,
-                                                            "metrics.jsonl"))]
-  rows = [{"arm": "base (CE run)", **{
-      f"{r['split']}_{k}": 100 * r[k] for r in base_metrics if "split" in r
-      for k in ("per", "wer")}, "wall_s": float("nan")}]
-  curves = {}
-  for arm in args.arms.split(","):
-    c = arm_config(arm, args.base, args.steps, args.batch, args.variant)
-    wd = os.path.join(args.out, arm)
+def branch_config(task, args):
+  """CE at a constant learning rate: the point every arm starts from."""
+  c = config_lib.load(os.path.join(EXPERIMENTS, "g2p.py") +
+                      (":tiny" if args.tiny else ""))
+  _override(c, TASKS[task])
+  c.seed = 0
+  c.optim.learning_rate = args.lr
+  c.optim.schedule = "constant"
+  c.total_steps = args.branch_steps
+  c.batch_size = args.branch_batch
+  c.log_every = max(1, args.branch_steps // 20)
+  c.eval_every = 10 * args.branch_steps      # Only the final evaluation.
+  c.checkpoint_every = args.branch_steps
+  return c
+
+
+def arm_config(task, arm, seed, branch, args):
+  """The arm's objective on the protocol's remaining schedule."""
+  tiny = ",tiny" if args.tiny else ""
+  if arm in ("ce", "fused"):
+    variants = ["fused"] * (arm == "fused") + ["tiny"] * args.tiny
+    c = config_lib.load(os.path.join(EXPERIMENTS, "g2p.py") +
+                        (":" + ",".join(variants) if variants else ""))
+    if arm == "fused":
+      c.objective.alpha_warmup_steps = max(1, args.steps // 10)
+  elif arm in RL_ARMS:
+    c = config_lib.load(os.path.join(EXPERIMENTS, "g2p_rl.py") +
+                        f":{arm}{tiny}")
+    c.rl.num_samples = args.samples
+    c.rl.kl_weight = 0.0
+  else:
+    raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}.")
+  _override(c, TASKS[task])
+  c.seed = seed
+  c.init_from = branch
+  c.total_steps = args.steps
+  c.batch_size = args.batch
+  c.optim.learning_rate = args.lr
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "cosine"
+  c.optim.end_fraction = 0.01
+  c.log_every = max(1, args.steps // 15)
+  c.eval_every = 10 * args.steps
+  c.checkpoint_every = args.steps
+  return c
+
+
+def _records(wd):
+  path = os.path.join(wd, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def run(config, wd):
+  """Trains `config` in `wd` unless a finished run is there: (final eval
+  records by split, training records, wall seconds)."""
+  records = _records(wd)
+  final = {r["split"]: r for r in records if "split" in r
+           and r["step"] == config.total_steps}
+  done = {"dev", "test"} <= set(final) and os.path.exists(
+      os.path.join(wd, "outputs", "test.tsv"))
+  wall = None
+  if not done:
     t0 = time.time()
-    results = train.train_and_evaluate(c, wd)
-    rows.append({"arm": arm, "dev_per": 100 * results["dev"]["per"],
-                 "dev_wer": 100 * results["dev"]["wer"],
-                 "test_per": 100 * results["test"]["per"],
-                 "test_wer": 100 * results["test"]["wer"],
-                 "wall_s": time.time() - t0})
-    records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-    curves[arm] = [(r["step"], r["reward"], r.get("edit_distance"))
-                   for r in records if "split" not in r]
-    print(rows[-1], flush=True)
-  cols = ["arm", "dev_per", "dev_wer", "test_per", "test_wer", "wall_s"]
-  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-  for r in rows:
-    lines.append("| " + " | ".join(
-        f"{r.get(k, float('nan')):.2f}" if k != "arm" else r[k]
-        for k in cols) + " |")
-  md = "\n".join(lines)
-  with open(os.path.join(args.out, "compare.md"), "w") as f:
-    f.write(md + "\n")
-  with open(os.path.join(args.out, "compare.json"), "w") as f:
-    json.dump({"rows": rows, "curves": curves, "steps": args.steps,
-               "batch": args.batch}, f, indent=1)
+    results = train.train_and_evaluate(config, wd)
+    if "preempted_at" in results:
+      raise SystemExit(f"preempted in {wd}: rerun to resume.")
+    wall = time.time() - t0
+    with open(os.path.join(wd, "wall_s.txt"), "w") as f:
+      f.write(f"{wall!r}\n")
+    records = _records(wd)
+    final = {r["split"]: r for r in records if "split" in r
+             and r["step"] == config.total_steps}
+  if wall is None:
+    path = os.path.join(wd, "wall_s.txt")
+    wall = float(open(path).read()) if os.path.exists(path) else float("nan")
+  return final, [r for r in records if "split" not in r], wall
+
+
+def oracle_wer(wd, beam=4):
+  """Beam-`beam` oracle WER of a run on dev and test: an item is right when
+  any of its `beam` best outputs matches a reference."""
+  config, task, model, params = workdir_lib.load_run(wd)
+  out = {}
+  for split in ("dev", "test"):
+    data = task.eval_sets[split]
+    allowed = evaluate.allowed_tokens(model, task, data.direction)
+    right = np.zeros(len(data.source), bool)
+    for start in range(0, len(data.source), 512):
+      chunk = data.source[start:start + 512]
+      nbest = decode.beam_search(model, {"params": params}, chunk,
+                                 max_len=task.target_len, beam=beam,
+                                 allowed=allowed)
+      tokens = np.asarray(nbest["tokens"])
+      for i, rows in enumerate(tokens):
+        refs = {tuple(r) for r in data.references[start + i]}
+        right[start + i] = any(tuple(task.vocab.decode(r)) in refs
+                               for r in rows)
+    out[split] = float(1.0 - right.mean())
+  return out
+
+
+def _errors(task, split, path):
+  """(errors, lengths) of an outputs file against the split's references,
+  in the split's item order."""
+  data = task.eval_sets[split]
+  outputs = evaluate.read_outputs(path)
+  return evaluate.word_errors([outputs[k] for k in data.keys],
+                              data.references)
+
+
+def statistics(task, out_dir, runs):
+  """Per arm vs ce, pooled over the seeds both have: PER delta with its
+  bootstrap CI and p, McNemar p of WER, per seed deltas, per bucket."""
+  scored = {}
+  for r in runs:
+    path = os.path.join(out_dir, r["arm"], f"seed{r['seed']}", "test.tsv")
+    scored[(r["arm"], r["seed"])] = _errors(task, "test", path)
+  vs = {}
+  for arm in sorted({a for a, _ in scored} - {"ce"}):
+    seeds = sorted(s for a, s in scored if a == arm and ("ce", s) in scored)
+    if not seeds:
+      continue
+    ea = np.concatenate([scored[(arm, s)][0] for s in seeds])
+    eb = np.concatenate([scored[("ce", s)][0] for s in seeds])
+    n = np.concatenate([scored[(arm, s)][1] for s in seeds])
+    boot = evaluate.paired_bootstrap(ea, eb, n)
+    mc = evaluate.mcnemar(ea == 0, eb == 0)
+    per_seed = []
+    for s in seeds:
+      a, length = scored[(arm, s)]
+      b = scored[("ce", s)][0]
+      per_seed.append({"seed": s, "delta_per": float(
+          (a.sum() - b.sum()) / length.sum()),
+          "delta_wer": float(np.mean(a > 0) - np.mean(b > 0))})
+    buckets = {}
+    for name, lo, hi in BUCKETS:
+      keep = (n >= lo) & (n <= hi)
+      if keep.sum() < 2:
+        continue
+      bb = evaluate.paired_bootstrap(ea[keep], eb[keep], n[keep])
+      bm = evaluate.mcnemar(ea[keep] == 0, eb[keep] == 0)
+      buckets[name] = {"items": int(keep.sum()), "delta_per": bb["delta"],
+                       "ci95": bb["ci95"], "p_value": bb["p_value"],
+                       "delta_wer": float(np.mean(ea[keep] > 0) -
+                                          np.mean(eb[keep] > 0)),
+                       "mcnemar_p": bm["p_value"]}
+    vs[arm] = {"seeds": seeds, "delta_per": boot["delta"],
+               "ci95": boot["ci95"], "p_value": boot["p_value"],
+               "delta_wer": float(np.mean(ea > 0) - np.mean(eb > 0)),
+               "mcnemar_p": mc["p_value"], "only_arm_right": mc["only_a"],
+               "only_ce_right": mc["only_b"], "per_seed": per_seed,
+               "buckets": buckets}
+  return vs
+
+
+def table(summary):
+  """summary.md: mean +- std over seeds and the pooled tests vs ce."""
+  rows = ["| arm | seeds | test PER % | test WER % | dev PER % | dev WER % | "
+          "dPER vs ce (95% CI), points | p PER | dWER, points | p WER "
+          "(McNemar) | s/run |", "|" + "---|" * 11]
+  b = summary.get("branch")
+  if b:
+    rows.append(f"| branch (CE, step {b['steps']}) | 1 | "
+                f"{100 * b['test_per']:.2f} | {100 * b['test_wer']:.2f} | "
+                f"{100 * b['dev_per']:.2f} | {100 * b['dev_wer']:.2f} | "
+                f"beam-4 oracle WER: test {100 * b['oracle_test_wer']:.2f}, "
+                f"dev {100 * b['oracle_dev_wer']:.2f} | | | | "
+                f"{b['wall_s']:.0f} |")
+  ms = lambda v: f"{100 * np.mean(v):.2f} +- {100 * np.std(v):.2f}"
+  for arm in ARMS:
+    rs = [r for r in summary["runs"] if r["arm"] == arm]
+    if not rs:
+      continue
+    v = summary["vs_ce"].get(arm)
+    cmp = ("| | | |" if not v else
+           f"{100 * v['delta_per']:+.2f} ({100 * v['ci95'][0]:+.2f}, "
+           f"{100 * v['ci95'][1]:+.2f}) | {v['p_value']:.3g} | "
+           f"{100 * v['delta_wer']:+.2f} | {v['mcnemar_p']:.3g} |")
+    rows.append(f"| {arm} | {len(rs)} | {ms([r['test_per'] for r in rs])} | "
+                f"{ms([r['test_wer'] for r in rs])} | "
+                f"{ms([r['dev_per'] for r in rs])} | "
+                f"{ms([r['dev_wer'] for r in rs])} | {cmp} "
+                f"{np.mean([r['wall_s'] for r in rs]):.0f} |")
+  lines = ["\n".join(rows), "", "Per reference-length bucket (test, pooled "
+           "seeds), dPER points (p) / dWER points (p):", "",
+           "| arm | " + " | ".join(n for n, _, _ in BUCKETS) + " |",
+           "|" + "---|" * (len(BUCKETS) + 1)]
+  for arm, v in summary["vs_ce"].items():
+    cells = []
+    for name, _, _ in BUCKETS:
+      x = v["buckets"].get(name)
+      cells.append("" if not x else
+                   f"{100 * x['delta_per']:+.2f} ({x['p_value']:.2g}) / "
+                   f"{100 * x['delta_wer']:+.2f} ({x['mcnemar_p']:.2g}), "
+                   f"{x['items']} items")
+    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(curves, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
-  for arm, pts in curves.items():
-    if arm in ("seq", "instant", "ocd"):
-      ax.plot([s for s, _, _ in pts], [-r for _, r, _ in pts], label=arm)
-  ax.set(xlabel="step", ylabel="sampled edit distance / target length",
-         title="RL arms: normalized edit distance of samples (lower is better)")
+  colors = dict(zip(ARMS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  for (arm, seed), pts in sorted(curves.items()):
+    if pts:
+      ax.plot(*zip(*pts), color=colors.get(arm), alpha=0.8,
+              label=arm if seed == min(s for a, s in curves if a == arm)
+              else None)
+  ax.set(xlabel="arm step", ylabel="greedy reward (-ED / |target|)",
+         title="greedy outputs' exact edit-distance reward on each batch")
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "compare.png"), dpi=100)
-  print(md)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--task", choices=sorted(TASKS), default="g2p")
+  p.add_argument("--arms", default=",".join(ARMS))
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--branch_steps", type=int, default=1000)
+  p.add_argument("--branch_batch", type=int, default=256)
+  p.add_argument("--steps", type=int, default=150)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--samples", type=int, default=4, help="K of the RL arms")
+  p.add_argument("--lr", type=float, default=3e-3)
+  p.add_argument("--tiny", action="store_true", help="seconds, for tests")
+  p.add_argument("--runs", default=os.path.join(ROOT, "runs", "evidence"))
+  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                               "evidence"))
+  args = p.parse_args(argv)
+  if args.tiny:
+    args.branch_steps, args.branch_batch = min(args.branch_steps, 10), 16
+    args.steps, args.batch, args.samples = min(args.steps, 4), 8, 2
+  arms = [a for a in args.arms.split(",") if a]
+  unknown = sorted(set(arms) - set(ARMS))
+  if unknown or "ce" not in arms:
+    p.error(f"--arms must include ce and name only {ARMS}, got {arms}.")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  runs_dir = os.path.join(args.runs, args.task)
+  out_dir = os.path.join(args.out, args.task)
+  os.makedirs(out_dir, exist_ok=True)
+  summary_path = os.path.join(out_dir, "summary.json")
+
+  branch_wd = os.path.join(runs_dir, "branch")
+  bc = branch_config(args.task, args)
+  final, _, wall = run(bc, branch_wd)
+  oracle_path = os.path.join(branch_wd, "oracle.json")
+  if not os.path.exists(oracle_path):
+    with open(oracle_path, "w") as f:
+      json.dump(oracle_wer(branch_wd), f)
+  oracle = json.load(open(oracle_path))
+  summary = {
+      "task": args.task,
+      "protocol": {k: getattr(args, k) for k in (
+          "branch_steps", "branch_batch", "steps", "batch", "samples", "lr")},
+      "branch": {"steps": bc.total_steps, "wall_s": wall,
+                 "test_per": final["test"]["per"],
+                 "test_wer": final["test"]["wer"],
+                 "dev_per": final["dev"]["per"], "dev_wer": final["dev"]["wer"],
+                 "oracle_dev_wer": oracle["dev"],
+                 "oracle_test_wer": oracle["test"]},
+      "runs": [], "vs_ce": {}}
+  task = None
+  curves = {}
+  for seed in seeds:
+    for arm in arms:
+      wd = os.path.join(runs_dir, arm, f"seed{seed}")
+      c = arm_config(args.task, arm, seed, branch_wd, args)
+      final, train_rows, wall = run(c, wd)
+      dest = os.path.join(out_dir, arm, f"seed{seed}")
+      os.makedirs(dest, exist_ok=True)
+      for split in ("dev", "test"):
+        shutil.copy(os.path.join(wd, "outputs", f"{split}.tsv"),
+                    os.path.join(dest, f"{split}.tsv"))
+      summary["runs"] = [r for r in summary["runs"]
+                         if (r["arm"], r["seed"]) != (arm, seed)] + [{
+          "arm": arm, "seed": seed, "test_per": final["test"]["per"],
+          "test_wer": final["test"]["wer"], "dev_per": final["dev"]["per"],
+          "dev_wer": final["dev"]["wer"], "steps": c.total_steps,
+          "wall_s": wall}]
+      curves[(arm, seed)] = [(r["step"], r["greedy_reward"])
+                             for r in train_rows if "greedy_reward" in r]
+      if task is None:
+        task = workdir_lib.load_run(wd)[1]
+      summary["vs_ce"] = statistics(task, out_dir, summary["runs"])
+      with open(summary_path, "w") as f:
+        json.dump(summary, f, indent=1)
+      with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(table(summary))
+      plot(curves, os.path.join(out_dir, "reward.png"))
+      print(f"{args.task} {arm} seed {seed}: test PER "
+            f"{100 * final['test']['per']:.2f} WER "
+            f"{100 * final['test']['wer']:.2f} ({wall:.0f} s)", flush=True)
+  print(table(summary))
+  return summary
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 MODE is `seq` (REINFORCE, one sequence reward per sample), `instant`
 (per-token rewards from the in-loop edit-distance rows, reward-to-go
 advantages), `ocd` (Optimal Completion Distillation on the model's own
-prefixes) or `grpo`. seq/instant/ocd use K samples per word with a
+prefixes), `mwer` (expected edit-distance risk over the beam's N-best,
+renormalised, mean-risk baseline; `,samples` for K samples instead) or
+`grpo`. seq/instant/ocd use K samples per word with a
 leave-one-out group baseline (`--config.rl.baseline=greedy` for SCST), an
 exact KL to the frozen CE model and CE mixing: loss = (1 - alpha) CE +
 alpha (RL + kl_weight KL), with alpha from the reward-adaptive controller.
@@ -26,16 +28,18 @@ Result reached: docs/instant_rewards.md (the comparison table).
 from ir_jax.config import sibling
 
 _g2p = sibling(__file__, "g2p.py")
+MODES = ("seq", "instant", "ocd", "mwer", "grpo")
 
 
 def get_config(arg=None):
   parts = [p for p in (arg or "").split(",") if p]
-  modes = [p for p in parts if p in ("seq", "instant", "ocd", "grpo")]
+  modes = [p for p in parts if p in MODES]
   if len(modes) != 1:
     raise ValueError("g2p_rl.py needs exactly one MODE of seq, instant, ocd, "
-                     "grpo "
+                     "mwer, grpo "
                      f"(got {arg!r}), e.g. experiments/g2p_rl.py:instant,tiny.")
-  c = _g2p.get_config(",".join(p for p in parts if p not in modes))
+  c = _g2p.get_config(",".join(p for p in parts
+                               if p not in modes and p != "samples"))
   c.rl.mode = modes[0]
   c.rl.num_samples = 4
   c.rl.temperature = 1.0
@@ -46,6 +50,8 @@ def get_config(arg=None):
   c.objective.alpha_min = 0.2
   c.objective.alpha_max = 0.8
   c.objective.alpha_rate = 0.002
+  if modes[0] == "mwer":
+    c.rl.candidates = "samples" if "samples" in parts else "beam"
   if modes[0] == "grpo":
     c.objective.alpha = 1.0
     c.objective.alpha_schedule = "constant"

@@ -170,9 +170,8 @@ def _generate(args) -> int:
       direction="charlm" if config.task == "charlm" else direction,
       mbr=args.mbr, seed=args.seed, beam=args.beam or 1,
       length_penalty=float(config.eval.length_penalty))
-  sep = "" if config.task != "g2p" or direction == "p2g" else " "
   for word, out in zip(words, outputs):
-    print(f"{word}\t{sep.join(out)}")
+    print(evaluate.output_line(word, out, config.task))
   return 0
 
 

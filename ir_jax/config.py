@@ -53,7 +53,8 @@ DIRECTIONS = ("g2p", "p2g")
 DTYPES = ("float32", "bfloat16")
 ALPHA_SCHEDULES = ("constant", "warmup", "adaptive")
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
-RL_MODES = ("", "seq", "instant", "ocd", "grpo")
+RL_MODES = ("", "seq", "instant", "ocd", "mwer", "grpo")
+CANDIDATES = ("samples", "beam")
 CREDITS = ("token", "sequence")
 AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 KL_ESTIMATORS = ("k3", "exact")
@@ -80,6 +81,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1024
   c.init_from = ""              # A workdir whose latest params start this run.
   c.max_nonfinite = 20          # Consecutive skipped steps before stopping.
+  # Log, at each log step, the exact edit-distance reward and exact-match
+  # rate of the model's greedy outputs on the step's batch (on device, in
+  # the jitted step: ir_jax.step.with_greedy_reward), whatever the objective.
+  c.log_greedy_reward = True
   # The model's vocab is padded to a multiple of this (ids past the task's
   # vocab never occur), so the vocab axis shards over any tensor size.
   c.vocab_multiple = 128
@@ -92,11 +97,16 @@ def default_config() -> ml_collections.ConfigDict:
       max_eval_items=512,
       # G2P: "g2p", "p2g" or "g2p,p2g" (multi-task); task tags in the
       # vocab and in the prompt slot(s) after BOS; number of prompt slots.
-      directions="g2p", tags=False, prompt_len=0))
+      directions="g2p", tags=False, prompt_len=0,
+      # G2P: k > 1 joins k words per item with "|" (longer outputs).
+      join_words=1))
   c.model = ml_collections.ConfigDict(dict(MODEL_FIELDS["transformer"]))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-3, warmup_steps=200, weight_decay=1e-4, grad_clip=1.0,
-      b2=0.98, label_smoothing=0.0))
+      b2=0.98, label_smoothing=0.0,
+      # "cosine": warm-up, then cosine decay to end_fraction x the peak;
+      # "constant": warm-up, then the peak (a branch point to fine-tune from).
+      schedule="cosine", end_fraction=0.01))
   c.objective = ml_collections.ConfigDict(dict(
       alpha=0.0, alpha_schedule="constant", alpha_warmup_steps=0,
       soft_ed_weight=1.0, cosine_weight=0.0, gamma=1.0,
@@ -106,7 +116,7 @@ def default_config() -> ml_collections.ConfigDict:
       # alpha_schedule="adaptive": the reward-driven controller.
       alpha_min=0.0, alpha_max=1.0, alpha_rate=0.002))
   # RL on the model's own samples (ir_jax.decode.sample_with_rewards):
-  # mode "" (off), "seq", "instant", "ocd" or "grpo"; alpha mixes CE
+  # mode "" (off), "seq", "instant", "ocd", "mwer" or "grpo"; alpha mixes CE
   # (1 - alpha). rewards: "name[:weight],..." of ir_jax.rewards' builtins
   # (edit_distance, exact_match, length_penalty, negative_edit_distance,
   # cosine) or a user's by import path (package.module.name).
@@ -121,7 +131,10 @@ def default_config() -> ml_collections.ConfigDict:
       # "sequence", KL to the reference (kl_weight = beta) by "k3" or "exact".
       epsilon=0.2, epsilon_high=0.0, inner_steps=1,
       loss_aggregation="sequence_mean", group_std=True, credit="token",
-      kl_estimator="k3"))
+      kl_estimator="k3",
+      # MWER (objectives.mwer_loss): the N-best list is the beam's
+      # num_samples best ("beam") or num_samples samples ("samples").
+      candidates="samples"))
   # Prompt optimisation on a frozen model (--config.init_from=WORKDIR):
   # mode "" (off), "soft" (P learned embeddings in the data.prompt_len
   # slots, trained with any objective above) or "search" (a discrete prompt
@@ -493,6 +506,8 @@ def validate(config: ml_collections.ConfigDict, *,
   if o.grad_clip <= 0:
     raise ValueError(f"config.optim.grad_clip must be > 0, got {o.grad_clip}.")
   _in_range("optim.b2", o.b2, 0.0, 1.0, low_open=True, high_open=True)
+  _one_of("optim.schedule", o.schedule, ("cosine", "constant"))
+  _in_range("optim.end_fraction", o.end_fraction, 0.0, 1.0)
   _in_range("optim.label_smoothing", o.label_smoothing, 0.0, 1.0,
             high_open=True)
 
@@ -520,11 +535,13 @@ def validate(config: ml_collections.ConfigDict, *,
   _at_least(c, ("rl.num_samples",), 1)
   _at_least(c, ("rl.top_k", "rl.kl_weight"), 0)
   _in_range("rl.top_p", rl.top_p, 0.0, 1.0, low_open=True)
-  if rl.mode and rl.temperature <= 0:
+  if rl.mode and rl.temperature <= 0 and not (
+      rl.mode == "mwer" and rl.candidates == "beam"):
     raise ValueError(f"config.rl.temperature must be > 0 for rl.mode="
                      f"{rl.mode!r} (0 is greedy: every sample would be the "
                      f"same), got {rl.temperature}.")
   _one_of("rl.credit", rl.credit, CREDITS)
+  _one_of("rl.candidates", rl.candidates, CANDIDATES)
   _one_of("rl.loss_aggregation", rl.loss_aggregation, AGGREGATIONS)
   _one_of("rl.kl_estimator", rl.kl_estimator, KL_ESTIMATORS)
   _at_least(c, ("rl.inner_steps",), 1)
@@ -534,6 +551,10 @@ def validate(config: ml_collections.ConfigDict, *,
                      f"got {rl.epsilon}.")
   if rl.mode:
     _check_rewards(rl.rewards)
+  if rl.mode == "mwer" and rl.num_samples < 2:
+    raise ValueError("config.rl.num_samples must be >= 2 for rl.mode='mwer' "
+                     "(the risk of a one-candidate list has no gradient), got "
+                     f"{rl.num_samples}.")
   if rl.mode == "grpo":
     if rl.num_samples < 2:
       raise ValueError("config.rl.num_samples must be >= 2 for rl.mode='grpo' "

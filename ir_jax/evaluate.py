@@ -7,6 +7,7 @@ divides by the first reference or averages per-word rates; both change the
 number, so the definition is fixed here.
 """
 
+import os
 import sys
 import time
 from typing import Any, Dict, List, Sequence, Tuple
@@ -191,15 +192,35 @@ def summary(record: Dict[str, Any]) -> str:
           f"{record['step']})")
 
 
+def output_line(key: str, symbols: Seq, task_name: str = "g2p") -> str:
+  """One output as `ir-jax generate` prints it: `source<TAB>symbols`, the
+  symbols space-separated (G2P, either direction) or joined (charlm; tabs
+  and newlines escaped, so that one line is one item)."""
+  sep = "" if task_name == "charlm" else " "
+  clean = lambda x: x.replace("\t", "\\t").replace("\n", "\\n")
+  return f"{clean(key)}\t{clean(sep.join(symbols))}"
+
+
+def read_outputs(path: str) -> Dict[str, Seq]:
+  """{source: output symbols} of an outputs file (`output_line` lines)."""
+  out = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      key, _, text = line.rstrip("\n").partition("\t")
+      out[key] = tuple(text.split())
+  return out
+
+
 def evaluate_and_log(model, params, task, splits: Sequence[str],
                      batch_size: int, step, writer, beam: int = 1,
-                     length_penalty: float = 0.0, **extra
-                     ) -> Dict[str, Dict[str, Any]]:
+                     length_penalty: float = 0.0, outputs_dir: str = "",
+                     **extra) -> Dict[str, Dict[str, Any]]:
   """Scores `splits` and writes one record each through `writer` (a
   `workdir.MetricWriter`): {step, split, per, wer, words, eval_seconds,
   **extra} (and `beam` when > 1), plus the first 8 outputs as TensorBoard
-  text; a summary line per split on stderr (process 0). Returns
-  {split: record}."""
+  text; a summary line per split on stderr (process 0). With `outputs_dir`
+  (process 0), every output goes to `<outputs_dir>/<split>.tsv`, one
+  `output_line` per item in the split's order. Returns {split: record}."""
   results = {}
   for split in splits:
     t0 = time.time()
@@ -220,5 +241,11 @@ def evaluate_and_log(model, params, task, splits: Sequence[str],
     writer.text(f"{split}/samples", sample.replace("\n", "  \n"), step)
     if jax.process_index() == 0:
       print(summary(record), file=sys.stderr)
+      if outputs_dir:
+        os.makedirs(outputs_dir, exist_ok=True)
+        with open(os.path.join(outputs_dir, f"{split}.tsv"), "w",
+                  encoding="utf-8") as f:
+          f.writelines(output_line(k, o, task.name) + "\n"
+                       for k, o in zip(data.keys, outputs))
     results[split] = record
   return results

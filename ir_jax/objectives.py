@@ -7,7 +7,7 @@ The fused objective (teacher forcing):
            + w_cos * cos(logits, target; E_frozen).
 
 The reward enters with a minus sign, so minimising the loss maximises it.
-RL objectives (`rl.mode`: seq, instant, ocd, grpo) score the model's own
+RL objectives (`rl.mode`: seq, instant, ocd, mwer, grpo) score the model's own
 samples with the rewards of `rl.rewards` (ir_jax.rewards' protocol),
 computed inside the sampling loop. `make_loss_fn(config, model)` is the one
 entry the train step uses for every mode but GRPO, whose rollout feeds
@@ -270,6 +270,9 @@ def make_loss_fn(config, model) -> LossFn:
     raise ValueError("rl.mode='grpo' updates several times per rollout: use "
                      "ir_jax.step.make_train_step (objectives.grpo_rollout "
                      "and grpo_update_loss).")
+  if config.rl.mode == "mwer":
+    return lambda params, batch, rng, **kw: mwer_loss(config, model, params,
+                                                     batch, rng, **kw)
   if config.rl.mode:
     return lambda params, batch, rng, **kw: rl_loss(config, model, params,
                                                    batch, rng, **kw)
@@ -322,11 +325,35 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
       batch["target"], batch["target_lengths"], rng, max_len=t,
       num_samples=num_samples, temperature=temperature, top_k=rl.top_k,
       top_p=rl.top_p, reward=instant)
-  tokens, lengths = out["tokens"], out["lengths"]
   target = jnp.repeat(batch["target"], num_samples, axis=0)
   m = jnp.repeat(batch["target_lengths"], num_samples)
-  terms = [rewards.term_returns(instant, out["reward_state"])]
-  token_rewards = out["rewards"]
+  return dict(_with_sequence_terms(
+      spec, instant, out["reward_state"], out["rewards"], out["tokens"],
+      out["lengths"], target, m, reward_embeddings), logprobs=out["logprobs"])
+
+
+def score_candidates(config, tokens: jax.Array, lengths: jax.Array,
+                     target: jax.Array, target_lengths: jax.Array,
+                     reward_embeddings=None) -> Dict[str, jax.Array]:
+  """`sample_and_score`'s scores for given candidates (a beam's N-best):
+  the instant terms replayed over the tokens (`rewards.score_sequences`),
+  the sequence terms on the finished outputs. Shapes as there, without
+  `logprobs`; target / target_lengths already repeated per candidate."""
+  spec = rewards.parse_rewards(config.rl.rewards)
+  instant = instant_reward_of(spec)
+  token_rewards, state = rewards.score_sequences(instant, tokens, lengths,
+                                                 target, target_lengths)
+  return _with_sequence_terms(spec, instant, state, token_rewards, tokens,
+                              lengths, target, target_lengths,
+                              reward_embeddings)
+
+
+def _with_sequence_terms(spec, instant, state, token_rewards, tokens, lengths,
+                         target, m, reward_embeddings):
+  """The scores dict from the instant terms' final state and per-token
+  rewards: the sequence terms credited to each output's last token."""
+  t = tokens.shape[1]
+  terms = [rewards.term_returns(instant, state)]
   last = jnp.arange(t)[None] == (lengths - 1)[:, None]
   for name, w in spec.sequence:
     value = rewards.resolve(name, reward_embeddings)(tokens, lengths, target,
@@ -336,7 +363,6 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
   return {"tokens": tokens, "lengths": lengths, "token_rewards": token_rewards,
           "returns": token_rewards.sum(-1),
           "terms": jnp.concatenate(terms, axis=-1),
-          "logprobs": out["logprobs"],
           "edit_distance": rewards.levenshtein(tokens, target,
                                                pred_lengths=lengths,
                                                target_lengths=m),
@@ -428,6 +454,101 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
   ce = _ce_term(config, model, params, batch, alpha)
   loss = (1.0 - alpha) * ce + alpha * (rl_term + rl.kl_weight * kl)
   metrics = {"ce": ce, "rl_loss": rl_term, "kl": kl, "alpha": alpha,
+             **reward_metrics(config, scored)}
+  return loss, metrics
+
+
+# ------------------------------------------------------------------ MWER
+#
+# Minimum word error rate training (Prabhavalkar et al. 2018; MRT, Shen et
+# al. 2016): the expected risk over each prompt's N-best list under the
+# model's probabilities renormalised over that list, mixed with CE.
+
+
+def first_occurrence(tokens: jax.Array) -> jax.Array:
+  """bool[B, K]: candidate k of tokens int32[B, K, T] is not a repeat of an
+  earlier one of its row (PAD after each end, so equal outputs compare
+  equal)."""
+  k = tokens.shape[1]
+  same = jnp.all(tokens[:, :, None] == tokens[:, None], axis=-1)  # [B, K, K]
+  earlier = jnp.tril(jnp.ones((k, k), bool), -1)
+  return ~jnp.any(same & earlier[None], axis=-1)
+
+
+def expected_risk(seq_logprobs: jax.Array, risks: jax.Array,
+                  valid: jax.Array) -> jax.Array:
+  """MWER's loss: mean over prompts of sum_k p_k (risk_k - mean risk).
+
+  seq_logprobs float32[B, K]: log p(y_k | x); risks float32[B, K]
+  (constants); valid bool[B, K]: the candidates in the list (repeats and
+  empty beam slots out). p_k = softmax over the valid k of log p (the
+  N-best renormalised). The mean-risk baseline changes the value, not the
+  gradient: d loss / d log p_k = p_k (risk_k - sum_j p_j risk_j) / B.
+  """
+  risks = jax.lax.stop_gradient(risks.astype(jnp.float32))
+  logits = jnp.where(valid, seq_logprobs.astype(jnp.float32), -1e30)
+  p = jax.nn.softmax(logits, axis=-1)
+  count = jnp.maximum(valid.sum(-1, keepdims=True), 1)
+  mean = jnp.sum(jnp.where(valid, risks, 0.0), -1, keepdims=True) / count
+  return jnp.mean(jnp.sum(jnp.where(valid, p * (risks - mean), 0.0), -1))
+
+
+def sequence_logprobs(model, params, samples, rng=None):
+  """(float32[B]: log p(y | x) of whole outputs, PAD excluded as the
+  sampler and the beam exclude it; the teacher-forced logits)."""
+  logp, logits = policy_logprobs(model, params, samples, 1.0, rng)
+  mask = token_mask(samples["target_lengths"], logp.shape[1])
+  return jnp.sum(jnp.where(mask, logp, 0.0), -1), logits
+
+
+def mwer_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
+              ref_params=None) -> Tuple[jax.Array, Metrics]:
+  """`(1 - alpha) CE + alpha (expected risk + kl_weight KL)`, `rl.mode="mwer"`.
+
+  The N-best list per prompt is `rl.num_samples` = K candidates:
+  `rl.candidates="beam"`, the beam's K best (`decode.beam_search`), or
+  "samples", K samples at `rl.temperature` (repeats count once). Each
+  candidate's risk is minus its `rl.rewards` return (by default the
+  normalised edit distance ED / |target|; `exact_match` gives the 0/1
+  word error), scored on device. Metrics: ce, mwer, kl, alpha,
+  nbest_unique, and `reward_metrics` over the list.
+  """
+  rl = config.rl
+  k = rl.num_samples
+  sample_rng, dropout_rng = jax.random.split(rng)
+  use_dropout = float(config.model.get("dropout", 0.0)) > 0
+  b, t = batch["target"].shape
+  if rl.candidates == "beam":
+    nbest = decode.beam_search(
+        model, {"params": jax.lax.stop_gradient(params)}, batch["source"],
+        max_len=t, beam=k)
+    scored = score_candidates(
+        config, nbest["tokens"].reshape(b * k, t),
+        nbest["lengths"].reshape(b * k),
+        jnp.repeat(batch["target"], k, axis=0),
+        jnp.repeat(batch["target_lengths"], k), reward_embeddings)
+    valid = nbest["scores"] > -1e29
+  else:
+    scored = sample_and_score(config, model, params, batch, sample_rng,
+                              num_samples=k, temperature=rl.temperature,
+                              reward_embeddings=reward_embeddings)
+    valid = jnp.ones((b, k), bool)
+  tokens, lengths = scored["tokens"], scored["lengths"]
+  valid = valid & first_occurrence(tokens.reshape(b, k, t))
+  samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+             "target": tokens, "target_lengths": lengths}
+  seq_logp, logits = sequence_logprobs(
+      model, params, samples, dropout_rng if use_dropout else None)
+  risk = expected_risk(seq_logp.reshape(b, k),
+                       -scored["returns"].reshape(b, k), valid)
+  kl = jnp.zeros(())
+  if rl.kl_weight:
+    ref_logits = models.target_logits(model, ref_params, samples)
+    kl = kl_to_reference(logits, ref_logits, lengths)
+  ce = _ce_term(config, model, params, batch, alpha)
+  loss = (1.0 - alpha) * ce + alpha * (risk + rl.kl_weight * kl)
+  metrics = {"ce": ce, "mwer": risk, "kl": kl, "alpha": alpha,
+             "nbest_unique": valid.sum(-1).mean(),
              **reward_metrics(config, scored)}
   return loss, metrics
 

@@ -44,13 +44,28 @@ def make_model(config, task) -> nn.Module:
   return models.build(model_config, vocab)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW on a warm-up + cosine schedule (to 1% of the peak), clipped by
-  global norm. A soft prompt run gives only the prompt optimizer state."""
+def learning_rate_schedule(config) -> optax.Schedule:
+  """step -> learning rate: linear warm-up from 0 over `optim.warmup_steps`
+  (at least 1), then cosine decay to `optim.end_fraction` x the peak at
+  `total_steps`, or (`optim.schedule="constant"`) the peak from then on."""
   o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.learning_rate, max(1, min(o.warmup_steps, config.total_steps - 1)),
-      config.total_steps, end_value=o.learning_rate * 0.01)
+  warmup = max(1, min(o.warmup_steps, config.total_steps - 1))
+  if o.get("schedule", "cosine") == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, warmup),
+         optax.constant_schedule(o.learning_rate)], [warmup])
+  return optax.warmup_cosine_decay_schedule(
+      0.0, o.learning_rate, warmup, config.total_steps,
+      end_value=o.learning_rate * o.get("end_fraction", 0.01))
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW on a warm-up + cosine schedule (to `optim.end_fraction` of the
+  peak; `optim.schedule="constant"` holds the peak after the warm-up),
+  clipped by global norm. A soft prompt run gives only the prompt optimizer
+  state."""
+  o = config.optim
+  schedule = learning_rate_schedule(config)
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                    optax.adamw(schedule, b2=o.b2, weight_decay=o.weight_decay))
   if config.get("prompt") and config.prompt.mode == "soft":

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ir_jax import objectives, parallel
+from ir_jax import decode, objectives, parallel, rewards
 from ir_jax.state import TrainState
 
 
@@ -68,8 +68,50 @@ def make_train_step(config, model, tx):
     argument, not state: it never changes and is never checkpointed twice.
   * `rl.mode="grpo"`: see `make_grpo_step`.
   """
-  if config.rl.mode == "grpo":
-    return make_grpo_step(config, model, tx)
+  step = (make_grpo_step if config.rl.mode == "grpo" else _make_step)(
+      config, model, tx)
+  if not config.log_greedy_reward:
+    return step
+  return with_greedy_reward(step, model, config.log_every, config.total_steps)
+
+
+GREEDY_METRICS = ("greedy_reward", "greedy_exact_match")
+
+
+def greedy_reward(model, params, batch) -> Dict[str, jax.Array]:
+  """The exact edit-distance reward of the model's greedy outputs on a
+  batch, on device: greedy_reward = mean of -ED(y, target) / |target| (EOS
+  not counted, as the `edit_distance` reward) and greedy_exact_match =
+  mean of [ED = 0], the word accuracy."""
+  t = batch["target"].shape[1]
+  tokens, lengths = decode.generate(
+      model, {"params": jax.lax.stop_gradient(params)}, batch["source"],
+      max_len=t)
+  m = batch["target_lengths"]
+  ed = rewards.levenshtein(tokens, batch["target"], pred_lengths=lengths,
+                           target_lengths=m).astype(jnp.float32)
+  return {"greedy_reward": jnp.mean(-ed / jnp.maximum(m - 1, 1)),
+          "greedy_exact_match": jnp.mean((ed == 0).astype(jnp.float32))}
+
+
+def with_greedy_reward(step, model, log_every: int, total_steps: int):
+  """`step` that also returns `greedy_reward(model, params, batch)` of the
+  updated params, computed (under `lax.cond`) only on the steps the loop
+  logs, and zeros on the others: the reward curve of every run, whatever
+  its objective (`ir-jax plot`'s reward.png, TensorBoard)."""
+  def wrapped(state, batch, ref_params=None):
+    state, metrics = step(state, batch, ref_params)
+    logged = (state.step % log_every == 0) | (state.step == total_steps)
+    zeros = {k: jnp.zeros((), jnp.float32) for k in GREEDY_METRICS}
+    greedy = jax.lax.cond(logged,
+                          lambda p: greedy_reward(model, p, batch),
+                          lambda p: zeros, state.params)
+    return state, dict(metrics, **greedy)
+  return wrapped
+
+
+def _make_step(config, model, tx):
+  """The train step of every objective but GRPO."""
   obj, rl = config.objective, config.rl
   adaptive = obj.alpha_schedule == "adaptive"
   alpha_of = make_alpha_fn(obj)

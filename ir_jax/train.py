@@ -109,14 +109,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           pending.append(metrics)
           bar.update(1)
           if step % config.log_every == 0 or step == config.total_steps:
-            means = jax.tree.map(lambda *x: float(np.mean(x)),
-                                 *jax.device_get(pending))
+            pending = jax.device_get(pending)
+            means = jax.tree.map(lambda *x: float(np.mean(x)), *pending)
+            for k in step_lib.GREEDY_METRICS:  # Computed on this step only.
+              if k in pending[-1]:
+                means[k] = float(pending[-1][k])
             means["skipped_nonfinite"] = int(state.skipped)
             means["steps_per_sec"] = len(pending) / max(time.time() - t_log,
                                                         1e-9)
             writer.write({"step": step, **means})
             bar.set_postfix(loss=f"{means['loss']:.3f}",
-                            reward=f"{means['reward']:.3f}")
+                            reward=f"{means['reward']:.3f}",
+                            **({"greedy": f"{means['greedy_reward']:.3f}"}
+                               if "greedy_reward" in means else {}))
             pending, t_log = [], time.time()
             _check_finite(state, step, config)
           if preemption.requested:
@@ -135,10 +140,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       bar.close()  # Saves have finished: each one waits for itself.
 
     # --------------------------------------------------------- Final eval
-    results = evaluate.evaluate_and_log(model, state.params, task,
-                                        tuple(task.eval_sets),
-                                        config.eval_batch_size, step, writer,
-                                        **_decoding(config))
+    results = evaluate.evaluate_and_log(
+        model, state.params, task, tuple(task.eval_sets),
+        config.eval_batch_size, step, writer,
+        outputs_dir=os.path.join(workdir, "outputs"), **_decoding(config))
     if soft_prompt and lead:
       _save_soft_prompt(config, workdir, state.params, step)
     writer.close()

@@ -49,3 +49,22 @@ def test_soft_prompt_has_the_only_optimizer_state():
   moments = [x.shape for x in jax.tree.leaves(state.opt_state)
              if len(x.shape) == 2]
   assert moments == [state.params["prompt"].shape] * 2   # Adam mu, nu.
+
+
+def test_learning_rate_schedules():
+  from helpers import tiny
+  c = tiny(**{"total_steps": 100, "optim.warmup_steps": 10,
+              "optim.learning_rate": 1e-2})
+  cosine = state_lib.learning_rate_schedule(c)
+  assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(1e-2)
+  assert float(cosine(100)) == pytest.approx(1e-4)      # end_fraction 0.01.
+  c.optim.schedule = "constant"
+  constant = state_lib.learning_rate_schedule(c)
+  assert float(constant(5)) == pytest.approx(5e-3)
+  assert [float(constant(s)) for s in (10, 50, 100, 1000)] == \
+      pytest.approx([1e-2] * 4)
+  # The protocol's arms: no warm-up (one step), decay from the peak.
+  c.optim.update(schedule="cosine", warmup_steps=0, end_fraction=0.5)
+  arm = state_lib.learning_rate_schedule(c)
+  assert float(arm(1)) == pytest.approx(1e-2)
+  assert float(arm(100)) == pytest.approx(5e-3)

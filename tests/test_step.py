@@ -196,3 +196,46 @@ def test_grpo_trains_both_model_kinds(variant):
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
                        state.params, start.params)
   assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def _ed(a, b):
+  d = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    prev, d[0] = d[0], i
+    for j, y in enumerate(b, 1):
+      prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
+  return d[-1]
+
+
+def test_every_objective_logs_the_greedy_reward_of_its_batch(tmp_path):
+  """The step returns the greedy outputs' exact reward on log steps (equal
+  to a plain-Python edit distance of `decode.generate`'s outputs) and zeros
+  on the others; the loop writes it on every log line."""
+  from ir_jax import decode
+  c = tiny()
+  c.log_every = 2
+  task, model, tx, _, _ = state_lib.setup(c)
+  batch = {k: jnp.asarray(v[:c.batch_size]) for k, v in task.train.items()}
+  train_step = jax.jit(step_lib.make_train_step(c, model, tx))
+  state, metrics = train_step(state_lib.init_state(c, model, tx, task), batch)
+  assert float(metrics["greedy_reward"]) == 0.0  # Step 1: not logged.
+  state, metrics = train_step(state, batch)
+  tokens, lengths = decode.generate(model, {"params": state.params},
+                                    batch["source"],
+                                    max_len=batch["target"].shape[1])
+  eds, acc = [], []
+  for y, n, t, m in zip(np.asarray(tokens), np.asarray(lengths),
+                        np.asarray(batch["target"]),
+                        np.asarray(batch["target_lengths"])):
+    ed = _ed(list(y[:n]), list(t[:m]))
+    eds.append(-ed / max(m - 1, 1))
+    acc.append(ed == 0)
+  np.testing.assert_allclose(float(metrics["greedy_reward"]), np.mean(eds),
+                             rtol=1e-5)
+  assert float(metrics["greedy_exact_match"]) == pytest.approx(np.mean(acc))
+  assert float(metrics["greedy_reward"]) < 0  # An untrained model errs.
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  rows = [r for r in read(tmp_path / "run" / "metrics.jsonl")
+          if "split" not in r]
+  assert rows and all(r["greedy_reward"] < 0 for r in rows)
+  assert all(0 <= r["greedy_exact_match"] <= 1 for r in rows)

@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator)
 
-from ir_jax import cli
+from ir_jax import cli, evaluate
 from ir_jax import config as config_lib
 from ir_jax import train
 from ir_jax import workdir as workdir_lib
@@ -61,6 +61,16 @@ def test_cli_train_eval_generate_plot(tmp_path, capsys):
   assert cli.main(["eval", "--workdir", wd, "--split", "dev"]) == 0
   assert "dev: PER" in capsys.readouterr().out
   assert read(os.path.join(wd, "metrics.jsonl"))[-1]["split"] == "dev"
+
+  # The final eval's outputs, one `ir-jax generate` line per item.
+  task = tasks.build(config_lib.from_json(os.path.join(wd, "config.json")))
+  for split in ("dev", "test"):
+    saved = evaluate.read_outputs(os.path.join(wd, "outputs", f"{split}.tsv"))
+    assert list(saved) == task.eval_sets[split].keys
+    rates = evaluate.error_rates([saved[k] for k in saved],
+                                 task.eval_sets[split].references)
+    final = [r for r in evals if r["split"] == split][-1]
+    assert rates["per"] == pytest.approx(final["per"])
 
   assert cli.main(["generate", "--workdir", wd, "hello", "world"]) == 0
   lines = capsys.readouterr().out.strip().split("\n")

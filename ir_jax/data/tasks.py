@@ -75,13 +75,53 @@ def _arrays(vocab, pairs, source_len, target_len, prompt=()):
 
 
 DIRECTIONS = ("g2p", "p2g")
+WORD_SEPARATOR = "|"          # Between joined words, on both sides.
+MAX_JOINED_REFERENCES = 16
+
+
+def join_words(lexicon: Dict[str, Dict[str, list]], k: int, seed: int = 0
+               ) -> Dict[str, Dict[str, list]]:
+  """A lexicon of k-word items (`data.join_words`): longer outputs, where
+  exposure bias is largest.
+
+  Each split's entries are shuffled (seeded, so every run sees the same
+  items) and taken k at a time; a leftover shorter group is dropped. An
+  item's spelling and pronunciations join its words' with
+  `WORD_SEPARATOR`. Train: every (word, pronunciation) pair occurs once,
+  so an item has one pronunciation. Dev/test: every word once, and the
+  references are the products of the words' pronunciations (at most
+  `MAX_JOINED_REFERENCES`, in order), so a word with variants is right
+  under any of them.
+  """
+  if k < 2:
+    return lexicon
+  rng = np.random.default_rng(seed)
+  out = {}
+  for split, entries in lexicon.items():
+    if split == "train":
+      units = [(w, [p]) for w in sorted(entries) for p in entries[w]]
+    else:
+      units = [(w, entries[w]) for w in sorted(entries)]
+    order = rng.permutation(len(units))
+    joined = {}
+    for g in range(len(units) // k):
+      group = [units[i] for i in order[g * k:(g + 1) * k]]
+      word = WORD_SEPARATOR.join(w for w, _ in group)
+      prons = [()]
+      for _, variants in group:
+        prons = [a + ((WORD_SEPARATOR,) if a else ()) + tuple(v)
+                 for a in prons for v in variants][:MAX_JOINED_REFERENCES]
+      joined[word] = prons
+    out[split] = joined
+  return out
+
 TAGS = {"g2p": "<g2p>", "p2g": "<p2g>"}
 
 
 def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
         max_train_words: Optional[int] = None, max_eval_words: Optional[int] = None,
         path: Optional[str] = None, directions: Sequence[str] = ("g2p",),
-        tags: bool = False, prompt_len: int = 0) -> Task:
+        tags: bool = False, prompt_len: int = 0, join_words: int = 1) -> Task:
   """Letters -> phonemes (and/or phonemes -> letters) on CMUdict.
 
   Split cmudict-hash-v1. Every training pronunciation is an example. Words
@@ -98,6 +138,9 @@ def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
   prompt_len: number of prompt slots after BOS (default 1 with tags, else 0);
     slots hold the direction's tag (or UNK without tags); soft prompts
     overwrite their embeddings, discrete prompts their ids.
+  join_words: k > 1 makes every item k words joined by `WORD_SEPARATOR`
+    (`join_words` above; ~25+ output symbols for k = 3-4); WER is then the
+    item error rate (all k words right).
   """
   directions = tuple(directions)
   if not directions or any(d not in DIRECTIONS for d in directions):
@@ -105,6 +148,7 @@ def g2p(source_len: int = 24, target_len: int = 24, stress: bool = False,
                      f"{DIRECTIONS}, got {directions}.")
   prompt_len = max(int(prompt_len), 1 if tags else 0)
   lexicon, skipped = cmudict.load(stress=stress, path=path)
+  lexicon = globals()["join_words"](lexicon, int(join_words))
   report = collections.Counter({f"cmudict_{k}": v for k, v in skipped.items()})
   letters = {c for w in lexicon["train"] for c in w}
   phones = {p for prons in lexicon["train"].values() for pr in prons for p in pr}
@@ -238,7 +282,8 @@ def build(config) -> Task:
     return g2p(d.source_len, d.target_len, d.stress,
                d.get("max_train_words") or None, d.get("max_eval_words") or None,
                directions=directions, tags=bool(d.get("tags", False)),
-               prompt_len=int(d.get("prompt_len", 0)))
+               prompt_len=int(d.get("prompt_len", 0)),
+               join_words=int(d.get("join_words", 1)))
   if config.task == "charlm":
     return charlm(tuple(d.get("paths") or ()), d.context, d.continuation,
                   d.stride, d.get("max_eval_items") or None)

@@ -16,15 +16,16 @@ from ir_jax.rewards.protocol import (InstantReward, RewardSpec,
                                      edit_distance_reward, exact_match,
                                      host_reward, length_penalty,
                                      negative_edit_distance, parse_rewards,
-                                     resolve, term_names, term_returns,
-                                     weighted)
+                                     resolve, score_sequences, term_names,
+                                     term_returns, weighted)
 from ir_jax.rewards.soft import (soft_alignment, soft_edit_distance,
                                  soft_edit_distance_from_logits)
 
 __all__ = [
     "InstantReward", "RewardSpec", "cosine_similarity", "edit_distance_of",
     "edit_distance_reward", "exact_match", "host_reward", "length_penalty",
-    "negative_edit_distance", "parse_rewards", "resolve", "term_names",
+    "negative_edit_distance", "parse_rewards", "resolve", "score_sequences",
+    "term_names",
     "term_returns", "weighted",
     "cosine_reward", "cosine_reward_per_position", "edit_row_init",
     "edit_row_step", "instant_rewards", "levenshtein", "lowering_for",

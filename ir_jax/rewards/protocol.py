@@ -258,6 +258,33 @@ def term_returns(reward: InstantReward, state) -> jax.Array:
   return state["totals"] + jnp.stack(finishes, -1)
 
 
+def score_sequences(reward: InstantReward, tokens: jax.Array,
+                    lengths: jax.Array, target: jax.Array,
+                    target_lengths: jax.Array) -> Tuple[jax.Array, State]:
+  """An instant reward replayed over finished sequences (beam outputs, a
+  data set's outputs): what `decode.sample_with_rewards` would have given
+  these tokens had it sampled them.
+
+  tokens: int32[B, T] (anything past `lengths` is ignored); lengths:
+  int32[B] (EOS included, or T); target / target_lengths: as `init`.
+  Returns (rewards float32[B, T], 0 past the length, `finish` added at the
+  last token; the reward's state after each sequence's last token).
+  """
+  state = reward.init(target, target_lengths)
+
+  def step(state, t):
+    done = t >= lengths
+    new_state, r = reward.step(state, tokens[:, t], t)
+    r = r + jnp.where(t == lengths - 1, reward.finish(new_state), 0.0)
+    state = jax.tree.map(
+        lambda a, b: jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)),
+                               b, a), new_state, state)
+    return state, jnp.where(done, 0.0, r).astype(jnp.float32)
+
+  state, r = jax.lax.scan(step, state, jnp.arange(tokens.shape[1]))
+  return r.T, state
+
+
 # ------------------------------------------------------ config strings
 
 

@@ -118,6 +118,13 @@ def test_in_loop_user_reward_matches_a_replay_of_the_samples():
   tgt, mm = jnp.repeat(target, 3, axis=0), jnp.repeat(m, 3)
   replay, _ = scan_reward(combo, out["tokens"], out["lengths"], tgt, mm)
   np.testing.assert_allclose(out["rewards"], replay, rtol=1e-6)
+  # The library's replay (beam lists are scored with it) agrees too.
+  scored, state = rewards.score_sequences(combo, out["tokens"], out["lengths"],
+                                          tgt, mm)
+  np.testing.assert_allclose(out["rewards"], scored, rtol=1e-6)
+  np.testing.assert_allclose(rewards.term_returns(combo, state),
+                             rewards.term_returns(combo, out["reward_state"]),
+                             rtol=1e-6)
   totals = rewards.term_returns(combo, out["reward_state"])
   np.testing.assert_allclose(totals.sum(1), np.asarray(out["rewards"]).sum(1),
                              rtol=1e-6)

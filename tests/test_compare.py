@@ -1,0 +1,59 @@
+"""experiments/compare.py end to end on the tiny config: branch point,
+arms, seeds, the results files of #15 and their statistics."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+
+@pytest.mark.slow
+def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
+  import compare
+  from ir_jax import evaluate, workdir
+  out = tmp_path / "out"
+  summary = compare.main(["--task", "g2p", "--tiny", "--arms",
+                          "ce,mwer,instant", "--seeds", "0,1", "--runs",
+                          str(tmp_path / "runs"), "--out", str(out)])
+  disk = json.load(open(out / "g2p" / "summary.json"))
+  assert disk["runs"] == json.loads(json.dumps(summary["runs"]))
+  assert {(r["arm"], r["seed"]) for r in disk["runs"]} == {
+      (a, s) for a in ("ce", "mwer", "instant") for s in (0, 1)}
+  for r in disk["runs"]:
+    assert set(r) == {"arm", "seed", "test_per", "test_wer", "dev_per",
+                      "dev_wer", "steps", "wall_s"}
+    assert 0 <= r["test_wer"] <= 1 and r["steps"] == 4
+  task = workdir.load_run(str(tmp_path / "runs" / "g2p" / "ce" / "seed0"))[1]
+  test = task.eval_sets["test"]
+  for r in disk["runs"]:
+    path = out / "g2p" / r["arm"] / f"seed{r['seed']}" / "test.tsv"
+    lines = path.read_text().splitlines()
+    assert [l.split("\t")[0] for l in lines] == test.keys
+    outputs = evaluate.read_outputs(str(path))
+    rates = evaluate.error_rates([outputs[k] for k in test.keys],
+                                 test.references)
+    assert rates["per"] == pytest.approx(r["test_per"])
+  for arm in ("mwer", "instant"):
+    v = disk["vs_ce"][arm]
+    assert {"delta_per", "ci95", "p_value", "mcnemar_p"} <= set(v)
+    assert v["ci95"][0] <= v["delta_per"] <= v["ci95"][1]
+    assert 0 < v["p_value"] <= 1 and 0 < v["mcnemar_p"] <= 1
+    mean_delta = np.mean([s["delta_per"] for s in v["per_seed"]])
+    assert abs(mean_delta - v["delta_per"]) < 0.5  # Pooled ~ mean of seeds.
+  b = disk["branch"]
+  assert 0 <= b["oracle_test_wer"] <= b["test_wer"] <= 1
+  assert (out / "g2p" / "summary.md").read_text().startswith("| arm |")
+  assert os.path.getsize(out / "g2p" / "reward.png") > 1000
+  # A rerun finds every run finished and trains nothing.
+  again = compare.main(["--task", "g2p", "--tiny", "--arms", "ce,mwer",
+                        "--seeds", "0", "--runs", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "out2")])
+  assert [r["wall_s"] for r in again["runs"]] == [
+      r["wall_s"] for r in disk["runs"] if r["seed"] == 0 and r["arm"] in
+      ("ce", "mwer")]
