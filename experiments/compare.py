@@ -54,7 +54,7 @@ sys.path.insert(0, ROOT)
 from ir_jax import config as config_lib  # noqa: E402
 from ir_jax import decode, evaluate, train, workdir as workdir_lib  # noqa: E402
 
-ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer")
+ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall")
 RL_ARMS = ("seq", "instant", "ocd", "mwer")
 # Task name -> config overrides on experiments/g2p.py.
 TASKS = {
@@ -93,7 +93,7 @@ def branch_config(task, args):
 def arm_config(task, arm, seed, branch, args):
   """The arm's objective on the protocol's remaining schedule."""
   tiny = ",tiny" if args.tiny else ""
-  if arm in ("ce", "fused"):
+  if arm in ("ce", "fused", "ce_wall"):
     variants = ["fused"] * (arm == "fused") + ["tiny"] * args.tiny
     c = config_lib.load(os.path.join(EXPERIMENTS, "g2p.py") +
                         (":" + ",".join(variants) if variants else ""))
@@ -109,15 +109,16 @@ def arm_config(task, arm, seed, branch, args):
   _override(c, TASKS[task])
   c.seed = seed
   c.init_from = branch
-  c.total_steps = args.steps
+  # ce_wall: CE for --wall_factor x the steps, about an RL arm's seconds.
+  c.total_steps = args.steps * (args.wall_factor if arm == "ce_wall" else 1)
   c.batch_size = args.batch
   c.optim.learning_rate = args.lr
   c.optim.warmup_steps = 0
   c.optim.schedule = "cosine"
   c.optim.end_fraction = 0.01
-  c.log_every = max(1, args.steps // 15)
-  c.eval_every = 10 * args.steps
-  c.checkpoint_every = args.steps
+  c.log_every = max(1, c.total_steps // 15)
+  c.eval_every = 10 * c.total_steps
+  c.checkpoint_every = c.total_steps
   return c
 
 
@@ -187,27 +188,29 @@ def _errors(task, split, path):
                               data.references)
 
 
-def statistics(task, out_dir, runs):
-  """Per arm vs ce, pooled over the seeds both have: PER delta with its
-  bootstrap CI and p, McNemar p of WER, per seed deltas, per bucket."""
+def statistics(task, out_dir, runs, reference="ce"):
+  """Per arm vs `reference`, pooled over the seeds both have: PER delta
+  with its bootstrap CI and p, McNemar p of WER, per seed deltas, per
+  bucket."""
   scored = {}
   for r in runs:
     path = os.path.join(out_dir, r["arm"], f"seed{r['seed']}", "test.tsv")
     scored[(r["arm"], r["seed"])] = _errors(task, "test", path)
   vs = {}
-  for arm in sorted({a for a, _ in scored} - {"ce"}):
-    seeds = sorted(s for a, s in scored if a == arm and ("ce", s) in scored)
+  for arm in sorted({a for a, _ in scored} - {reference}):
+    seeds = sorted(s for a, s in scored if a == arm and (reference, s) in
+                   scored)
     if not seeds:
       continue
     ea = np.concatenate([scored[(arm, s)][0] for s in seeds])
-    eb = np.concatenate([scored[("ce", s)][0] for s in seeds])
+    eb = np.concatenate([scored[(reference, s)][0] for s in seeds])
     n = np.concatenate([scored[(arm, s)][1] for s in seeds])
     boot = evaluate.paired_bootstrap(ea, eb, n)
     mc = evaluate.mcnemar(ea == 0, eb == 0)
     per_seed = []
     for s in seeds:
       a, length = scored[(arm, s)]
-      b = scored[("ce", s)][0]
+      b = scored[(reference, s)][0]
       per_seed.append({"seed": s, "delta_per": float(
           (a.sum() - b.sum()) / length.sum()),
           "delta_wer": float(np.mean(a > 0) - np.mean(b > 0))})
@@ -260,6 +263,16 @@ def table(summary):
                 f"{ms([r['dev_per'] for r in rs])} | "
                 f"{ms([r['dev_wer'] for r in rs])} | {cmp} "
                 f"{np.mean([r['wall_s'] for r in rs]):.0f} |")
+  wall = summary.get("vs_ce_wall", {})
+  if wall:
+    rows += ["", "Against `ce_wall` (CE at about an RL arm's wall-clock):", "",
+             "| arm | dPER vs ce_wall (95% CI), points | p PER | dWER, points "
+             "| p WER (McNemar) |", "|---|---|---|---|---|"]
+    for arm, v in wall.items():
+      rows.append(f"| {arm} | {100 * v['delta_per']:+.2f} "
+                  f"({100 * v['ci95'][0]:+.2f}, {100 * v['ci95'][1]:+.2f}) | "
+                  f"{v['p_value']:.3g} | {100 * v['delta_wer']:+.2f} | "
+                  f"{v['mcnemar_p']:.3g} |")
   lines = ["\n".join(rows), "", "Per reference-length bucket (test, pooled "
            "seeds), dPER points (p) / dWER points (p):", "",
            "| arm | " + " | ".join(n for n, _, _ in BUCKETS) + " |",
@@ -299,13 +312,17 @@ def plot(curves, path):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--task", choices=sorted(TASKS), default="g2p")
-  p.add_argument("--arms", default=",".join(ARMS))
+  p.add_argument("--arms", default=",".join(ARMS[:-1]),
+                 help=f"of {ARMS}; ce_wall is CE at about an RL arm's "
+                 "wall-clock")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--branch_steps", type=int, default=1000)
   p.add_argument("--branch_batch", type=int, default=256)
   p.add_argument("--steps", type=int, default=150)
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--samples", type=int, default=4, help="K of the RL arms")
+  p.add_argument("--wall_factor", type=int, default=4,
+                 help="ce_wall trains this many x --steps")
   p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--tiny", action="store_true", help="seconds, for tests")
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "evidence"))
@@ -336,7 +353,8 @@ def main(argv=None):
   summary = {
       "task": args.task,
       "protocol": {k: getattr(args, k) for k in (
-          "branch_steps", "branch_batch", "steps", "batch", "samples", "lr")},
+          "branch_steps", "branch_batch", "steps", "batch", "samples", "lr",
+          "wall_factor")},
       "branch": {"steps": bc.total_steps, "wall_s": wall,
                  "test_per": final["test"]["per"],
                  "test_wer": final["test"]["wer"],
@@ -367,6 +385,9 @@ def main(argv=None):
       if task is None:
         task = workdir_lib.load_run(wd)[1]
       summary["vs_ce"] = statistics(task, out_dir, summary["runs"])
+      if any(r["arm"] == "ce_wall" for r in summary["runs"]):
+        summary["vs_ce_wall"] = statistics(task, out_dir, summary["runs"],
+                                           "ce_wall")
       with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1)
       with open(os.path.join(out_dir, "summary.md"), "w") as f:
