@@ -31,6 +31,9 @@ def pod_config(*, topology, chips, mesh, batch_size, embed_dim, num_layers,
   c.optim.warmup_steps = 2000
   c.log_every, c.eval_every, c.checkpoint_every = 100, 5000, 2000
   c.eval_batch_size = 4096
+  # The log-step greedy decode (step.with_greedy_reward) would add its KV
+  # cache to the step's HBM; the compile table (docs/scaling.md) is without.
+  c.log_greedy_reward = False
   c.topology = topology  # Read by `ir-jax compile`, not by training.
   c.chips = chips
   return c
