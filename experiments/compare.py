@@ -130,16 +130,23 @@ def _records(wd):
     return [json.loads(line) for line in f if line.strip()]
 
 
+def finished(config, wd) -> bool:
+  """A finished run of `config` is in `wd` (final dev/test records and the
+  outputs files)."""
+  final = {r["split"] for r in _records(wd) if "split" in r
+           and r["step"] == config.total_steps}
+  return {"dev", "test"} <= final and os.path.exists(
+      os.path.join(wd, "outputs", "test.tsv"))
+
+
 def run(config, wd):
   """Trains `config` in `wd` unless a finished run is there: (final eval
   records by split, training records, wall seconds)."""
   records = _records(wd)
   final = {r["split"]: r for r in records if "split" in r
            and r["step"] == config.total_steps}
-  done = {"dev", "test"} <= set(final) and os.path.exists(
-      os.path.join(wd, "outputs", "test.tsv"))
   wall = None
-  if not done:
+  if not finished(config, wd):
     t0 = time.time()
     results = train.train_and_evaluate(config, wd)
     if "preempted_at" in results:
@@ -368,6 +375,7 @@ def main(argv=None):
     for arm in arms:
       wd = os.path.join(runs_dir, arm, f"seed{seed}")
       c = arm_config(args.task, arm, seed, branch_wd, args)
+      fresh = not finished(c, wd)
       final, train_rows, wall = run(c, wd)
       dest = os.path.join(out_dir, arm, f"seed{seed}")
       os.makedirs(dest, exist_ok=True)
@@ -384,6 +392,8 @@ def main(argv=None):
                              for r in train_rows if "greedy_reward" in r]
       if task is None:
         task = workdir_lib.load_run(wd)[1]
+      if not fresh and (seed, arm) != (seeds[-1], arms[-1]):
+        continue  # Statistics once after each new run, and at the end.
       summary["vs_ce"] = statistics(task, out_dir, summary["runs"])
       if any(r["arm"] == "ce_wall" for r in summary["runs"]):
         summary["vs_ce_wall"] = statistics(task, out_dir, summary["runs"],

@@ -194,7 +194,8 @@ def throughput(flops_per_chip: float, tokens_per_step: int, chip: Chip
 def lower_step(config, devices):
   """(lowered train step, abstract state, shardings, task, model, mesh,
   rules) of a config over `devices`, from shapes alone."""
-  task, model, tx, mesh, rules = state.setup(config, devices)
+  task, model, tx, mesh, rules = state.setup(config, devices,
+                                             shapes_only=True)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state.state_shardings(config, model, tx, task, mesh)
     lowered = step.lower_train_step(config, model, tx, task, mesh, abstract,
@@ -364,7 +365,7 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
   estimate), next to what XLA's memory analysis of the compiled step says
   (`device_bytes`). Nothing is trained.
   """
-  task, model, tx, mesh, rules = state.setup(config)
+  task, model, tx, mesh, rules = state.setup(config, shapes_only=True)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state.state_shardings(config, model, tx, task, mesh)
     per_device = lambda tree, sh: sum(
@@ -376,7 +377,7 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     local_batch = config.batch_size // batch_shards
     activations = activation_bytes(config, task, local_batch,
-                                   mesh.shape["tensor"])
+                                   mesh.shape["tensor"], model)
     full_params = sum(l.size * l.dtype.itemsize
                       for l in jax.tree.leaves(abstract.params))
     # Sharded weights are all-gathered for compute, one copy at a time.
@@ -419,7 +420,8 @@ def _shards(sharding) -> int:
 _LSTM_FLOATS = 14  # Per hidden unit, layer and token (gates, cell, hidden).
 
 
-def activation_bytes(config, task, local_batch: int, tensor: int) -> float:
+def activation_bytes(config, task, local_batch: int, tensor: int,
+                     model=None) -> float:
   """Analytic bytes live at the peak of one training step on one device.
 
   Coefficients (floats per token) fitted once to XLA:CPU's memory analysis
@@ -428,22 +430,25 @@ def activation_bytes(config, task, local_batch: int, tensor: int) -> float:
   sequence length); an LSTM layer ~14 H; embedding, logits, softmax and CE
   gradient ~10 E + 3 V (XLA fuses most of the softmax); the fused reward
   adds the soft edit distance's probability planes, ~4 T^2 per example.
-  Sharded dims divide by the tensor axis.
+  Sharded dims divide by the tensor axis. Sizes come from `model` when
+  given (a Hugging Face checkpoint's, `model.hf_path`), else the config.
   """
-  m = config.model
+  m = model if model is not None else config.model   # A checkpoint's sizes.
   length = task.source_len + task.target_len - 1
   tokens = local_batch * length
-  width = 2 if m.get("dtype") == "bfloat16" else 4
-  if m.kind == "transformer":
+  width = 2 if config.model.get("dtype") == "bfloat16" else 4
+  if config.model.kind == "transformer":
     per_layer = (12 * m.embed_dim + 5 * m.mlp_dim / tensor +
                  3 * m.num_heads / tensor * length)
-    if m.get("remat"):  # Layer inputs kept; one layer recomputed at a time.
+    remat = m.remat if model is not None else m.get("remat")
+    if remat:  # Layer inputs kept; one layer recomputed at a time.
       body = m.num_layers * 2 * m.embed_dim + per_layer
     else:
       body = m.num_layers * per_layer
   else:
     body = m.num_layers * _LSTM_FLOATS * m.hidden_dim
-  vocab = -(-task.vocab.size // config.vocab_multiple) * config.vocab_multiple
+  vocab = (model.vocab_size if model is not None else
+           -(-task.vocab.size // config.vocab_multiple) * config.vocab_multiple)
   total = tokens * (width * (body + 10 * m.embed_dim) + 4 * 3 * vocab / tensor)
   if (float(config.objective.alpha) > 0 or
       config.objective.alpha_schedule == "adaptive"):

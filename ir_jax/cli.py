@@ -6,6 +6,8 @@
       [--json FILE] [--no-sampling] [--fast] [--config.x=v]
   ir-jax eval --workdir DIR [--split dev|test]
   ir-jax generate --workdir DIR [WORD ...] [--input FILE] [--prompt P]
+  ir-jax generate --workdir DIR --text PROMPT [--text PROMPT ...]
+  ir-jax export --workdir DIR --out HF_DIR [--dtype bfloat16]
   ir-jax plot --workdir DIR
 
 Results go to stdout; logs and progress bars to stderr.
@@ -127,11 +129,12 @@ def _read_lines(path: str) -> List[str]:
 def _generate(args) -> int:
   import dataclasses
   from ir_jax import evaluate, workdir
-  words = list(args.words)
+  words = list(args.words) + list(args.text or [])
   if args.input:
     words += _read_lines(args.input)
   if not words:
-    print("No input: pass WORDs or --input FILE.", file=sys.stderr)
+    print("No input: pass WORDs, --text PROMPT or --input FILE.",
+          file=sys.stderr)
     return 2
   if args.mbr < 0 or args.mbr == 1:
     print(f"--mbr K needs K >= 2 samples (got {args.mbr}).", file=sys.stderr)
@@ -141,6 +144,12 @@ def _generate(args) -> int:
           file=sys.stderr)
     return 2
   config, task, model, params = workdir.load_run(args.workdir)
+  if config.task == "text":
+    return _generate_text(args, config, task, model, params, words)
+  if args.text:
+    print(f"--text is for task='text' runs; this workdir's task is "
+          f"{config.task!r}: pass WORDs.", file=sys.stderr)
+    return 2
   direction = str(config.data.get("directions", "g2p")).split(",")[0]
   if args.prompt:
     model, params, task, direction = _with_prompt(args.prompt, config, task,
@@ -175,6 +184,35 @@ def _generate(args) -> int:
   return 0
 
 
+def _generate_text(args, config, task, model, params, prompts) -> int:
+  """`ir-jax generate --text PROMPT` of a task="text" run: each prompt
+  tokenised as in training, the continuation decoded by the tokenizer."""
+  import dataclasses
+  import numpy as np
+  from ir_jax import evaluate
+  from ir_jax.data import text
+  if args.prompt:
+    print("--prompt is for G2P runs.", file=sys.stderr)
+    return 2
+  ids = [text.prompt_ids(task.vocab, p) for p in prompts]
+  longest = max(len(i) for i in ids)
+  if longest > task.source_len:
+    print(f"Warning: {sum(len(i) > task.source_len for i in ids)} prompts "
+          f"are longer than the {task.source_len} tokens the model was "
+          "trained on; the source buffer grows to fit them.", file=sys.stderr)
+    task = dataclasses.replace(task, source_len=longest)
+  source = np.stack([text.left_pad(i, task.source_len, task.pad_id)
+                     for i in ids])
+  outputs = evaluate.generate_symbols(
+      model, {"params": params}, task, source,
+      min(config.eval_batch_size, 1024), direction="text", mbr=args.mbr,
+      seed=args.seed, beam=args.beam or 1,
+      length_penalty=float(config.eval.length_penalty))
+  for prompt, out in zip(prompts, outputs):
+    print(evaluate.output_line(prompt, out, "text", task.vocab))
+  return 0
+
+
 def _with_prompt(spec, config, task, model, params, direction):
   """(model, params, task, direction) using a prompt: a directory saved by a
   soft-prompt or search run (checked against this model), or symbols
@@ -201,6 +239,34 @@ def _with_prompt(spec, config, task, model, params, direction):
       task, prompt=tuple(ids),
       source_len=task.source_len + max(0, len(ids) - len(task.prompt)))
   return model, params, task, direction
+
+
+def _export(args) -> int:
+  """A trained workdir as a Hugging Face checkpoint: config.json +
+  safetensors (LoRA merged) + the tokenizer (the checkpoint's own for a
+  `model.hf_path` run; for a from-scratch model one of its vocabulary)."""
+  import shutil
+  from ir_jax import workdir
+  from ir_jax.data import hf_tokenizer
+  from ir_jax.models import Transformer, hf
+  config, task, model, params = workdir.load_run(args.workdir)
+  if not isinstance(model, Transformer):
+    raise ValueError(f"{args.workdir} holds a {config.model.kind} model; "
+                     "only Transformers export to Hugging Face layout.")
+  if model.prompt_length:
+    raise ValueError("a soft-prompt run's prompt is not part of a Hugging "
+                     "Face checkpoint; export the frozen run (init_from).")
+  hf.save(args.out, model, params, dtype=args.dtype)
+  source = config.data.get("tokenizer") or config.model.get("hf_path", "")
+  if config.task == "text":
+    for name in hf_tokenizer.TOKENIZER_FILES:
+      if os.path.isfile(os.path.join(source, name)):
+        shutil.copy(os.path.join(source, name), os.path.join(args.out, name))
+  else:
+    hf_tokenizer.write_symbol_tokenizer(args.out, task.vocab.symbols,
+                                        chars=config.task == "charlm")
+  print(args.out)
+  return 0
 
 
 def _plot(args) -> int:
@@ -246,7 +312,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   p = sub.add_parser("generate", help="word<TAB>phonemes on stdout")
   p.add_argument("--workdir", required=True)
   p.add_argument("words", nargs="*")
-  p.add_argument("--input", help="a file with one word per line")
+  p.add_argument("--input", help="a file with one word (text runs: one "
+                 "prompt) per line")
+  p.add_argument("--text", action="append", metavar="PROMPT",
+                 help="a prompt for a task='text' run (repeatable)")
   p.add_argument("--prompt", help="a tuned prompt (the workdir of a "
                  "prompt.mode=soft|search run, or its prompt/ directory) or "
                  "prompt symbols such as '<p2g>'")
@@ -256,6 +325,11 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--seed", type=int, default=0, help="sampling seed (--mbr)")
   p.add_argument("--beam", type=int, default=0, metavar="K",
                  help="beam search of width K (default: greedy)")
+  p = sub.add_parser("export", help="a workdir as a Hugging Face checkpoint")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--out", required=True, help="the checkpoint directory")
+  p.add_argument("--dtype", default="float32",
+                 choices=("float32", "bfloat16"))
   p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
   p.add_argument("--workdir", required=True)
   args, rest = parser.parse_known_args(argv)
@@ -268,7 +342,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       return _train(args, overrides)
     if args.command == "compile":
       return _compile(args, overrides)
-    return {"eval": _eval, "generate": _generate, "plot": _plot}[
+    return {"eval": _eval, "generate": _generate, "export": _export,
+            "plot": _plot}[
         args.command](args)
   except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
     print(f"ir-jax {args.command}: error: {e}", file=sys.stderr)

@@ -48,7 +48,19 @@ MODEL_FIELDS = {
                  dropout=0.0, bidirectional_source=False, dtype="float32"),
 }
 
-TASKS = ("g2p", "charlm")
+TASKS = ("g2p", "charlm", "text")
+# ir_jax.models.transformer.LORA_TARGETS (a test checks the two agree).
+LORA_TARGETS = ("query", "key", "value", "out", "wi_gate", "wi_up", "wo")
+# Fields a transformer config may add (experiments/hf.py); absent means
+# off, so the runs saved before them stay compatible. hf_path: a Hugging
+# Face checkpoint directory, whose config.json sets the architecture (the
+# other size fields are then ignored) and whose weights start the run;
+# lora: rank > 0 trains rank-r adapters on `targets` (comma list of query,
+# key, value, out, wi_gate, wi_up, wo) and freezes the rest.
+MODEL_OPTIONAL = {
+    "transformer": dict(hf_path="", lora=dict(rank=0, alpha=16.0,
+                                              targets="query,value")),
+}
 DIRECTIONS = ("g2p", "p2g")
 DTYPES = ("float32", "bfloat16")
 ALPHA_SCHEDULES = ("constant", "warmup", "adaptive")
@@ -99,7 +111,11 @@ def default_config() -> ml_collections.ConfigDict:
       # vocab and in the prompt slot(s) after BOS; number of prompt slots.
       directions="g2p", tags=False, prompt_len=0,
       # G2P: k > 1 joins k words per item with "|" (longer outputs).
-      join_words=1))
+      join_words=1,
+      # task="text": JSONL files of {"prompt", "target"} (ir_jax.data.text),
+      # tokenised with `tokenizer` (a checkpoint directory; default
+      # model.hf_path); max_train_words / max_eval_items cap the items.
+      train_path="", eval_path="", test_path="", tokenizer=""))
   c.model = ml_collections.ConfigDict(dict(MODEL_FIELDS["transformer"]))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-3, warmup_steps=200, weight_decay=1e-4, grad_clip=1.0,
@@ -167,6 +183,12 @@ def sibling(this_file: str, name: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
+
+
+def beside(this_file: str, *parts: str) -> str:
+  """The absolute path of `parts` next to config file `this_file` (data a
+  config ships, such as tpu_configs/hf/*/config.json)."""
+  return os.path.join(os.path.dirname(os.path.abspath(this_file)), *parts)
 
 
 def variants(arg, allowed, name: str) -> set:
@@ -351,13 +373,15 @@ def _check_schema(config: ml_collections.ConfigDict) -> None:
   if kind not in MODEL_FIELDS:
     raise ValueError(f"config.model.kind must be one of "
                      f"{', '.join(MODEL_FIELDS)}, got {kind!r}.")
-  reference.model = ml_collections.ConfigDict(MODEL_FIELDS[kind])
-  model_extra = sorted(set(config.model.keys()) - set(MODEL_FIELDS[kind]))
+  fields = {**MODEL_FIELDS[kind], **MODEL_OPTIONAL.get(kind, {})}
+  reference.model = ml_collections.ConfigDict(
+      {k: v for k, v in fields.items() if k in MODEL_FIELDS[kind] or
+       k in config.model})
+  model_extra = sorted(set(config.model.keys()) - set(fields))
   if model_extra:
     raise ValueError(
         f"config.model has a field the {kind} model does not take: "
-        f"{model_extra}. The {kind} fields are: "
-        f"{', '.join(MODEL_FIELDS[kind])}.")
+        f"{model_extra}. The {kind} fields are: {', '.join(fields)}.")
   check_keys(config, reference)
   for key in leaf_keys(config):
     value, default = _get(config, key), _get(reference, key)
@@ -475,6 +499,19 @@ def validate(config: ml_collections.ConfigDict, *,
     _at_least(c, ("data.target_len",), 2, " (one symbol plus EOS)")
     _at_least(c, ("data.source_len",), 3 + slots,
               f" (BOS, {slots} prompt slot(s), one symbol and SEP)")
+  elif c.task == "text":
+    for key in ("train_path", "eval_path"):
+      if not d[key]:
+        raise ValueError(f"config.data.{key} must name a JSONL file of "
+                         "{\"prompt\", \"target\"} lines for task='text' "
+                         "(python -m ir_jax.data.text --cmudict DIR writes "
+                         "the CMUdict split).")
+    if not (d.tokenizer or c.model.get("hf_path")):
+      raise ValueError("task='text' needs a tokenizer: set "
+                       "--config.model.hf_path=DIR or --config.data.tokenizer"
+                       "=DIR (a directory with tokenizer.json).")
+    _at_least(c, ("data.source_len",), 1)
+    _at_least(c, ("data.target_len",), 2, " (one token plus EOS)")
   else:
     _at_least(c, ("data.context", "data.continuation", "data.stride"), 1)
 
@@ -496,6 +533,20 @@ def validate(config: ml_collections.ConfigDict, *,
       raise ValueError(f"config.model.embed_dim / num_heads = "
                        f"{embed // heads} must be even (rotary embeddings "
                        "rotate pairs of dims); change embed_dim or num_heads.")
+
+  lora = m.get("lora")
+  if lora is not None and lora.rank:
+    _at_least(c, ("model.lora.rank",), 0)
+    if lora.alpha <= 0:
+      raise ValueError(f"config.model.lora.alpha must be > 0, got "
+                       f"{lora.alpha}.")
+    targets = [t.strip() for t in lora.targets.split(",") if t.strip()]
+    if not targets or any(t not in LORA_TARGETS for t in targets):
+      raise ValueError(f"config.model.lora.targets must be a comma list of "
+                       f"{', '.join(LORA_TARGETS)}, got {lora.targets!r}.")
+    if c.prompt.mode:
+      raise ValueError("config.model.lora.rank > 0 and prompt.mode train "
+                       "different parameters; set one of them.")
 
   # Optimizer.
   o = c.optim
@@ -567,9 +618,10 @@ def validate(config: ml_collections.ConfigDict, *,
   elif rl.inner_steps != 1:
     raise ValueError(f"config.rl.inner_steps={rl.inner_steps} needs "
                      "rl.mode='grpo' (other modes update once per sample).")
-  if rl.mode and rl.kl_weight and not c.init_from:
+  if rl.mode and rl.kl_weight and not (c.init_from or m.get("hf_path")):
     raise ValueError("config.rl.kl_weight > 0 needs --config.init_from=WORKDIR "
-                     "(the frozen reference model), or set rl.kl_weight=0.")
+                     "or --config.model.hf_path=DIR (the frozen reference "
+                     "model), or set rl.kl_weight=0.")
 
   # Prompt optimisation.
   p = c.prompt

@@ -10,21 +10,33 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ir_jax import rewards
+from ir_jax import models, rewards
 from ir_jax.data.vocab import EOS, PAD
 
 
-def lengths_from_eos(tokens: jax.Array) -> jax.Array:
-  """int32[B]: index of the first EOS + 1 (EOS counted), or T if none."""
-  is_eos = tokens == EOS
+def lengths_from_eos(tokens: jax.Array, eos_id: int = EOS) -> jax.Array:
+  """int32[B]: index of the first `eos_id` + 1 (EOS counted), or T if none."""
+  is_eos = tokens == eos_id
   first = jnp.argmax(is_eos, axis=1)
   return jnp.where(is_eos.any(1), first + 1, tokens.shape[1]).astype(jnp.int32)
 
 
-def without_pad(logits: jax.Array) -> jax.Array:
-  """logits [..., V] with PAD at -inf: the distribution samples come from
-  and that RL objectives score them under."""
-  return logits.at[..., PAD].set(-jnp.inf)
+def without_pad(logits: jax.Array, pad_id: int = PAD, eos_id: int = EOS
+                ) -> jax.Array:
+  """logits [..., V] with `pad_id` at -inf: the distribution samples come
+  from and that RL objectives score them under. Unchanged when the pad
+  token is EOS (a checkpoint without a pad token): EOS must stay
+  possible, and what follows it is padding anyway."""
+  if pad_id == eos_id:
+    return logits
+  return logits.at[..., pad_id].set(-jnp.inf)
+
+
+def _restrict(model, allowed):
+  """logits -> logits with the tokens decoding may not emit at -inf."""
+  if allowed is None:
+    return lambda logits: without_pad(logits, *models.special_ids(model))
+  return lambda logits: jnp.where(allowed, logits, -jnp.inf)
 
 
 def _pick(logits, rng, temperature, top_k, top_p=1.0):
@@ -74,10 +86,10 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
   batch, prompt = source.shape
   if rng is None:
     rng = jax.random.key(0)
-  restrict = (without_pad if allowed is None else
-              (lambda l: jnp.where(allowed, l, -jnp.inf)))
+  pad, eos = models.special_ids(model)
+  restrict = _restrict(model, allowed)
   cache = model.init_cache(batch, prompt + max_len)
-  logits, cache = model.apply(params, source, source != PAD, cache)
+  logits, cache = model.apply(params, source, source != pad, cache)
   rngs = jax.random.split(rng, max_len)
   first = _pick(restrict(logits[:, -1]), rngs[0], temperature, top_k)
 
@@ -90,8 +102,8 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
 
   _, rest = lax.scan(step, (first, cache), rngs[1:])
   tokens = jnp.concatenate([first[:, None], rest.T], axis=1)
-  lengths = lengths_from_eos(tokens)
-  tokens = jnp.where(jnp.arange(max_len) < lengths[:, None], tokens, PAD)
+  lengths = lengths_from_eos(tokens, eos)
+  tokens = jnp.where(jnp.arange(max_len) < lengths[:, None], tokens, pad)
   return tokens, lengths
 
 
@@ -137,9 +149,10 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   target = jnp.repeat(target, num_samples, axis=0)
   m = jnp.repeat(target_lengths, num_samples, axis=0)
   batch, prompt = source.shape
+  pad, eos = models.special_ids(model)
 
   cache = model.init_cache(batch, prompt + max_len)
-  logits, cache = model.apply(params, source, source != PAD, cache)
+  logits, cache = model.apply(params, source, source != pad, cache)
   logits = logits[:, -1]
   state = reward.init(target, m)
   done = jnp.zeros((batch,), bool)
@@ -148,9 +161,9 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   def step(carry, xs):
     logits, cache, state, done = carry
     key, t = xs
-    logits = without_pad(logits)
+    logits = without_pad(logits, pad, eos)
     token = _pick(logits, key, temperature, top_k, top_p)
-    token = jnp.where(done, PAD, token)
+    token = jnp.where(done, pad, token)
     if temperature == 0.0:
       logp = jnp.zeros((batch,), jnp.float32)
     else:
@@ -158,7 +171,7 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
           logits.astype(jnp.float32) / temperature, axis=-1),
           token[:, None], axis=-1)[:, 0]
     new_state, r = reward.step(state, token, t)
-    ends = (token == EOS) | (t == max_len - 1)
+    ends = (token == eos) | (t == max_len - 1)
     r = r + jnp.where(ends, reward.finish(new_state), 0.0)
     r = jnp.where(done, 0.0, r).astype(jnp.float32)
     state = jax.tree.map(
@@ -171,7 +184,7 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   (_, _, state, _), (tokens, rewards_, logps) = lax.scan(
       step, (logits, cache, state, done), (keys, jnp.arange(max_len)))
   tokens = tokens.T
-  return {"tokens": tokens, "lengths": lengths_from_eos(tokens),
+  return {"tokens": tokens, "lengths": lengths_from_eos(tokens, eos),
           "rewards": rewards_.T, "logprobs": logps.T, "reward_state": state}
 
 
@@ -271,13 +284,13 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
   batch, prompt = source.shape
   k, t_max = beam, max_len
   neg = jnp.float32(-1e30)
-  restrict = (without_pad if allowed is None else
-              (lambda l: jnp.where(allowed, l, -jnp.inf)))
+  pad, eos = models.special_ids(model)
+  restrict = _restrict(model, allowed)
   norm = lambda logp, length: logp / (length.astype(jnp.float32)
                                       ** length_penalty)
   rows = jnp.repeat(source, k, axis=0)                      # [B K, P]
   cache = model.init_cache(batch * k, prompt + t_max)
-  logits, cache = model.apply(params, rows, rows != PAD, cache)
+  logits, cache = model.apply(params, rows, rows != pad, cache)
   logits = logits[:, -1]
   alive_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
   alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, neg)[None].repeat(batch, 0)
@@ -298,7 +311,7 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
     parent, token = cand // vocab, (cand % vocab).astype(jnp.int32)
     cand_tokens = jnp.take_along_axis(alive_tokens, parent[..., None], 1)
     cand_tokens = cand_tokens.at[:, :, t].set(token)
-    ends = (token == EOS) | (t == t_max - 1)
+    ends = (token == eos) | (t == t_max - 1)
     real = cand_logp > neg / 2
     # Finished: merge this step's ending candidates into the K best.
     length = jnp.full(token.shape, t + 1, jnp.int32)
@@ -329,6 +342,6 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
            done_score, done_len)
   carry, _ = lax.scan(step, carry, jnp.arange(t_max))
   _, _, _, _, tokens, logp, score, lengths = carry
-  tokens = jnp.where(jnp.arange(t_max) < lengths[..., None], tokens, PAD)
+  tokens = jnp.where(jnp.arange(t_max) < lengths[..., None], tokens, pad)
   return {"tokens": tokens, "lengths": lengths, "scores": score,
           "logprobs": logp}

@@ -186,18 +186,58 @@ def evaluate_split(model, params, task, split: str,
 
 
 def summary(record: Dict[str, Any]) -> str:
-  """One line of an eval record: `dev: PER 9.81%  WER 38.64%  (...)`."""
+  """One line of an eval record: `dev: PER 9.81%  WER 38.64%  (...)`
+  (text tasks add exact match, CER and TER)."""
+  extra = "".join(f"  {name} {100 * record[k]:.2f}%" for k, name in (
+      ("exact_match", "exact"), ("cer", "CER"), ("ter", "TER"))
+      if k in record)
   return (f"{record['split']}: PER {100 * record['per']:.2f}%  "
-          f"WER {100 * record['wer']:.2f}%  ({record['words']} items, step "
-          f"{record['step']})")
+          f"WER {100 * record['wer']:.2f}%{extra}  ({record['words']} items, "
+          f"step {record['step']})")
 
 
-def output_line(key: str, symbols: Seq, task_name: str = "g2p") -> str:
+def text_scores(vocab, outputs: Sequence[Seq],
+                references: Sequence[Sequence[Seq]]) -> Dict[str, float]:
+  """Scores of decoded text (task="text"; `vocab.text` decodes token
+  strings): exact_match (any reference, surrounding spaces ignored), per /
+  wer over whitespace-separated units (the G2P definitions: PER against
+  the closest reference, WER = 1 - exact match of the units), cer over
+  characters."""
+  out_text = [vocab.text(o) for o in outputs]
+  ref_text = [[vocab.text(r) for r in refs] for refs in references]
+  exact = np.mean([o.strip() in {r.strip() for r in refs}
+                   for o, refs in zip(out_text, ref_text)])
+  units = error_rates([tuple(o.split()) for o in out_text],
+                      [[tuple(r.split()) for r in refs] for refs in ref_text])
+  chars = error_rates([tuple(o.strip()) for o in out_text],
+                      [[tuple(r.strip()) for r in refs] for refs in ref_text])
+  return {"exact_match": float(exact), "per": units["per"],
+          "wer": units["wer"], "cer": chars["per"]}
+
+
+def split_scores(task, outputs: Sequence[Seq],
+                 references: Sequence[Sequence[Seq]]) -> Dict[str, Any]:
+  """{per, wer, words} of a split's outputs; for task="text" per / wer are
+  the text's (`text_scores`: units split at whitespace,
+  1 - exact match), plus exact_match, cer and ter (over tokens)."""
+  rates = error_rates(outputs, references)
+  if task.name != "text":
+    return {"per": rates["per"], "wer": rates["wer"], "words": rates["words"]}
+  return {**text_scores(task.vocab, outputs, references),
+          "ter": rates["per"], "words": rates["words"]}
+
+
+def output_line(key: str, symbols: Seq, task_name: str = "g2p",
+                vocab=None) -> str:
   """One output as `ir-jax generate` prints it: `source<TAB>symbols`, the
-  symbols space-separated (G2P, either direction) or joined (charlm; tabs
-  and newlines escaped, so that one line is one item)."""
+  symbols space-separated (G2P, either direction), joined (charlm) or
+  decoded by the tokenizer (text, with `vocab`); tabs and newlines
+  escaped, so that one line is one item."""
+  clean = lambda x: x.replace("\t", "\\t").replace("\n", "\\n").replace(
+      "\r", "\\r")
+  if task_name == "text":
+    return f"{clean(key)}\t{clean(vocab.text(symbols))}"
   sep = "" if task_name == "charlm" else " "
-  clean = lambda x: x.replace("\t", "\\t").replace("\n", "\\n")
   return f"{clean(key)}\t{clean(sep.join(symbols))}"
 
 
@@ -228,15 +268,16 @@ def evaluate_and_log(model, params, task, splits: Sequence[str],
     outputs = generate_symbols(model, {"params": params}, task, data.source,
                                batch_size, data.direction, beam=beam,
                                length_penalty=length_penalty)
-    rates = error_rates(outputs, data.references)
-    record = {"step": step, "split": split, "per": rates["per"],
-              "wer": rates["wer"], "words": rates["words"],
+    rates = split_scores(task, outputs, data.references)
+    record = {"step": step, "split": split, **rates,
               "eval_seconds": time.time() - t0, **extra}
     if beam > 1:
       record["beam"] = beam
     writer.write(record)
+    show = lambda symbols: output_line("", symbols, task.name,
+                                       task.vocab)[1:]
     sample = "\n".join(
-        f"{k}\t{' '.join(o)}\t(ref {' '.join(r[0])})" for k, o, r in zip(
+        f"{k}\t{show(o)}\t(ref {show(r[0])})" for k, o, r in zip(
             data.keys[:8], outputs[:8], data.references[:8]))
     writer.text(f"{split}/samples", sample.replace("\n", "  \n"), step)
     if jax.process_index() == 0:
@@ -245,7 +286,7 @@ def evaluate_and_log(model, params, task, splits: Sequence[str],
         os.makedirs(outputs_dir, exist_ok=True)
         with open(os.path.join(outputs_dir, f"{split}.tsv"), "w",
                   encoding="utf-8") as f:
-          f.writelines(output_line(k, o, task.name) + "\n"
+          f.writelines(output_line(k, o, task.name, task.vocab) + "\n"
                        for k, o in zip(data.keys, outputs))
     results[split] = record
   return results

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import optax
 
 from ir_jax import decode, models, parallel, rewards
-from ir_jax.data.vocab import EOS, PAD
 
 Metrics = Dict[str, jax.Array]
 
@@ -439,7 +438,8 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
                                 dropout_rng if use_dropout else None)
   if rl.mode == "ocd":
     optimal = rewards.optimal_completion_targets(
-        tokens, scored["target"], vocab_size=logits.shape[-1], eos_id=EOS,
+        tokens, scored["target"], vocab_size=logits.shape[-1],
+        eos_id=models.special_ids(model)[1],
         pred_lengths=lengths, target_lengths=scored["target_lengths"])[:, :t]
     rl_term = ocd_loss(logits, optimal, lengths)
   else:
@@ -722,12 +722,14 @@ def policy_logprobs(model, params, samples, temperature: float, rng=None
   """(log pi(y_t | y_<t) float32[B, T] under `temperature`, logits): the
   learner's side of the sampler's `logprobs` (PAD excluded, as there)."""
   logits = models.target_logits(model, params, samples, rng)
-  scaled = decode.without_pad(logits.astype(jnp.float32)) / temperature
+  scaled = decode.without_pad(logits.astype(jnp.float32),
+                              *models.special_ids(model)) / temperature
   logp = token_logprobs(scaled, samples["target"])
   # PAD follows a sample's end and is never sampled: its log-prob is -inf.
   # Masked out of every loss, an -inf there still turns the gradient NaN
   # (0 * inf through exp and the k3 KL), so it scores 0, as the sampler's.
-  return jnp.where(samples["target"] == PAD, 0.0, logp), logits
+  real = token_mask(samples["target_lengths"], logp.shape[1])
+  return jnp.where(real, logp, 0.0), logits
 
 
 def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,

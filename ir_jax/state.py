@@ -36,12 +36,39 @@ def make_model(config, task) -> nn.Module:
   """The config's model over the task's vocabulary, padded to a multiple of
   `config.vocab_multiple` (so the vocab axis shards over any tensor size);
   with a soft prompt (`prompt.mode="soft"`) its `prompt` param."""
-  multiple = max(1, int(config.get("vocab_multiple", 1)))
-  vocab = -(-task.vocab.size // multiple) * multiple
   model_config = dict(config.model)
-  if config.get("prompt") and config.prompt.mode == "soft":
-    model_config["prompt_length"] = int(config.prompt.length)
-  return models.build(model_config, vocab)
+  hf_path = model_config.pop("hf_path", "")
+  lora = model_config.pop("lora", None)
+  if hf_path:  # The checkpoint's architecture and vocabulary.
+    from ir_jax.models import hf
+    model = hf.build(hf_path, dtype=model_config.get("dtype", "float32"),
+                     scan_layers=bool(model_config.get("scan_layers")),
+                     remat=bool(model_config.get("remat")))
+    if model.vocab_size < task.vocab.size:
+      raise ValueError(
+          f"{hf_path}: the model's vocab_size={model.vocab_size} is smaller "
+          f"than the tokenizer's {task.vocab.size} tokens: config.data."
+          "tokenizer names another checkpoint's tokenizer.")
+  else:
+    multiple = max(1, int(config.get("vocab_multiple", 1)))
+    vocab = -(-task.vocab.size // multiple) * multiple
+    if config.get("prompt") and config.prompt.mode == "soft":
+      model_config["prompt_length"] = int(config.prompt.length)
+    model = models.build(model_config, vocab)
+  if lora is not None and lora.rank:
+    model = model.clone(lora_rank=int(lora.rank), lora_alpha=float(lora.alpha),
+                        lora_targets=lora_targets(config))
+  if (task.pad_id, task.eos_id) != models.special_ids(model):
+    model = model.clone(pad_id=task.pad_id, eos_id=task.eos_id)
+  return model
+
+
+def lora_targets(config) -> tuple:
+  """The projections `model.lora` adapts; () without LoRA."""
+  lora = config.model.get("lora")
+  if lora is None or not lora.rank:
+    return ()
+  return tuple(t.strip() for t in lora.targets.split(",") if t.strip())
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -63,11 +90,16 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW on a warm-up + cosine schedule (to `optim.end_fraction` of the
   peak; `optim.schedule="constant"` holds the peak after the warm-up),
   clipped by global norm. A soft prompt run gives only the prompt optimizer
-  state."""
+  state; a LoRA run (`model.lora.rank` > 0) only the adapters' (the clip
+  and the weight decay see the adapters alone: the base's gradients are
+  not computed into the update)."""
   o = config.optim
   schedule = learning_rate_schedule(config)
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                    optax.adamw(schedule, b2=o.b2, weight_decay=o.weight_decay))
+  if lora_targets(config):  # Adapters only: the base holds no state.
+    from ir_jax.models import lora
+    return lora.optimizer(tx)
   if config.get("prompt") and config.prompt.mode == "soft":
     # A prefix of the params tree: one label per top-level entry.
     labels = lambda params: {k: "prompt" if k == "prompt" else "frozen"
@@ -83,16 +115,61 @@ def init_state(config, model, tx, task, boxed: bool = False) -> TrainState:
   rng = jax.random.PRNGKey(config.seed)  # Raw uint32 key: checkpointable.
   init_rng, train_rng = jax.random.split(rng)
   sample = {k: jnp.asarray(v[:1]) for k, v in task.train.items()}
-  tokens, valid = models.model_inputs(sample)
+  tokens, valid = models.model_inputs(sample, models.special_ids(model)[0])
   variables = model.init(init_rng, tokens, valid)["params"]
   params = variables if boxed else nn.meta.unbox(variables)
   embedding = nn.meta.unbox(variables)["embed"]["embedding"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-      reward_embeddings=jnp.copy(embedding),
+      reward_embeddings=reward_table(config, embedding),
       controller=objectives.controller_init(config.objective.alpha),
       nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
       rng=train_rng)
+
+
+def reward_table(config, embedding: jax.Array) -> jax.Array:
+  """The frozen [V, D] table of the cosine reward: a copy of the embedding.
+  A Hugging Face run (`model.hf_path`) that uses no cosine reward keeps a
+  [1, D] stand-in instead of a second copy of a large table."""
+  cosine = config.objective.cosine_weight > 0 or (
+      config.rl.mode and "cosine" in config.rl.rewards)
+  if config.model.get("hf_path") and not cosine:
+    return jnp.zeros((1, embedding.shape[-1]), embedding.dtype)
+  return jnp.copy(embedding)
+
+
+def adapters_only(config) -> bool:
+  """A LoRA run on a Hugging Face checkpoint: its checkpoints hold the
+  adapters (and optimizer state) only; the frozen base is `model.hf_path`."""
+  return bool(lora_targets(config) and config.model.get("hf_path"))
+
+
+def checkpointed(config, tree):
+  """What a checkpoint stores of `tree` (a TrainState or a params tree):
+  itself, or for `adapters_only` runs the tree with params reduced to the
+  adapters."""
+  if not adapters_only(config):
+    return tree
+  from flax import traverse_util
+  from ir_jax.models import lora
+  reduce = lambda params: traverse_util.unflatten_dict(lora.split(params)[0])
+  if isinstance(tree, TrainState):
+    return tree.replace(params=reduce(tree.params))
+  return reduce(tree)
+
+
+def from_checkpointed(config, restored, full):
+  """`restored` (as `checkpointed` stores it) completed from `full`, the
+  same tree with the frozen base in place."""
+  if not adapters_only(config):
+    return restored
+  from flax import traverse_util
+  from ir_jax.models import lora
+  join = lambda adapters, params: lora.join(
+      traverse_util.flatten_dict(adapters), lora.split(params)[1])
+  if isinstance(full, TrainState):
+    return restored.replace(params=join(restored.params, full.params))
+  return join(restored, full)
 
 
 def abstract_params(config, model, tx, task):
@@ -119,17 +196,23 @@ class Setup(NamedTuple):
   rules: tuple
 
 
-def setup(config, devices: Optional[Sequence[Any]] = None) -> Setup:
+def setup(config, devices: Optional[Sequence[Any]] = None,
+          shapes_only: bool = False) -> Setup:
   """Validates `config` against `devices` (default: all visible) and builds
   its task, model, optimizer, mesh and logical rules. Nothing is placed on
-  a device."""
+  a device. `shapes_only` (compile, dry run): a text task is a stand-in
+  of the config's shapes, so no JSONL or tokenizer file is read."""
   config_lib.validate(config)  # What the config alone decides: no backend.
   if config.rl.mode:  # User rewards by import path: importable, right kind.
     rewards.parse_rewards(config.rl.rewards)
   devices = list(devices) if devices is not None else jax.devices()
   config_lib.validate(config, num_devices=len(devices),
                       num_processes=jax.process_count())
-  task = tasks.build(config)
+  if shapes_only and config.task == "text":
+    from ir_jax.data import text
+    task = text.shapes_only(config)
+  else:
+    task = tasks.build(config)
   return Setup(task, make_model(config, task), make_optimizer(config),
                parallel.make_mesh(config.mesh, devices),
                parallel.rules_from_config(config))

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 
 from ir_jax import decode, objectives, parallel, rewards
+from ir_jax import state as state_lib
+from ir_jax.models import lora
 from ir_jax.state import TrainState
 
 
@@ -26,30 +28,43 @@ def make_alpha_fn(objective_config):
   return lambda state: schedule(state.step)
 
 
-def _value_and_grad(loss_fn, soft_prompt: bool):
-  """value_and_grad of `loss_fn(params, ...)`; with a soft prompt only the
-  prompt is differentiated (the other gradients are zeros)."""
+def trained_part(config):
+  """None when every param trains, else (take, put): `take(params)` is the
+  part that trains (the soft prompt; LoRA's adapters) and `put(params,
+  part)` puts it back. Only that part is differentiated and updated; the
+  rest stays bit-identical."""
+  if config.prompt.mode == "soft":
+    return (lambda params: params["prompt"],
+            lambda params, part: dict(params, prompt=part))
+  if state_lib.lora_targets(config):
+    return (lambda params: lora.split(params)[0],
+            lambda params, part: lora.join(part, lora.split(params)[1]))
+  return None
+
+
+def _value_and_grad(loss_fn, part):
+  """value_and_grad of `loss_fn(params, ...)`; with a `trained_part` only
+  that part is differentiated (the other gradients are zeros)."""
   def value_and_grad(params, *args, **kwargs):
-    if not soft_prompt:
+    if part is None:
       return jax.value_and_grad(loss_fn, has_aux=True)(params, *args, **kwargs)
+    take, put = part
     out, g = jax.value_and_grad(
-        lambda prompt: loss_fn(dict(params, prompt=prompt), *args, **kwargs),
-        has_aux=True)(params["prompt"])
-    grads = {k: g if k == "prompt" else jax.tree.map(jnp.zeros_like, v)
-             for k, v in params.items()}
-    return out, grads
+        lambda trained: loss_fn(put(params, trained), *args, **kwargs),
+        has_aux=True)(take(params))
+    return out, put(jax.tree.map(jnp.zeros_like, params), g)
   return value_and_grad
 
 
-def _update(tx, soft_prompt, params, opt_state, grads, loss):
+def _update(tx, part, params, opt_state, grads, loss):
   """One optimizer update, or none where loss or gradient is not finite:
   (params, opt_state, finite, grad_norm)."""
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt = tx.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
-  if soft_prompt:  # Frozen params bit-identical (no -0.0 + 0.0 = +0.0).
-    new_params = dict(params, prompt=new_params["prompt"])
+  if part is not None:  # Frozen params bit-identical (no -0.0 + 0.0 = +0.0).
+    new_params = part[1](params, part[0](new_params))
   keep = lambda new, old: jax.tree.map(
       lambda a, b: jnp.where(finite, a, b), new, old)
   return (keep(new_params, params), keep(new_opt, opt_state), finite,
@@ -59,8 +74,10 @@ def _update(tx, soft_prompt, params, opt_state, grads, loss):
 def make_train_step(config, model, tx):
   """(state, batch, ref_params) -> (state, metrics), pure; the caller jits it.
 
-  * Soft prompt runs (`prompt.mode="soft"`) differentiate the prompt alone:
-    no weight gradient is computed and the frozen params stay bit-identical.
+  * Soft prompt runs (`prompt.mode="soft"`) and LoRA runs
+    (`model.lora.rank` > 0) differentiate the prompt / the adapters alone
+    (`trained_part`): the frozen params stay bit-identical. A LoRA run's
+    KL reference is its own params with the adapters off.
   * A step whose loss or gradient norm is not finite leaves params,
     optimizer and controller untouched and is counted (`nonfinite`,
     `skipped`); the loop stops after `config.max_nonfinite` in a row.
@@ -70,6 +87,12 @@ def make_train_step(config, model, tx):
   """
   step = (make_grpo_step if config.rl.mode == "grpo" else _make_step)(
       config, model, tx)
+  if state_lib.lora_targets(config) and config.rl.mode and config.rl.kl_weight:
+    # The KL reference is the base model: the adapters off, on the same
+    # base arrays (no second copy of the weights).
+    inner = step
+    step = lambda state, batch, ref_params=None: inner(
+        state, batch, lora.adapters_off(state.params))
   if not config.log_greedy_reward:
     return step
   return with_greedy_reward(step, model, config.log_every, config.total_steps)
@@ -118,9 +141,9 @@ def _make_step(config, model, tx):
   obj, rl = config.objective, config.rl
   adaptive = obj.alpha_schedule == "adaptive"
   alpha_of = make_alpha_fn(obj)
-  soft_prompt = config.prompt.mode == "soft"
+  part = trained_part(config)
   value_and_grad = _value_and_grad(objectives.make_loss_fn(config, model),
-                                   soft_prompt)
+                                   part)
   stochastic = bool(rl.mode) or float(config.model.get("dropout", 0.0)) > 0
 
   def train_step(state: TrainState, batch, ref_params=None
@@ -130,7 +153,7 @@ def _make_step(config, model, tx):
         state.params, batch, rng, alpha=alpha_of(state),
         reward_embeddings=state.reward_embeddings, ref_params=ref_params)
     params, opt_state, finite, grad_norm = _update(
-        tx, soft_prompt, state.params, state.opt_state, grads, loss)
+        tx, part, state.params, state.opt_state, grads, loss)
     state = _finish(state, obj, adaptive, metrics, params, opt_state, finite)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    skipped_nonfinite=state.skipped)
@@ -174,11 +197,11 @@ def make_grpo_step(config, model, tx):
   obj, rl = config.objective, config.rl
   adaptive = obj.alpha_schedule == "adaptive"
   alpha_of = make_alpha_fn(obj)
-  soft_prompt = config.prompt.mode == "soft"
+  part = trained_part(config)
   value_and_grad = _value_and_grad(
       lambda params, batch, rollout, rng, alpha: objectives.grpo_update_loss(
           config, model, params, batch, rollout, rng, alpha=alpha),
-      soft_prompt)
+      part)
 
   def grpo_step(state: TrainState, batch, ref_params=None
                 ) -> Tuple[TrainState, Dict]:
@@ -194,7 +217,7 @@ def make_grpo_step(config, model, tx):
       (loss, metrics), grads = value_and_grad(params, batch, rollout, key,
                                               alpha)
       params, opt_state, finite, grad_norm = _update(
-          tx, soft_prompt, params, opt_state, grads, loss)
+          tx, part, params, opt_state, grads, loss)
       return (params, opt_state), (dict(metrics, loss=loss,
                                         grad_norm=grad_norm), finite)
 
@@ -221,7 +244,8 @@ def lower_train_step(config, model, tx, task, mesh, abstract, shardings):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings)
   # The RL KL reference: frozen params, sharded like the trained ones.
-  ref = state_in.params if config.rl.mode and config.rl.kl_weight else None
+  ref = (state_in.params if config.rl.mode and config.rl.kl_weight and
+         not state_lib.lora_targets(config) else None)
   return jax.jit(make_train_step(config, model, tx),
                  out_shardings=(shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,)).lower(state_in, batch, ref)

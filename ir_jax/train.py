@@ -69,6 +69,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ref_params = None
     if config.init_from:
       state, ref_params = _start_from(config, state, tx, task, shardings)
+    elif config.model.get("hf_path"):
+      state, ref_params = _start_from_hf(config, state, tx, model, mesh,
+                                         rules, shardings)
 
     # ----------------------------------------------------- Input pipeline
     dataset = tasks.train_dataset(task.train, config.batch_size, config.seed,
@@ -78,7 +81,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     # ---------------------------------------------------- Load checkpoint
     # After the init_from params: a resumed run continues its own state.
-    state, start = workdir_lib.restore_checkpoint(manager, state, iterator)
+    # A LoRA run on a checkpoint saves its adapters only (the base is
+    # model.hf_path, loaded above).
+    restored, start = workdir_lib.restore_checkpoint(
+        manager, state_lib.checkpointed(config, state), iterator)
+    state = state_lib.from_checkpointed(config, restored, state)
     if start is not None:
       if lead:
         print(f"Resumed from step {start} in {workdir}.", file=sys.stderr)
@@ -98,7 +105,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     pending, t_log = [], time.time()
 
     def save():
-      workdir_lib.save_checkpoint(manager, step, state, iterator)
+      workdir_lib.save_checkpoint(manager, step,
+                                  state_lib.checkpointed(config, state),
+                                  iterator)
 
     try:
       with _Preemption() as preemption:
@@ -176,6 +185,30 @@ def _start_from(config, state, tx, task, shardings):
   ref_params = None
   if config.rl.mode and config.rl.kl_weight:
     ref_params = jax.tree.map(jnp.copy, loaded)
+  return state, ref_params
+
+
+def _start_from_hf(config, state, tx, model, mesh, rules, shardings):
+  """(state, KL reference or None) with the weights of the Hugging Face
+  checkpoint `model.hf_path`, each tensor read and placed straight into
+  its sharding; LoRA adapters keep their fresh (no-op) init. A full
+  fine-tune with a KL term keeps a frozen copy as its reference; a LoRA
+  run needs none (the step turns the adapters off)."""
+  from ir_jax.models import hf, lora
+  loaded = hf.load_params(config.model.hf_path, model, mesh=mesh, rules=rules)
+  adapters, fresh = lora.split(state.params)
+  # In the params' own dtype (float32 master weights; bf16 is compute).
+  base = {k: v.astype(fresh[k].dtype) for k, v in lora.split(loaded)[1].items()}
+  params = lora.join(adapters, base)
+  state = state.replace(
+      params=params,
+      opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+      reward_embeddings=jax.device_put(
+          state_lib.reward_table(config, params["embed"]["embedding"]),
+          shardings.reward_embeddings))
+  ref_params = None
+  if config.rl.mode and config.rl.kl_weight and not lora.split(params)[0]:
+    ref_params = jax.tree.map(jnp.copy, params)
   return state, ref_params
 
 

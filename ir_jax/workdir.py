@@ -245,8 +245,13 @@ def load_run_with_step(workdir: str):
   task = tasks.build(config)
   model = state_lib.make_model(config, task)
   tx = state_lib.make_optimizer(config)
-  params, step = readable_params(
-      workdir, state_lib.abstract_params(config, model, tx, task))
+  abstract = state_lib.abstract_params(config, model, tx, task)
+  params, step = readable_params(workdir,
+                                 state_lib.checkpointed(config, abstract))
+  if state_lib.adapters_only(config):  # The base from the checkpoint dir.
+    from ir_jax.models import hf
+    params = state_lib.from_checkpointed(
+        config, params, hf.load_params(config.model.hf_path, model))
   return config, task, model, params, step
 
 

@@ -31,8 +31,10 @@ def test_every_shipped_config_validates():
     c = config_lib.load(os.path.join(ROOT, "experiments", spec))
     c.init_from = c.init_from or "runs/g2p"
     config_lib.validate(c)
-  for name in ("v4_8", "v5litepod_16", "v5p_64", "v6e_256"):
-    c = config_lib.load(os.path.join(ROOT, "tpu_configs", f"{name}.py"))
+  for name in ("v4_8", "v5litepod_16", "v5p_64", "v6e_256",
+               "llama3_8b_v5p_64", "qwen3_8b_v6e_64", "qwen3_8b_v6e_64.py:full"):
+    name = name if name.endswith(":full") else name + ".py"
+    c = config_lib.load(os.path.join(ROOT, "tpu_configs", name))
     config_lib.validate(c, num_devices=c.chips)
 
 
@@ -213,3 +215,48 @@ def test_fuzzed_configs_validate_or_name_the_field(overrides, devices):
     out, metrics = jax.eval_shape(step_lib.make_train_step(c, model, tx),
                                   state, batch, ref)
     assert metrics["loss"].shape == ()
+
+
+def _hf(**overrides):
+  c = config_lib.load(os.path.join(ROOT, "experiments", "hf.py:lora,tiny"))
+  c.model.hf_path = "ckpt"
+  c.data.train_path = c.data.eval_path = "items.jsonl"
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
+@pytest.mark.parametrize("overrides,field,fix", [
+    ({"model.hf_path": ""}, "task='text'", "model.hf_path"),
+    ({"data.eval_path": ""}, "config.data.eval_path", "JSONL"),
+    ({"data.target_len": 1}, "config.data.target_len", "EOS"),
+])
+def test_text_task_checks(overrides, field, fix):
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(_hf(**overrides))
+  assert field in str(e.value) and fix in str(e.value), str(e.value)
+
+
+def test_lora_checks_and_the_two_target_lists_agree():
+  from ir_jax.models import transformer
+  assert config_lib.LORA_TARGETS == transformer.LORA_TARGETS
+  config_lib.validate(_hf())
+  c = _hf()
+  c.model.lora.targets = "query,proj"
+  with pytest.raises(ValueError, match="config.model.lora.targets"):
+    config_lib.validate(c)
+  c = _hf()
+  c.model.lora.alpha = 0.0
+  with pytest.raises(ValueError, match="config.model.lora.alpha"):
+    config_lib.validate(c)
+  # LoRA and hf_path are transformer fields, off by default: an LSTM
+  # config refuses them, and configs without them (every run saved before
+  # them) stay valid.
+  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py:lstm,tiny"))
+  c.model.hf_path = "x"
+  with pytest.raises(ValueError, match="lstm model does not take"):
+    config_lib.validate(c)
+  assert "hf_path" not in tiny().model
+  # A KL reference comes from init_from or the checkpoint itself.
+  config_lib.validate(_hf(**{"rl.mode": "instant", "rl.kl_weight": 0.1}))

@@ -225,3 +225,37 @@ def test_wide_beam_equals_exhaustive_search(model_params, length_penalty):
     np.testing.assert_allclose(out["scores"][b, 0], score[best], atol=1e-4)
     np.testing.assert_allclose(np.sort(np.asarray(out["scores"][b]))[::-1],
                                np.sort(score)[::-1][:9], atol=1e-4)
+
+
+@pytest.mark.parametrize("pad_id,eos_id", [(9, 6), (6, 6)])
+def test_a_checkpoints_own_pad_and_eos_ids(model_params, pad_id, eos_id):
+  """Decoding reads the model's pad_id / eos_id (a Hugging Face
+  tokenizer's): it ends at eos_id, pads with pad_id, never samples a
+  distinct pad token, and can still end when pad == eos (no pad token)."""
+  model, params = model_params
+  model = model.clone(pad_id=pad_id, eos_id=eos_id)
+  source, target, m = prompts()
+  target = jnp.where(target == EOS, eos_id, target)
+  out = decode.sample_with_rewards(model, params, source, target, m,
+                                   jax.random.PRNGKey(0), max_len=8,
+                                   num_samples=16)
+  tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
+  ended = 0
+  for row, n in zip(tokens, lengths):
+    assert pad_id == eos_id or not np.any(row[:n] == pad_id)
+    ends = np.flatnonzero(row == eos_id)
+    if ends.size:
+      ended += 1
+      assert n == ends[0] + 1 and np.all(row[n:] == pad_id)
+    else:
+      assert n == 8
+  assert ended > 0
+  greedy, glen = decode.generate(model, params, source, max_len=8)
+  for row, n in zip(np.asarray(greedy), np.asarray(glen)):
+    assert np.all(row[n:] == pad_id)
+    assert pad_id == eos_id or not np.any(row == pad_id)
+  beams = decode.beam_search(model, params, source, max_len=8, beam=3)
+  for row, n in zip(np.asarray(beams["tokens"]).reshape(-1, 8),
+                    np.asarray(beams["lengths"]).reshape(-1)):
+    assert np.all(row[n:] == pad_id)
+    assert n == 8 or row[n - 1] == eos_id

@@ -129,4 +129,48 @@ def load(path: str) -> Tokenizer:
   return Tokenizer(fast, bos, eos, pad if pad is not None else eos, eos_ids)
 
 
-__all__ = ["Tokenizer", "load"]
+def write_symbol_tokenizer(path: str, symbols, *, chars: bool) -> None:
+  """tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) for
+  a project vocabulary (`ir_jax.data.vocab`: specials first), so that an
+  exported from-scratch model (`ir-jax export`) is a complete checkpoint.
+
+  chars=True (charlm) splits text into characters; otherwise (G2P)
+  symbols are whitespace-separated. Encoding a prompt adds the project's
+  source layout, <bos> ... <sep> (the model was trained on it), so
+  `AutoTokenizer(prompt)` + `generate` continues it as `ir-jax generate`
+  does; decoding drops the specials and joins characters (chars) or
+  symbols with spaces."""
+  from tokenizers import Regex, Tokenizer as Fast, decoders, models
+  from tokenizers import pre_tokenizers, processors
+  from ir_jax.data.vocab import BOS, EOS, PAD, SEP, SPECIALS, UNK
+  table = {s: i for i, s in enumerate(symbols)}
+  fast = Fast(models.WordLevel(table, unk_token=SPECIALS[UNK]))
+  if chars:
+    fast.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    fast.decoder = decoders.Fuse()
+  else:
+    fast.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  fast.add_special_tokens(list(SPECIALS))
+  bos, sep = SPECIALS[BOS], SPECIALS[SEP]
+  fast.post_processor = processors.TemplateProcessing(
+      single=f"{bos} $A {sep}", pair=f"{bos} $A {sep} $B {sep}",
+      special_tokens=[(bos, BOS), (sep, SEP)])
+  os.makedirs(path, exist_ok=True)
+  fast.save(os.path.join(path, "tokenizer.json"))
+  names = {"pad_token": SPECIALS[PAD], "bos_token": bos,
+           "eos_token": SPECIALS[EOS], "unk_token": SPECIALS[UNK]}
+  with open(os.path.join(path, "special_tokens_map.json"), "w") as f:
+    json.dump(names, f, indent=1)
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+    json.dump({**names, "tokenizer_class": "PreTrainedTokenizerFast",
+               "clean_up_tokenization_spaces": False}, f, indent=1)
+  with open(os.path.join(path, "generation_config.json"), "w") as f:
+    json.dump({"bos_token_id": BOS, "eos_token_id": EOS,
+               "pad_token_id": PAD}, f, indent=1)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "generation_config.json")
+
+
+__all__ = ["TOKENIZER_FILES", "Tokenizer", "load", "write_symbol_tokenizer"]

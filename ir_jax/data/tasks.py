@@ -11,54 +11,16 @@ the target side only.
 """
 
 import collections
-import dataclasses
 import math
 import pydoc_data.topics
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import grain
 import numpy as np
 
 from ir_jax.data import cmudict
-from ir_jax.data.vocab import BOS, EOS, PAD, SEP, SPECIALS, UNK, Vocab
-
-
-@dataclasses.dataclass
-class EvalSet:
-  """Inputs and references for scoring generation."""
-  keys: List[str]                       # Word (or context) per row.
-  source: np.ndarray                    # int32[W, P]
-  references: List[List[Tuple[str, ...]]]
-  direction: str = ""                   # Key of Task.target_ids.
-
-
-@dataclasses.dataclass
-class Task:
-  name: str
-  vocab: Vocab
-  source_len: int
-  target_len: int
-  train: Dict[str, np.ndarray]          # source, target, target_lengths
-  eval_sets: Dict[str, EvalSet]
-  eval_targets: Dict[str, Dict[str, np.ndarray]]  # Teacher-forced eval CE.
-  report: Dict[str, int]                # Bad-data counts, never silent.
-  prompt: Tuple[int, ...] = ()          # Slot ids after BOS (task tag).
-  # Per direction ("g2p", "p2g", "charlm"): the ids decoding may emit, the
-  # direction's target symbols and EOS.
-  target_ids: Dict[str, Tuple[int, ...]] = dataclasses.field(
-      default_factory=dict)
-
-  def encode_sources(self, items: Sequence[Sequence[str]]) -> np.ndarray:
-    return np.stack([encode_source(self.vocab, s, self.source_len, self.prompt)
-                     for s in items])
-
-
-def encode_source(vocab: Vocab, symbols: Sequence[str], length: int,
-                  prompt: Sequence[int] = ()):
-  """[PAD.., BOS, prompt.., symbols.., SEP]; `prompt` ids fill the slots
-  right after BOS (task tags, or placeholders a soft prompt overwrites)."""
-  ids = [BOS, *prompt] + vocab.encode(symbols)[:length - 2 - len(prompt)] + [SEP]
-  return np.asarray([PAD] * (length - len(ids)) + ids, np.int32)
+from ir_jax.data._types import EvalSet, Task, encode_source  # noqa: F401
+from ir_jax.data.vocab import EOS, PAD, SPECIALS, UNK, Vocab
 
 
 def encode_target(vocab: Vocab, symbols: Sequence[str], length: int):
@@ -287,7 +249,15 @@ def build(config) -> Task:
   if config.task == "charlm":
     return charlm(tuple(d.get("paths") or ()), d.context, d.continuation,
                   d.stride, d.get("max_eval_items") or None)
-  raise ValueError(f"config.task must be 'g2p' or 'charlm', got {config.task!r}.")
+  if config.task == "text":
+    from ir_jax.data import text
+    return text.task(d.train_path, d.eval_path,
+                     d.get("tokenizer") or config.model.get("hf_path", ""),
+                     d.source_len, d.target_len, d.get("test_path", ""),
+                     d.get("max_train_words") or None,
+                     d.get("max_eval_items") or None)
+  raise ValueError(f"config.task must be 'g2p', 'charlm' or 'text', got "
+                   f"{config.task!r}.")
 
 
 def train_dataset(train: Dict[str, np.ndarray], batch_size: int, seed: int,

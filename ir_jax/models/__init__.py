@@ -10,7 +10,7 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-from ir_jax.data.vocab import PAD
+from ir_jax.data.vocab import EOS, PAD
 from ir_jax.models.lstm import LSTM
 from ir_jax.models.transformer import Transformer
 
@@ -29,24 +29,33 @@ def build(model_config, vocab_size: int, deterministic_dropout=None):
   raise ValueError(f"model.kind must be 'transformer' or 'lstm', got {kind!r}.")
 
 
-def model_inputs(batch) -> Tuple[jax.Array, jax.Array]:
+def special_ids(model) -> Tuple[int, int]:
+  """(pad_id, eos_id) of `model`: its tokenizer's (a Hugging Face
+  checkpoint's, `data.task="text"`), or the project vocabulary's PAD / EOS.
+  A checkpoint without a pad token pads with EOS (pad_id == eos_id)."""
+  return (int(getattr(model, "pad_id", PAD)),
+          int(getattr(model, "eos_id", EOS)))
+
+
+def model_inputs(batch, pad_id: int = PAD) -> Tuple[jax.Array, jax.Array]:
   """Teacher forcing: the source plus all target tokens but the last.
 
   batch: source int32[B, P], target int32[B, T]. Returns tokens
-  int32[B, P + T - 1] and their validity mask (False at PAD).
+  int32[B, P + T - 1] and their validity mask (False at `pad_id`).
   """
   tokens = jnp.concatenate([batch["source"], batch["target"][:, :-1]], axis=1)
-  return tokens, tokens != PAD
+  return tokens, tokens != pad_id
 
 
 def target_logits(model, params, batch, rng=None) -> jax.Array:
   """float32[B, T, V]: logits at the positions that predict the target
   (position t predicts target[:, t]). `rng` turns dropout on."""
-  tokens, valid = model_inputs(batch)
+  tokens, valid = model_inputs(batch, special_ids(model)[0])
   kwargs = {} if rng is None else {"rngs": {"dropout": rng},
                                    "deterministic": False}
   logits, _ = model.apply({"params": params}, tokens, valid, **kwargs)
   return logits[:, batch["source"].shape[1] - 1:]
 
 
-__all__ = ["LSTM", "Transformer", "build", "model_inputs", "target_logits"]
+__all__ = ["LSTM", "Transformer", "build", "model_inputs", "special_ids",
+           "target_logits"]

@@ -100,8 +100,24 @@ def _refuse(hf, field, ok, why):
                           f"supported ({why}).")
 
 
+def _special_ids(hf: Dict[str, Any]) -> Dict[str, int]:
+  """pad_id / eos_id from config.json (the first of an eos list; no pad
+  token pads with EOS); {} when it names no EOS. The tokenizer's files
+  (ir_jax.data.hf_tokenizer) override them for a text task."""
+  eos = hf.get("eos_token_id")
+  eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+  if not isinstance(eos, int):
+    return {}
+  pad = hf.get("pad_token_id")
+  return {"eos_id": eos, "pad_id": pad if isinstance(pad, int) else eos}
+
+
 def module_config(hf: Dict[str, Any]) -> Dict[str, Any]:
   """`Transformer` fields for a Hugging Face config dict."""
+  return {**_module_config(hf), **_special_ids(hf)}
+
+
+def _module_config(hf: Dict[str, Any]) -> Dict[str, Any]:
   kind = hf.get("model_type")
   if kind not in MODEL_TYPES:
     raise CheckpointError(
@@ -152,6 +168,11 @@ def model_type_of(model: Transformer) -> str:
 
 def hf_config(model: Transformer, dtype: str = "float32") -> Dict[str, Any]:
   """config.json for `model` (what `save` writes)."""
+  ids = {"eos_token_id": model.eos_id, "pad_token_id": model.pad_id}
+  return {**_hf_config(model, dtype), **ids}
+
+
+def _hf_config(model: Transformer, dtype: str) -> Dict[str, Any]:
   kind = model_type_of(model)
   if kind == "gpt2":
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
@@ -293,9 +314,10 @@ def _tensors(files: Dict[str, str], names) -> Iterator[Tuple[str, np.ndarray]]:
 
 def abstract_params(model: Transformer, boxed: bool = False):
   """ShapeDtypeStructs of `model`'s params (logical boxes kept if `boxed`)."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
-  return shapes["params"] if boxed else nn.meta.unbox(shapes["params"])
+  def init():  # Traced, so the logical constraints hold under any mesh.
+    params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    return params["params"] if boxed else nn.meta.unbox(params["params"])
+  return jax.eval_shape(init)
 
 
 def load(path: str, *, dtype: str = "float32", mesh=None, rules=None,
@@ -317,11 +339,26 @@ def load(path: str, *, dtype: str = "float32", mesh=None, rules=None,
     rope type or sliding window, pickled weights only, a missing or
     misshapen tensor.
   """
+  model = build(path, dtype=dtype, scan_layers=scan_layers, remat=remat)
+  return model, load_params(path, model, mesh=mesh, rules=rules)
+
+
+def build(path: str, *, dtype: str = "float32", scan_layers: bool = False,
+          remat: bool = False) -> Transformer:
+  """The Transformer of a checkpoint's config.json, without weights."""
   if dtype not in _DTYPES:
     raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
-  jdtype, npdtype = _DTYPES[dtype]
-  model = Transformer(**module_config(read_config(path)), dtype=jdtype,
-                      scan_layers=scan_layers, remat=remat)
+  return Transformer(**module_config(read_config(path)),
+                     dtype=_DTYPES[dtype][0], scan_layers=scan_layers,
+                     remat=remat)
+
+
+def load_params(path: str, model: Transformer, *, mesh=None, rules=None
+                ) -> Dict[str, Any]:
+  """The weights of checkpoint `path` as `model`'s params (built by
+  `build`, possibly cloned with LoRA adapters, which get no weights here),
+  each read and placed straight into its sharding on `mesh`."""
+  npdtype = {v[0]: v[1] for v in _DTYPES.values()}[model.dtype]
   files = _weight_files(path)
   entries = layout(model)
   missing = sorted({n for n, _, _ in entries} - set(files))
@@ -329,7 +366,7 @@ def load(path: str, *, dtype: str = "float32", mesh=None, rules=None,
     raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}"
                           + (" ..." if len(missing) > 5 else ""))
   boxed = abstract_params(model, boxed=True)
-  shapes = nn.meta.unbox(boxed)
+  shapes = abstract_params(model)
   if mesh is not None:
     from ir_jax import config as config_lib, parallel
     shardings = parallel.logical_to_shardings(
@@ -354,7 +391,7 @@ def load(path: str, *, dtype: str = "float32", mesh=None, rules=None,
 
   for name, tensor in _tensors(files, by_name):
     for ours, how in by_name[name]:
-      p, layer = _layer_path(ours, scan_layers)
+      p, layer = _layer_path(ours, model.scan_layers)
       array = np.ascontiguousarray(_to_ours(tensor, how)).astype(npdtype)
       want = leaf(shapes, p).shape
       got = array.shape if layer is None else (model.num_layers,) + array.shape
@@ -376,7 +413,7 @@ def load(path: str, *, dtype: str = "float32", mesh=None, rules=None,
     for k in p[:-1]:
       node = node.setdefault(k, {})
     node[p[-1]] = value
-  return model, params
+  return params
 
 
 # ---------------------------------------------------------------- writing

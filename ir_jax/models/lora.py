@@ -40,9 +40,11 @@ def _is_adapter(path) -> bool:
 
 
 def labels(params) -> Any:
-  """"lora" for adapter leaves, "frozen" for everything else."""
+  """"lora" for adapter leaves, "frozen" for everything else (a logical-
+  axis box counts as one leaf, so boxed params label alike)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "lora" if _is_adapter(path) else "frozen", params)
+      lambda path, _: "lora" if _is_adapter(path) else "frozen", params,
+      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def optimizer(tx: optax.GradientTransformation
@@ -76,6 +78,18 @@ def add_adapters(model: Transformer, params, *, rank: int,
   return adapted, flax.traverse_util.unflatten_dict(merged)
 
 
+def split(params) -> Tuple[Any, Any]:
+  """(adapters, base): two flat {path tuple: array} dicts of `params`."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return ({k: v for k, v in flat.items() if k[-1] in ADAPTERS},
+          {k: v for k, v in flat.items() if k[-1] not in ADAPTERS})
+
+
+def join(adapters, base) -> Any:
+  """The params tree of `split`'s two halves."""
+  return flax.traverse_util.unflatten_dict({**base, **adapters})
+
+
 def adapters_off(params):
   """The base function's params: every B zeroed, base arrays shared."""
   return jax.tree_util.tree_map_with_path(
@@ -103,5 +117,5 @@ def merge(model: Transformer, params) -> Tuple[Transformer, Any]:
   return model.clone(lora_rank=0), flax.traverse_util.unflatten_dict(out)
 
 
-__all__ = ["ADAPTERS", "add_adapters", "adapters_off", "labels", "merge",
-           "optimizer"]
+__all__ = ["ADAPTERS", "add_adapters", "adapters_off", "join", "labels",
+           "merge", "optimizer", "split"]

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ir_jax.data.vocab import SEP
+from ir_jax.data.vocab import EOS, PAD, SEP
 from ir_jax.models import prompting
 
 Cache = Dict[str, jax.Array]
@@ -55,6 +55,8 @@ class LSTM(nn.Module):
   bidirectional_source: bool = False
   dtype: Any = jnp.float32
   prompt_length: int = 0    # > 0: a learned soft prompt of this many slots.
+  pad_id: int = PAD         # Tokenizer ids (ir_jax.models.special_ids).
+  eos_id: int = EOS
 
   def init_cache(self, batch: int, slots: int = 0) -> Cache:
     """Zero carries, stacked over layers (`slots` is unused: O(1) state)."""

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ir_jax.data.vocab import EOS, PAD
 from ir_jax.models import prompting
 
 Cache = Dict[str, jax.Array]
@@ -277,6 +278,10 @@ class Transformer(nn.Module):
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple = LORA_TARGETS
+  # The tokenizer's padding and end ids (ir_jax.models.special_ids): the
+  # project vocabulary's, or a checkpoint's (data.task="text").
+  pad_id: int = PAD
+  eos_id: int = EOS
 
   @property
   def head_dim(self) -> int:

@@ -1,0 +1,26 @@
+"""Qwen3-8B post-trained with instant rewards on a v6e-64 slice (64 chips,
+topology v6e:8x8).
+
+  ir-jax compile --config tpu_configs/qwen3_8b_v6e_64.py           # LoRA
+  ir-jax compile --config tpu_configs/qwen3_8b_v6e_64.py:full      # full FT
+  ir-jax train --config tpu_configs/qwen3_8b_v6e_64.py --distributed \
+      --workdir gs://BUCKET/qwen_g2p --config.model.hf_path=/ckpt/Qwen3-8B \
+      --config.data.train_path=... --config.data.eval_path=...
+
+Text task, prompts 256 + targets 128 tokens; RL mode `instant` (K=4
+samples per prompt, edit-distance reward in the sampling loop, KL to the
+base model), 256 prompts a step; mesh (data, fsdp, tensor) = (4, 16, 1).
+Compiled for its topology by `ir-jax compile` (docs/hf.md has the table);
+not run on a real pod.
+"""
+
+from ir_jax.config import sibling
+
+_base = sibling(__file__, "_base.py")
+VARIANTS = ("lora", "full")
+
+
+def get_config(arg=None):
+  return _base.hf_pod_config(hf_path="qwen3-8b", topology="v6e:8x8",
+                             chips=64, mesh=(4, 16, 1), batch_size=256,
+                             arg=arg)
