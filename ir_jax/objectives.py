@@ -355,16 +355,22 @@ def _with_sequence_terms(spec, instant, state, token_rewards, tokens, lengths,
   terms = [rewards.term_returns(instant, state)]
   last = jnp.arange(t)[None] == (lengths - 1)[:, None]
   for name, w in spec.sequence:
-    value = rewards.resolve(name, reward_embeddings)(tokens, lengths, target,
-                                                     m).astype(jnp.float32)
+    table = () if reward_embeddings is None else (reward_embeddings,)
+    value = parallel.batch_map(   # Per shard: kernels are not partitioned.
+        lambda a, n, b, k, *e, name=name: rewards.resolve(
+            name, e[0] if e else None)(a, n, b, k),
+        (tokens, lengths, target, m), table).astype(jnp.float32)
     token_rewards = token_rewards + jnp.where(last, w * value[:, None], 0.0)
     terms.append(value[:, None])
   return {"tokens": tokens, "lengths": lengths, "token_rewards": token_rewards,
           "returns": token_rewards.sum(-1),
           "terms": jnp.concatenate(terms, axis=-1),
-          "edit_distance": rewards.levenshtein(tokens, target,
-                                               pred_lengths=lengths,
-                                               target_lengths=m),
+          # Per batch shard: a Pallas kernel (TPU/GPU) cannot be
+          # auto-partitioned over a sharded batch.
+          "edit_distance": parallel.batch_map(
+              lambda a, b, n, k: rewards.levenshtein(
+                  a, b, pred_lengths=n, target_lengths=k),
+              (tokens, target, lengths, m)),
           "target": target, "target_lengths": m}
 
 

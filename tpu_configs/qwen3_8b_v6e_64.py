@@ -9,7 +9,7 @@ topology v6e:8x8).
 
 Text task, prompts 256 + targets 128 tokens; RL mode `instant` (K=4
 samples per prompt, edit-distance reward in the sampling loop, KL to the
-base model), 256 prompts a step; mesh (data, fsdp, tensor) = (4, 16, 1).
+base model), 256 prompts a step; mesh (data, fsdp, tensor) = (8, 8, 1).
 Compiled for its topology by `ir-jax compile` (docs/hf.md has the table);
 not run on a real pod.
 """
@@ -22,5 +22,5 @@ VARIANTS = ("lora", "full")
 
 def get_config(arg=None):
   return _base.hf_pod_config(hf_path="qwen3-8b", topology="v6e:8x8",
-                             chips=64, mesh=(4, 16, 1), batch_size=256,
+                             chips=64, mesh=(8, 8, 1), batch_size=256,
                              arg=arg)
