@@ -87,7 +87,9 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "hf_pipeline.json"))
   args = p.parse_args(argv)
-  result = {"date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+  result = {"date": time.strftime("%Y-%m-%d"), "args": {
+      k: os.path.relpath(v, ROOT) if k in ("runs", "out") else v
+      for k, v in vars(args).items()}}
   os.makedirs(args.runs, exist_ok=True)
 
   # 1. Pre-train.
