@@ -64,8 +64,13 @@ def test_pod_config_compiles_for_its_topology_and_fits(name):
   assert report["params"] == full["params"]
   for part in ("train", "sampling"):
     assert report[part]["argument_bytes"] == full[part]["argument_bytes"]
-    assert report[part]["total_bytes"] == pytest.approx(
-        full[part]["total_bytes"], rel=0.1), part
+    fast, want = report[part]["total_bytes"], full[part]["total_bytes"]
+    if c.rl.mode:
+      # The 8B RL step: fast mode keeps more temporaries (measured 22.7 vs
+      # 18.6 GB for Llama LoRA), never fewer: a safe over-estimate.
+      assert 0.9 * want <= fast <= 1.3 * want, part
+    else:
+      assert fast == pytest.approx(want, rel=0.1), part
 
 
 @needs_libtpu
