@@ -5,7 +5,8 @@ Run (the README's main job; ~10 min on a 2-core CPU):
   ir-jax train --config experiments/g2p.py --workdir runs/g2p
 
 Variants (comma list): `lstm` (stacked LSTM instead of the Transformer),
-`bidi` (LSTM with a bidirectional-LSTM source encoder),
+`bidi` (LSTM with a bidirectional-LSTM source encoder), `prefix` (the
+Transformer as a prefix LM: the letters attend to each other both ways),
 `fused` (CE + fused soft edit distance reward, alpha 0.3 after warm-up),
 `stress` (keep stress digits), `multi` (one model for letters->phonemes
 and phonemes->letters, chosen by a task tag after BOS: the frozen model of
@@ -22,8 +23,8 @@ from ir_jax.config import default_config
 
 def get_config(arg=None):
   variants = config_lib.variants(
-      arg, ("lstm", "bidi", "fused", "stress", "multi", "tiny", "small",
-                "base"), "g2p")
+      arg, ("lstm", "bidi", "prefix", "fused", "stress", "multi", "tiny",
+                "small", "base"), "g2p")
   c = default_config()
   c.task = "g2p"
   c.total_steps = 1400
@@ -54,6 +55,11 @@ def get_config(arg=None):
                                      num_layers=2, dropout=0.0,
                                      bidirectional_source="bidi" in variants,
                                      dtype="float32"))
+  if "prefix" in variants:
+    if c.model.kind != "transformer":
+      raise ValueError("experiments/g2p.py: 'prefix' is a Transformer variant "
+                       "(the LSTM's two-way source is 'bidi').")
+    c.model.prefix_lm = True
   if "fused" in variants:
     c.objective.alpha = 0.3
     c.objective.alpha_schedule = "warmup"

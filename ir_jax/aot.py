@@ -361,8 +361,10 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
   Checks the config (`config.validate`: mesh against the device count,
   batch against the data axes, every field) and the logical rules against
   the param shapes (errors name the field); then reports per-device bytes
-  of params, optimizer state, gradients and activations (an analytic
-  estimate), next to what XLA's memory analysis of the compiled step says
+  of params, optimizer state, gradients (of the trained part only: LoRA's
+  adapters, a soft prompt) and activations (an analytic estimate; every
+  sharded weight counted as gathered at once, the RL sampling loop not
+  modelled), next to what XLA's memory analysis of the compiled step says
   (`device_bytes`). Nothing is trained.
   """
   task, model, tx, mesh, rules = state.setup(config, shapes_only=True)
@@ -374,6 +376,9 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
     params = per_device(abstract.params, shardings.params)
     optimizer = per_device(abstract.opt_state, shardings.opt_state)
     other = per_device(abstract, shardings) - params - optimizer
+    part = step.trained_part(config)   # LoRA / soft prompt: only it has grads.
+    gradients = params if part is None else per_device(
+        part[0](abstract.params), part[0](shardings.params))
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     local_batch = config.batch_size // batch_shards
     activations = activation_bytes(config, task, local_batch,
@@ -382,7 +387,7 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
                       for l in jax.tree.leaves(abstract.params))
     # Sharded weights are all-gathered for compute, one copy at a time.
     gathered = full_params - params
-    estimate = 2 * params + optimizer + other + activations + gathered
+    estimate = params + gradients + optimizer + other + activations + gathered
     compiled = step.lower_train_step(config, model, tx, task, mesh, abstract,
                                      shardings).compile()
     mem = compiled.memory_analysis()
@@ -391,7 +396,7 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
             "mesh": dict(mesh.shape), "global_batch": config.batch_size,
             "params_count": sum(l.size for l in jax.tree.leaves(abstract.params)),
             "params_bytes": params, "optimizer_bytes": optimizer,
-            "gradient_bytes": params, "other_state_bytes": other,
+            "gradient_bytes": gradients, "other_state_bytes": other,
             "activation_bytes": activations, "gathered_bytes": gathered,
             "estimate_bytes": estimate,
             "xla_bytes": xla}

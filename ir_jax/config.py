@@ -56,10 +56,12 @@ LORA_TARGETS = ("query", "key", "value", "out", "wi_gate", "wi_up", "wo")
 # Face checkpoint directory, whose config.json sets the architecture (the
 # other size fields are then ignored) and whose weights start the run;
 # lora: rank > 0 trains rank-r adapters on `targets` (comma list of query,
-# key, value, out, wi_gate, wi_up, wo) and freezes the rest.
+# key, value, out, wi_gate, wi_up, wo) and freezes the rest; prefix_lm:
+# the source attends both ways (a prefix LM, models.Transformer.prefix_len).
 MODEL_OPTIONAL = {
     "transformer": dict(hf_path="", lora=dict(rank=0, alpha=16.0,
-                                              targets="query,value")),
+                                              targets="query,value"),
+                        prefix_lm=False),
 }
 DIRECTIONS = ("g2p", "p2g")
 DTYPES = ("float32", "bfloat16")
@@ -547,6 +549,11 @@ def validate(config: ml_collections.ConfigDict, *,
     if c.prompt.mode:
       raise ValueError("config.model.lora.rank > 0 and prompt.mode train "
                        "different parameters; set one of them.")
+
+  if m.get("prefix_lm") and m.get("hf_path"):
+    raise ValueError("config.model.prefix_lm=True with model.hf_path: a "
+                     "pretrained causal LM was not trained to see its prompt "
+                     "both ways; drop one of them.")
 
   # Optimizer.
   o = c.optim

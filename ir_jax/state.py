@@ -39,6 +39,7 @@ def make_model(config, task) -> nn.Module:
   model_config = dict(config.model)
   hf_path = model_config.pop("hf_path", "")
   lora = model_config.pop("lora", None)
+  prefix_lm = model_config.pop("prefix_lm", False)
   if hf_path:  # The checkpoint's architecture and vocabulary.
     from ir_jax.models import hf
     model = hf.build(hf_path, dtype=model_config.get("dtype", "float32"),
@@ -58,6 +59,8 @@ def make_model(config, task) -> nn.Module:
   if lora is not None and lora.rank:
     model = model.clone(lora_rank=int(lora.rank), lora_alpha=float(lora.alpha),
                         lora_targets=lora_targets(config))
+  if prefix_lm:  # The source's slots attend both ways.
+    model = model.clone(prefix_len=int(task.source_len))
   if (task.pad_id, task.eos_id) != models.special_ids(model):
     model = model.clone(pad_id=task.pad_id, eos_id=task.eos_id)
   return model

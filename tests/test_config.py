@@ -231,6 +231,7 @@ def _hf(**overrides):
     ({"model.hf_path": ""}, "task='text'", "model.hf_path"),
     ({"data.eval_path": ""}, "config.data.eval_path", "JSONL"),
     ({"data.target_len": 1}, "config.data.target_len", "EOS"),
+    ({"model.prefix_lm": True}, "config.model.prefix_lm", "model.hf_path"),
 ])
 def test_text_task_checks(overrides, field, fix):
   with pytest.raises(ValueError) as e:

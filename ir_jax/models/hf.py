@@ -168,6 +168,11 @@ def model_type_of(model: Transformer) -> str:
 
 def hf_config(model: Transformer, dtype: str = "float32") -> Dict[str, Any]:
   """config.json for `model` (what `save` writes)."""
+  if getattr(model, "prefix_len", 0):
+    raise ValueError(
+        f"a prefix LM (prefix_len={model.prefix_len}, config.model.prefix_lm)"
+        " has no Hugging Face causal-LM equivalent: transformers would run it "
+        "causally and give other logits. Export a causal model.")
   ids = {"eos_token_id": model.eos_id, "pad_token_id": model.pad_id}
   return {**_hf_config(model, dtype), **ids}
 

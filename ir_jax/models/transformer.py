@@ -145,6 +145,7 @@ class Block(nn.Module):
   lora_rank: int = 0             # > 0: LoRA adapters on `lora_targets`.
   lora_alpha: float = 16.0
   lora_targets: tuple = LORA_TARGETS
+  prefix_len: int = 0            # > 0: slots < prefix_len see each other.
 
   @nn.compact
   def __call__(self, x, positions, valid, layer_cache):
@@ -184,7 +185,11 @@ class Block(nn.Module):
                                                     valid, index, axis=1)
     slots = jnp.arange(keys.shape[1])
     query_slots = index + jnp.arange(x.shape[1])
-    mask = (slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None]
+    visible = slots[None, :] <= query_slots[:, None]            # Causal.
+    if self.prefix_len:  # Prefix LM: the source attends both ways.
+      visible |= ((slots[None, :] < self.prefix_len) &
+                  (query_slots[:, None] < self.prefix_len))
+    mask = visible[None] & key_valid[:, None]
     # Padded queries with no visible key would softmax over nothing; they
     # are masked out of every loss, so let them see slot 0 instead of NaN.
     mask = mask.at[:, :, 0].set(mask[:, :, 0] | ~mask.any(-1))
@@ -250,6 +255,12 @@ class Transformer(nn.Module):
   tokens, valid: int/bool[B, L]. Positions count valid tokens only, so a
   left-padded prompt starts at position 0 (and a right-padded one counts
   0, 1, ... like Hugging Face's). logits: float32[B, L, V].
+
+  `prefix_len` = P > 0 makes it a prefix LM (T5's "prefix LM", UniLM): the
+  first P slots (the task's left-padded source) attend to each other both
+  ways, every later slot causally, i.e. slot i sees slot j iff j <= i or
+  i, j < P. Decoding must then prefill exactly the P source slots in one
+  call, as ir_jax.decode does (prompts are source_len wide).
   """
   vocab_size: int
   embed_dim: int = 128
@@ -282,6 +293,7 @@ class Transformer(nn.Module):
   # project vocabulary's, or a checkpoint's (data.task="text").
   pad_id: int = PAD
   eos_id: int = EOS
+  prefix_len: int = 0       # > 0: prefix LM over the first prefix_len slots.
 
   @property
   def head_dim(self) -> int:
@@ -334,7 +346,8 @@ class Transformer(nn.Module):
                   use_rope=not self.max_positions, qkv_bias=self.qkv_bias,
                   qk_norm=self.qk_norm, mlp=self.mlp, use_bias=self.use_bias,
                   lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
-                  lora_targets=tuple(self.lora_targets))
+                  lora_targets=tuple(self.lora_targets),
+                  prefix_len=self.prefix_len)
     if self.scan_layers:
       block = nn.remat(_ScanBlock) if self.remat else _ScanBlock
       x, new = nn.scan(

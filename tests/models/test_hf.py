@@ -283,6 +283,15 @@ def test_unsupported_settings_are_named(over, match, tmp_path):
     hf.load(str(tmp_path))
 
 
+def test_save_refuses_a_prefix_lm(tmp_path):
+  model = Transformer(vocab_size=VOCAB, embed_dim=32, num_layers=1,
+                      num_heads=4, mlp_dim=48, prefix_len=6)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0),
+                                    jnp.ones((1, 8), jnp.int32)))
+  with pytest.raises(ValueError, match="prefix LM"):
+    hf.save(str(tmp_path / "out"), model, params)
+
+
 def test_sliding_window_is_refused(tmp_path):
   cfg = transformers.MistralConfig(vocab_size=VOCAB, hidden_size=64,
                                    intermediate_size=96, num_hidden_layers=1,

@@ -70,18 +70,52 @@ def test_left_padding_is_invisible(model_and_params):
   np.testing.assert_allclose(with_pad[:, 5:], full, atol=1e-5)
 
 
-def test_cache_decoding_equals_full_forward(model_and_params):
-  model, params = model_and_params
-  tokens, valid = tokens_and_valid()
+def assert_cached_decoding_is_full_forward(model, params, tokens, valid,
+                                           prefill):
+  """Prefill `prefill` slots, then one token a call: the full forward."""
   full, _ = model.apply(params, tokens, valid)
-  cache = model.init_cache(3, 11)
+  cache = model.init_cache(*tokens.shape)
   outs = []
-  logits, cache = model.apply(params, tokens[:, :5], valid[:, :5], cache)
+  logits, cache = model.apply(params, tokens[:, :prefill], valid[:, :prefill],
+                              cache)
   outs.append(logits)
-  for t in range(5, 11):
+  for t in range(prefill, tokens.shape[1]):
     logits, cache = model.apply(params, tokens[:, t:t + 1],
                                 valid[:, t:t + 1], cache)
     outs.append(logits)
   stepwise = jnp.concatenate(outs, axis=1)
   np.testing.assert_allclose(np.asarray(stepwise)[np.asarray(valid)],
                              np.asarray(full)[np.asarray(valid)], atol=1e-5)
+
+
+def test_cache_decoding_equals_full_forward(model_and_params):
+  model, params = model_and_params
+  assert_cached_decoding_is_full_forward(model, params, *tokens_and_valid(),
+                                         prefill=5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_prefix_lm_mask_and_cache(scan):
+  """prefix_len=P: slots < P see each other both ways, later slots stay
+  causal, and prefilling the P source slots then decoding one token at a
+  time equals the full forward."""
+  p = 5
+  model = make("transformer", prefix_len=p, scan_layers=scan)
+  tokens, valid = tokens_and_valid()
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), tokens, valid))
+  base, _ = model.apply(params, tokens, valid)
+  # A later source token changes the earlier source slots' outputs (the
+  # causal model's would not move), ...
+  changed, _ = model.apply(params, tokens.at[:, p - 1].set(5), valid)
+  assert not np.allclose(base[:, 1:p - 1], changed[:, 1:p - 1], atol=1e-4)
+  causal = make("transformer", scan_layers=scan)
+  c_base, _ = causal.apply(params, tokens, valid)
+  c_changed, _ = causal.apply(params, tokens.at[:, p - 1].set(5), valid)
+  np.testing.assert_allclose(c_base[:, :p - 1], c_changed[:, :p - 1], atol=1e-6)
+  # ... a target token changes nothing before it, ...
+  later, _ = model.apply(params, tokens.at[:, 8].set(5), valid)
+  np.testing.assert_allclose(base[:, :8], later[:, :8], atol=1e-6)
+  assert not np.allclose(base[:, 8:], later[:, 8:])
+  # ... and cached decoding after a P-slot prefill is the full forward.
+  assert_cached_decoding_is_full_forward(model, params, tokens, valid,
+                                         prefill=p)
