@@ -15,6 +15,17 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0_1")
 FULL_RUN = os.path.join(ROOT, "tests", "fixtures", "workdir_0_1_full_run.json")
 
 
+def levenshtein(a, b) -> int:
+  """Exact edit distance of two sequences, the textbook O(nm) Python DP
+  (an independent reference for the kernels)."""
+  row = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    prev, row[0] = row[0], i
+    for j, y in enumerate(b, 1):
+      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+  return row[-1]
+
+
 def tiny(**overrides):
   """experiments/g2p.py:tiny with `field=value` overrides."""
   c = config_lib.load(CONFIG)

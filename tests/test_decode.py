@@ -14,13 +14,14 @@ from ir_jax.models import LSTM, Transformer
 VOCAB = 12
 
 
-@pytest.fixture(params=["transformer", "lstm"])
+@pytest.fixture(params=["transformer", "lstm", "prefix_lm"])
 def model_params(request):
   if request.param == "lstm":
     model = LSTM(vocab_size=VOCAB, embed_dim=16, hidden_dim=24, num_layers=1)
-  else:
+  else:  # prefix_lm: the 5 source slots of `prompts()` attend both ways.
     model = Transformer(vocab_size=VOCAB, embed_dim=32, num_layers=2,
-                        num_heads=2, mlp_dim=32)
+                        num_heads=2, mlp_dim=32,
+                        prefix_len=5 if request.param == "prefix_lm" else 0)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0),
                                     jnp.ones((1, 4), jnp.int32)))
   # Bias EOS up a little so samples end at varied lengths.

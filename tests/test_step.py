@@ -12,7 +12,7 @@ import pytest
 from ir_jax import state as state_lib
 from ir_jax import step as step_lib
 from ir_jax import train
-from helpers import read, tiny
+from helpers import levenshtein, read, tiny
 
 
 def test_a_nonfinite_step_changes_nothing_but_the_counters():
@@ -198,15 +198,6 @@ def test_grpo_trains_both_model_kinds(variant):
   assert max(jax.tree.leaves(moved)) > 1e-4
 
 
-def _ed(a, b):
-  d = list(range(len(b) + 1))
-  for i, x in enumerate(a, 1):
-    prev, d[0] = d[0], i
-    for j, y in enumerate(b, 1):
-      prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
-  return d[-1]
-
-
 def test_every_objective_logs_the_greedy_reward_of_its_batch(tmp_path):
   """The step returns the greedy outputs' exact reward on log steps (equal
   to a plain-Python edit distance of `decode.generate`'s outputs) and zeros
@@ -227,7 +218,7 @@ def test_every_objective_logs_the_greedy_reward_of_its_batch(tmp_path):
   for y, n, t, m in zip(np.asarray(tokens), np.asarray(lengths),
                         np.asarray(batch["target"]),
                         np.asarray(batch["target_lengths"])):
-    ed = _ed(list(y[:n]), list(t[:m]))
+    ed = levenshtein(list(y[:n]), list(t[:m]))
     eds.append(-ed / max(m - 1, 1))
     acc.append(ed == 0)
   np.testing.assert_allclose(float(metrics["greedy_reward"]), np.mean(eds),

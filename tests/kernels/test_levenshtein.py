@@ -10,19 +10,12 @@ from ir_jax import rewards
 from ir_jax import aot
 from ir_jax.kernels import levenshtein as exact_kernel
 
+from helpers import levenshtein
+
 
 needs_libtpu = pytest.mark.skipif(
     not aot.libtpu_available(),
     reason="libtpu not installed: pip install -e '.[tpu-aot]'")
-
-
-def _python_ed(a, b):
-  row = list(range(len(b) + 1))
-  for i, x in enumerate(a, 1):
-    prev, row[0] = row[0], i
-    for j, y in enumerate(b, 1):
-      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-  return row[-1]
 
 
 @pytest.mark.parametrize("platform", ["tpu", "gpu"])
@@ -44,7 +37,7 @@ def test_exact_kernel_matches(platform, batch, n_max, m_max, vocab):
   want = rewards.levenshtein(pred, target, pred_lengths=n, target_lengths=m,
                              implementation="xla")
   for i in range(min(batch, 6)):
-    assert int(want[i]) == _python_ed(pred[i, :n[i]], target[i, :m[i]])
+    assert int(want[i]) == levenshtein(pred[i, :n[i]], target[i, :m[i]])
   args = [jnp.asarray(x, jnp.int32) for x in (pred, target, n, m)]
   for block in (None, 1, 3):
     got = exact_kernel.levenshtein(*args, platform=platform, interpret=True,
