@@ -21,8 +21,12 @@ words joined by "|", ~21 output symbols):
    samples, leave-one-out baseline, reward-adaptive alpha in [0.2, 0.8]);
    `mwer` (expected edit-distance risk over the beam's 4-best, same alpha).
    Equal steps and items, not equal wall-clock: the RL arms sample, and
-   their seconds are in the table.
-3. Every arm is scored greedily on dev and test; the statistics pool the
+   their seconds are in the table. `ce_wall`: CE for --wall_factor x the
+   steps (about an RL arm's seconds). Decoding arms spend test-time
+   compute instead: `ce_beam4` (beam search, 4 beams) and `ce_mbr8` (MBR
+   with the exact edit distance over greedy + 8 samples) decode the ce
+   run of the same seed.
+3. Every trained arm is scored greedily on dev and test; the statistics pool the
    seeds (item i of seed s of an arm is paired with item i of seed s of
    ce): paired bootstrap of the PER difference (10,000 resamples) and the
    exact McNemar test of WER, overall and per reference-length bucket.
@@ -36,7 +40,9 @@ Writes (the results format of #15):
     "buckets"), "branch" and the protocol;
   <out>/<task>/summary.md (the table) and reward.png (every run's greedy
     reward curve). The summary is rewritten after every run, so a stopped
-    comparison keeps what finished; rerunning skips finished runs.
+    comparison keeps what finished; rerunning skips finished runs, and a
+    later call with the same protocol adds its arms and seeds to the
+    earlier calls' runs (e.g. `--arms ce,ce_beam4,ce_mbr8 --seeds 0`).
 """
 
 import argparse
@@ -56,6 +62,9 @@ from ir_jax import decode, evaluate, train, workdir as workdir_lib  # noqa: E402
 
 ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall")
 RL_ARMS = ("seq", "instant", "ocd", "mwer")
+# Test-time compute instead of training: the ce arm's own params (same
+# seed) decoded by beam search or MBR (evaluate.generate_symbols kwargs).
+DECODE_ARMS = {"ce_beam4": {"beam": 4}, "ce_mbr8": {"mbr": 8}}
 # Task name -> config overrides on experiments/g2p.py.
 TASKS = {
     "g2p": {},
@@ -130,6 +139,12 @@ def _records(wd):
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _curve(wd):
+  """[(step, greedy reward)] of a run's training records."""
+  return [(r["step"], r["greedy_reward"]) for r in _records(wd)
+          if "split" not in r and "greedy_reward" in r]
+
+
 def finished(config, wd) -> bool:
   """A finished run of `config` is in `wd` (final dev/test records and the
   outputs files)."""
@@ -161,6 +176,37 @@ def run(config, wd):
     path = os.path.join(wd, "wall_s.txt")
     wall = float(open(path).read()) if os.path.exists(path) else float("nan")
   return final, [r for r in records if "split" not in r], wall
+
+
+def decode_run(ce_wd, kwargs, dest):
+  """A decoding arm: the finished ce run in `ce_wd` decoded with `kwargs`
+  (beam / mbr) on dev and test; the outputs go to `dest`/{split}.tsv
+  (cached there: a finished decode is not redone). Returns (final records
+  by split, decoding seconds of both splits)."""
+  config, task, model, params = workdir_lib.load_run(ce_wd)
+  final, seconds = {}, 0.0
+  for split in ("dev", "test"):
+    data = task.eval_sets[split]
+    path = os.path.join(dest, f"{split}.tsv")
+    if os.path.exists(path) and os.path.exists(path + ".s"):
+      outputs = evaluate.read_outputs(path)
+      outputs = [outputs[k] for k in data.keys]
+      seconds += float(open(path + ".s").read())
+    else:
+      t0 = time.time()
+      outputs = evaluate.generate_symbols(
+          model, {"params": params}, task, data.source, 1024, data.direction,
+          seed=config.seed, **kwargs)
+      took = time.time() - t0
+      seconds += took
+      os.makedirs(dest, exist_ok=True)
+      with open(path, "w", encoding="utf-8") as f:
+        f.writelines(evaluate.output_line(k, o, task.name, task.vocab) + "\n"
+                     for k, o in zip(data.keys, outputs))
+      with open(path + ".s", "w") as f:
+        f.write(f"{took!r}\n")
+    final[split] = evaluate.error_rates(outputs, data.references)
+  return final, seconds
 
 
 def oracle_wer(wd, beam=4):
@@ -256,10 +302,12 @@ def table(summary):
                 f"dev {100 * b['oracle_dev_wer']:.2f} | | | | "
                 f"{b['wall_s']:.0f} |")
   ms = lambda v: f"{100 * np.mean(v):.2f} +- {100 * np.std(v):.2f}"
-  for arm in ARMS:
+  for arm in ARMS + tuple(DECODE_ARMS):
     rs = [r for r in summary["runs"] if r["arm"] == arm]
     if not rs:
       continue
+    seconds = (f"{np.mean([r['decode_s'] for r in rs]):.0f} (decoding)"
+               if arm in DECODE_ARMS else f"{np.mean([r['wall_s'] for r in rs]):.0f}")
     v = summary["vs_ce"].get(arm)
     cmp = ("| | | |" if not v else
            f"{100 * v['delta_per']:+.2f} ({100 * v['ci95'][0]:+.2f}, "
@@ -268,8 +316,7 @@ def table(summary):
     rows.append(f"| {arm} | {len(rs)} | {ms([r['test_per'] for r in rs])} | "
                 f"{ms([r['test_wer'] for r in rs])} | "
                 f"{ms([r['dev_per'] for r in rs])} | "
-                f"{ms([r['dev_wer'] for r in rs])} | {cmp} "
-                f"{np.mean([r['wall_s'] for r in rs]):.0f} |")
+                f"{ms([r['dev_wer'] for r in rs])} | {cmp} {seconds} |")
   wall = summary.get("vs_ce_wall", {})
   if wall:
     rows += ["", "Against `ce_wall` (CE at about an RL arm's wall-clock):", "",
@@ -340,9 +387,13 @@ def main(argv=None):
     args.branch_steps, args.branch_batch = min(args.branch_steps, 10), 16
     args.steps, args.batch, args.samples = min(args.steps, 4), 8, 2
   arms = [a for a in args.arms.split(",") if a]
-  unknown = sorted(set(arms) - set(ARMS))
+  known = ARMS + tuple(DECODE_ARMS)
+  unknown = sorted(set(arms) - set(known))
   if unknown or "ce" not in arms:
-    p.error(f"--arms must include ce and name only {ARMS}, got {arms}.")
+    p.error(f"--arms must include ce and name only {known}, got {arms}.")
+  # Decoding arms read the ce run of their seed: after the trained arms.
+  arms = ([a for a in arms if a not in DECODE_ARMS] +
+          [a for a in arms if a in DECODE_ARMS])
   seeds = [int(s) for s in args.seeds.split(",")]
   runs_dir = os.path.join(args.runs, args.task)
   out_dir = os.path.join(args.out, args.task)
@@ -369,27 +420,42 @@ def main(argv=None):
                  "oracle_dev_wer": oracle["dev"],
                  "oracle_test_wer": oracle["test"]},
       "runs": [], "vs_ce": {}}
+  if os.path.exists(summary_path):
+    # Runs of an earlier call with the same protocol stay (a call may add
+    # arms or seeds); this call's arms and seeds are redone or re-read.
+    with open(summary_path) as f:
+      old = json.load(f)
+    if old.get("protocol") == summary["protocol"]:
+      summary["runs"] = [r for r in old.get("runs", [])
+                         if not (r["arm"] in arms and r["seed"] in seeds)]
   task = None
-  curves = {}
   for seed in seeds:
     for arm in arms:
       wd = os.path.join(runs_dir, arm, f"seed{seed}")
-      c = arm_config(args.task, arm, seed, branch_wd, args)
-      fresh = not finished(c, wd)
-      final, train_rows, wall = run(c, wd)
       dest = os.path.join(out_dir, arm, f"seed{seed}")
-      os.makedirs(dest, exist_ok=True)
-      for split in ("dev", "test"):
-        shutil.copy(os.path.join(wd, "outputs", f"{split}.tsv"),
-                    os.path.join(dest, f"{split}.tsv"))
+      extra = {}
+      if arm in DECODE_ARMS:
+        wd = os.path.join(runs_dir, "ce", f"seed{seed}")
+        c = arm_config(args.task, "ce", seed, branch_wd, args)
+        fresh = not all(os.path.exists(os.path.join(dest, f"{s}.tsv.s"))
+                        for s in ("dev", "test"))
+        final, decode_s = decode_run(wd, DECODE_ARMS[arm], dest)
+        wall = run(c, wd)[2]
+        extra = {"decode_s": decode_s}
+      else:
+        c = arm_config(args.task, arm, seed, branch_wd, args)
+        fresh = not finished(c, wd)
+        final, _, wall = run(c, wd)
+        os.makedirs(dest, exist_ok=True)
+        for split in ("dev", "test"):
+          shutil.copy(os.path.join(wd, "outputs", f"{split}.tsv"),
+                      os.path.join(dest, f"{split}.tsv"))
       summary["runs"] = [r for r in summary["runs"]
                          if (r["arm"], r["seed"]) != (arm, seed)] + [{
           "arm": arm, "seed": seed, "test_per": final["test"]["per"],
           "test_wer": final["test"]["wer"], "dev_per": final["dev"]["per"],
           "dev_wer": final["dev"]["wer"], "steps": c.total_steps,
-          "wall_s": wall}]
-      curves[(arm, seed)] = [(r["step"], r["greedy_reward"])
-                             for r in train_rows if "greedy_reward" in r]
+          "wall_s": wall, **extra}]
       if task is None:
         task = workdir_lib.load_run(wd)[1]
       if not fresh and (seed, arm) != (seeds[-1], arms[-1]):
@@ -402,6 +468,9 @@ def main(argv=None):
         json.dump(summary, f, indent=1)
       with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(table(summary))
+      curves = {(r["arm"], r["seed"]): _curve(os.path.join(
+          runs_dir, r["arm"], f"seed{r['seed']}")) for r in summary["runs"]
+                if r["arm"] not in DECODE_ARMS}
       plot(curves, os.path.join(out_dir, "reward.png"))
       print(f"{args.task} {arm} seed {seed}: test PER "
             f"{100 * final['test']['per']:.2f} WER "

@@ -57,3 +57,24 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
   assert [r["wall_s"] for r in again["runs"]] == [
       r["wall_s"] for r in disk["runs"] if r["seed"] == 0 and r["arm"] in
       ("ce", "mwer")]
+  # A later call adds decoding arms (the ce run of seed 0, beam 4 and MBR
+  # over 8 samples) and keeps the earlier calls' runs.
+  more = compare.main(["--task", "g2p", "--tiny", "--arms",
+                       "ce,ce_beam4,ce_mbr8", "--seeds", "0", "--runs",
+                       str(tmp_path / "runs"), "--out", str(out)])
+  keys = lambda rs: sorted((r["arm"], r["seed"]) for r in rs)
+  assert keys(more["runs"]) == sorted(keys(disk["runs"]) + [
+      ("ce_beam4", 0), ("ce_mbr8", 0)])
+  for arm, kw in (("ce_beam4", {"beam": 4}), ("ce_mbr8", {"mbr": 8})):
+    r = next(r for r in more["runs"] if r["arm"] == arm)
+    assert r["decode_s"] > 0 and r["steps"] == 4
+    config, task, model, params = workdir.load_run(
+        str(tmp_path / "runs" / "g2p" / "ce" / "seed0"))
+    want = evaluate.generate_symbols(model, {"params": params}, task,
+                                     test.source, 1024, test.direction,
+                                     seed=config.seed, **kw)
+    outputs = evaluate.read_outputs(
+        str(out / "g2p" / arm / "seed0" / "test.tsv"))
+    assert [outputs[k] for k in test.keys] == [tuple(o) for o in want]
+    assert more["vs_ce"][arm]["seeds"] == [0]
+  assert "ce_mbr8" in (out / "g2p" / "summary.md").read_text()
