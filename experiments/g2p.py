@@ -6,7 +6,8 @@ Run (the README's main job; ~10 min on a 2-core CPU):
 
 Variants (comma list): `lstm` (stacked LSTM instead of the Transformer),
 `bidi` (LSTM with a bidirectional-LSTM source encoder), `prefix` (the
-Transformer as a prefix LM: the letters attend to each other both ways),
+Transformer as a prefix LM: the letters attend to each other both ways;
+measured no better than the default, docs/training.md),
 `fused` (CE + fused soft edit distance reward, alpha 0.3 after warm-up),
 `stress` (keep stress digits), `multi` (one model for letters->phonemes
 and phonemes->letters, chosen by a task tag after BOS: the frozen model of
