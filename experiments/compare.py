@@ -26,8 +26,8 @@ words joined by "|", ~21 output symbols):
    compute instead: `ce_beam4` (beam search, 4 beams) and `ce_mbr8` (MBR
    with the exact edit distance over greedy + 8 samples) decode the ce
    run of the same seed.
-3. Every trained arm is scored greedily on dev and test; the statistics pool the
-   seeds (item i of seed s of an arm is paired with item i of seed s of
+3. Every trained arm is scored greedily on dev and test; the statistics
+   pool the seeds (item i of seed s of an arm is paired with item i of seed s of
    ce): paired bootstrap of the PER difference (10,000 resamples) and the
    exact McNemar test of WER, overall and per reference-length bucket.
 
@@ -306,8 +306,9 @@ def table(summary):
     rs = [r for r in summary["runs"] if r["arm"] == arm]
     if not rs:
       continue
-    seconds = (f"{np.mean([r['decode_s'] for r in rs]):.0f} (decoding)"
-               if arm in DECODE_ARMS else f"{np.mean([r['wall_s'] for r in rs]):.0f}")
+    key = "decode_s" if arm in DECODE_ARMS else "wall_s"
+    seconds = f"{np.mean([r[key] for r in rs]):.0f}" + (
+        " (decoding)" if arm in DECODE_ARMS else "")
     v = summary["vs_ce"].get(arm)
     cmp = ("| | | |" if not v else
            f"{100 * v['delta_per']:+.2f} ({100 * v['ci95'][0]:+.2f}, "
