@@ -14,14 +14,14 @@ from ir_jax.models import LSTM, Transformer
 VOCAB = 12
 
 
-@pytest.fixture(params=["transformer", "lstm", "prefix_lm"])
-def model_params(request):
-  if request.param == "lstm":
+def make_model_params(kind):
+  """A tiny `kind` in {"transformer", "lstm", "prefix_lm"} and its params."""
+  if kind == "lstm":
     model = LSTM(vocab_size=VOCAB, embed_dim=16, hidden_dim=24, num_layers=1)
   else:  # prefix_lm: the 5 source slots of `prompts()` attend both ways.
     model = Transformer(vocab_size=VOCAB, embed_dim=32, num_layers=2,
                         num_heads=2, mlp_dim=32,
-                        prefix_len=5 if request.param == "prefix_lm" else 0)
+                        prefix_len=5 if kind == "prefix_lm" else 0)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0),
                                     jnp.ones((1, 4), jnp.int32)))
   # Bias EOS up a little so samples end at varied lengths.
@@ -29,6 +29,20 @@ def model_params(request):
   params["params"]["logits"]["kernel"] = params["params"]["logits"][
       "kernel"] * 3.0
   return model, params
+
+
+@pytest.fixture(params=["transformer", "lstm"])
+def model_params(request):
+  return make_model_params(request.param)
+
+
+# The prefix LM differs from the causal Transformer only in its mask over the
+# source slots; the tests that compare a cached decode with the full forward
+# or with exhaustive search cover it (tests/models/test_interface.py checks
+# the mask and cache themselves).
+@pytest.fixture(params=["transformer", "lstm", "prefix_lm"])
+def any_model_params(request):
+  return make_model_params(request.param)
 
 
 def prompts():
@@ -77,8 +91,8 @@ def test_in_loop_rewards_equal_instant_rewards(model_params):
   np.testing.assert_array_equal(np.asarray(out["rewards"]).sum(-1), -ed)
 
 
-def test_greedy_sampling_matches_generate(model_params):
-  model, params = model_params
+def test_greedy_sampling_matches_generate(any_model_params):
+  model, params = any_model_params
   source, target, m = prompts()
   out = decode.sample_with_rewards(model, params, source, target, m,
                                    jax.random.PRNGKey(0), max_len=6,
@@ -201,11 +215,11 @@ def test_beam_one_is_greedy_and_wider_beams_score_higher(model_params):
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_wide_beam_equals_exhaustive_search(model_params, length_penalty):
+def test_wide_beam_equals_exhaustive_search(any_model_params, length_penalty):
   """Three allowed tokens (EOS, 5, 6) and 3 steps: 19 hypotheses, all kept
   by a beam of 9; the best must be the exhaustive best."""
   import itertools
-  model, params = model_params
+  model, params = any_model_params
   source, _, _ = prompts()
   allowed = jnp.zeros(VOCAB, bool).at[jnp.asarray([EOS, 5, 6])].set(True)
   hyps = [(EOS,)] + [p + (EOS,) for n in (1, 2) for p in
