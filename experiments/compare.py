@@ -72,7 +72,12 @@ TASKS = {
     "g2p_words": {"data.join_words": 3, "data.source_len": 40,
                   "data.target_len": 36},
 }
-BUCKETS = (("<=5", 0, 5), ("6-8", 6, 8), (">=9", 9, 10 ** 9))
+# Task name -> reference-length buckets (name, min, max), in symbols: about
+# a third of the test items each (g2p_words joins 3 words, so ~3x longer).
+_WORD_BUCKETS = (("<=5", 0, 5), ("6-8", 6, 8), (">=9", 9, 10 ** 9))
+BUCKETS = {"g2p": _WORD_BUCKETS, "p2g": _WORD_BUCKETS,
+           "g2p_words": (("<=19", 0, 19), ("20-22", 20, 22),
+                         (">=23", 23, 10 ** 9))}
 EXPERIMENTS = os.path.join(ROOT, "experiments")
 
 
@@ -241,10 +246,10 @@ def _errors(task, split, path):
                               data.references)
 
 
-def statistics(task, out_dir, runs, reference="ce"):
+def statistics(task, out_dir, runs, reference="ce", buckets=_WORD_BUCKETS):
   """Per arm vs `reference`, pooled over the seeds both have: PER delta
   with its bootstrap CI and p, McNemar p of WER, per seed deltas, per
-  bucket."""
+  reference-length bucket of `buckets` ((name, min, max) rows)."""
   scored = {}
   for r in runs:
     path = os.path.join(out_dir, r["arm"], f"seed{r['seed']}", "test.tsv")
@@ -268,7 +273,7 @@ def statistics(task, out_dir, runs, reference="ce"):
           (a.sum() - b.sum()) / length.sum()),
           "delta_wer": float(np.mean(a > 0) - np.mean(b > 0))})
     buckets = {}
-    for name, lo, hi in BUCKETS:
+    for name, lo, hi in buckets:
       keep = (n >= lo) & (n <= hi)
       if keep.sum() < 2:
         continue
@@ -328,13 +333,14 @@ def table(summary):
                   f"({100 * v['ci95'][0]:+.2f}, {100 * v['ci95'][1]:+.2f}) | "
                   f"{v['p_value']:.3g} | {100 * v['delta_wer']:+.2f} | "
                   f"{v['mcnemar_p']:.3g} |")
+  buckets = BUCKETS[summary["task"]]
   lines = ["\n".join(rows), "", "Per reference-length bucket (test, pooled "
            "seeds), dPER points (p) / dWER points (p):", "",
-           "| arm | " + " | ".join(n for n, _, _ in BUCKETS) + " |",
-           "|" + "---|" * (len(BUCKETS) + 1)]
+           "| arm | " + " | ".join(n for n, _, _ in buckets) + " |",
+           "|" + "---|" * (len(buckets) + 1)]
   for arm, v in summary["vs_ce"].items():
     cells = []
-    for name, _, _ in BUCKETS:
+    for name, _, _ in buckets:
       x = v["buckets"].get(name)
       cells.append("" if not x else
                    f"{100 * x['delta_per']:+.2f} ({x['p_value']:.2g}) / "
@@ -461,10 +467,11 @@ def main(argv=None):
         task = workdir_lib.load_run(wd)[1]
       if not fresh and (seed, arm) != (seeds[-1], arms[-1]):
         continue  # Statistics once after each new run, and at the end.
-      summary["vs_ce"] = statistics(task, out_dir, summary["runs"])
+      summary["vs_ce"] = statistics(task, out_dir, summary["runs"],
+                                    buckets=BUCKETS[args.task])
       if any(r["arm"] == "ce_wall" for r in summary["runs"]):
         summary["vs_ce_wall"] = statistics(task, out_dir, summary["runs"],
-                                           "ce_wall")
+                                           "ce_wall", BUCKETS[args.task])
       with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1)
       with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -22,7 +22,6 @@ step linear in depth (tested against an unrolled compile). Memory comes from
 the real, full-depth compile.
 """
 
-import copy
 import dataclasses
 import math
 import os
@@ -191,11 +190,15 @@ def throughput(flops_per_chip: float, tokens_per_step: int, chip: Chip
 # --------------------------------------------------------------- programs
 
 
-def lower_step(config, devices):
+def lower_step(config, devices, unrolled_layers: int = 0):
   """(lowered train step, abstract state, shardings, task, model, mesh,
-  rules) of a config over `devices`, from shapes alone."""
+  rules) of a config over `devices`, from shapes alone. `unrolled_layers`
+  > 0: the same model at that depth, layers unrolled (FLOP counting; for a
+  Hugging Face model too, whose depth comes from its config.json)."""
   task, model, tx, mesh, rules = state.setup(config, devices,
                                              shapes_only=True)
+  if unrolled_layers:
+    model = model.clone(num_layers=unrolled_layers, scan_layers=False)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state.state_shardings(config, model, tx, task, mesh)
     lowered = step.lower_train_step(config, model, tx, task, mesh, abstract,
@@ -214,16 +217,13 @@ def step_flops(config, devices, compiled=None, options=None
   if config.model.kind != "transformer":
     compiled = compiled or lower_step(config, devices)[0].compile(options)
     return compiled_flops(compiled), "xla (loop bodies counted once)"
-  f = []
-  for layers in (1, 2):
-    c = copy.deepcopy(config)
-    c.model.num_layers = layers
-    c.model.scan_layers = False
-    f.append(compiled_flops(lower_step(c, devices)[0].compile(options)))
+  f = [compiled_flops(lower_step(config, devices, layers)[0].compile(options))
+       for layers in (1, 2)]
   how = "xla, 1- and 2-layer unrolled compiles extrapolated to depth"
   if config.rl.mode:  # The sampling scan's body is still counted once.
     how += "; RL sampling loop counted once"
-  return f[0] + (config.model.num_layers - 1) * (f[1] - f[0]), how
+  depth = state.setup(config, devices, shapes_only=True).model.num_layers
+  return f[0] + (depth - 1) * (f[1] - f[0]), how
 
 
 def sampling_batch(config) -> Tuple[int, int]:

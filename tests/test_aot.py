@@ -103,19 +103,48 @@ def test_unknown_topology_and_chip_mismatch_are_clear():
     aot.compile_config(c)
 
 
-def test_flops_extrapolated_from_one_and_two_layers_equal_unrolled():
-  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py") + ":tiny")
-  c.model.update(num_layers=3, scan_layers=True)
+def _three_layer_config(kind, tmp_path):
+  """A 3-layer scanned config: the project's Transformer, or a Hugging Face
+  one, whose depth is its config.json's (not config.model.num_layers)."""
+  if kind == "g2p":
+    c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py") + ":tiny")
+    c.model.update(num_layers=3, scan_layers=True)
+  else:
+    c = config_lib.load(os.path.join(ROOT, "tpu_configs",
+                                     "qwen3_8b_v6e_64.py"))
+    with open(os.path.join(c.model.hf_path, "config.json")) as f:
+      hf = json.load(f)
+    hf.update(num_hidden_layers=3, hidden_size=64, intermediate_size=128,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+              vocab_size=256, bos_token_id=1, eos_token_id=2)
+    with open(tmp_path / "config.json", "w") as f:
+      json.dump(hf, f)
+    c.model.hf_path = str(tmp_path)
+    c.rl.mode = ""
+    c.batch_size = 2
+    c.data.source_len, c.data.target_len = 8, 4
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+  return c
+
+
+@pytest.mark.parametrize("kind", ["g2p", "hf"])
+def test_flops_extrapolated_from_one_and_two_layers_equal_unrolled(kind,
+                                                                  tmp_path):
+  c = _three_layer_config(kind, tmp_path)
   devices = jax.devices()[:1]
-  c.mesh.data = 1
   extrapolated, how = aot.step_flops(c, devices)
   assert "extrapolated" in how
   unrolled = copy.deepcopy(c)
   unrolled.model.scan_layers = False
   direct = aot.compiled_flops(aot.lower_step(unrolled, devices)[0].compile())
-  scanned = aot.compiled_flops(aot.lower_step(c, devices)[0].compile())
   assert extrapolated == pytest.approx(direct, rel=1e-3)
-  assert scanned < 0.8 * direct  # Why the extrapolation exists.
+  if kind == "hf":  # The 1-layer compile is 1 layer (not the checkpoint's 3).
+    lowered, *_, model, _, _ = aot.lower_step(c, devices, unrolled_layers=1)
+    assert (model.num_layers, model.scan_layers) == (1, False)
+    assert aot.compiled_flops(lowered.compile()) < 0.6 * direct
+  else:
+    scanned = aot.compiled_flops(aot.lower_step(c, devices)[0].compile())
+    assert scanned < 0.8 * direct  # Why the extrapolation exists.
 
 
 def test_throughput_and_largest_buffers():
