@@ -272,24 +272,24 @@ def statistics(task, out_dir, runs, reference="ce", buckets=_WORD_BUCKETS):
       per_seed.append({"seed": s, "delta_per": float(
           (a.sum() - b.sum()) / length.sum()),
           "delta_wer": float(np.mean(a > 0) - np.mean(b > 0))})
-    buckets = {}
+    by_bucket = {}
     for name, lo, hi in buckets:
       keep = (n >= lo) & (n <= hi)
       if keep.sum() < 2:
         continue
       bb = evaluate.paired_bootstrap(ea[keep], eb[keep], n[keep])
       bm = evaluate.mcnemar(ea[keep] == 0, eb[keep] == 0)
-      buckets[name] = {"items": int(keep.sum()), "delta_per": bb["delta"],
-                       "ci95": bb["ci95"], "p_value": bb["p_value"],
-                       "delta_wer": float(np.mean(ea[keep] > 0) -
-                                          np.mean(eb[keep] > 0)),
-                       "mcnemar_p": bm["p_value"]}
+      by_bucket[name] = {"items": int(keep.sum()), "delta_per": bb["delta"],
+                         "ci95": bb["ci95"], "p_value": bb["p_value"],
+                         "delta_wer": float(np.mean(ea[keep] > 0) -
+                                            np.mean(eb[keep] > 0)),
+                         "mcnemar_p": bm["p_value"]}
     vs[arm] = {"seeds": seeds, "delta_per": boot["delta"],
                "ci95": boot["ci95"], "p_value": boot["p_value"],
                "delta_wer": float(np.mean(ea > 0) - np.mean(eb > 0)),
                "mcnemar_p": mc["p_value"], "only_arm_right": mc["only_a"],
                "only_ce_right": mc["only_b"], "per_seed": per_seed,
-               "buckets": buckets}
+               "buckets": by_bucket}
   return vs
 
 

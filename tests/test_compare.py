@@ -46,6 +46,10 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
     assert 0 < v["p_value"] <= 1 and 0 < v["mcnemar_p"] <= 1
     mean_delta = np.mean([s["delta_per"] for s in v["per_seed"]])
     assert abs(mean_delta - v["delta_per"]) < 0.5  # Pooled ~ mean of seeds.
+    # Every pooled test item sits in one length bucket.
+    assert list(v["buckets"]) == [n for n, _, _ in compare.BUCKETS["g2p"]]
+    assert sum(x["items"] for x in v["buckets"].values()) == (
+        len(v["seeds"]) * len(test.keys))
   b = disk["branch"]
   assert 0 <= b["oracle_test_wer"] <= b["test_wer"] <= 1
   assert (out / "g2p" / "summary.md").read_text().startswith("| arm |")
