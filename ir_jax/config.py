@@ -114,6 +114,11 @@ def default_config() -> ml_collections.ConfigDict:
       directions="g2p", tags=False, prompt_len=0,
       # G2P: k > 1 joins k words per item with "|" (longer outputs).
       join_words=1,
+      # k > 0: batches of items of similar length, cut to the widths of
+      # their class (k source x k target widths chosen for the least
+      # padding; ir_jax.data.tasks.LengthBuckets). 0: every batch is
+      # source_len + target_len wide.
+      length_buckets=0,
       # task="text": JSONL files of {"prompt", "target"} (ir_jax.data.text),
       # tokenised with `tokenizer` (a checkpoint directory; default
       # model.hf_path); max_train_words / max_eval_items cap the items.
@@ -490,7 +495,8 @@ def validate(config: ml_collections.ConfigDict, *,
   # Data.
   d = c.data
   _at_least(c, ("data.max_train_words", "data.max_eval_words",
-                "data.max_eval_items", "data.prompt_len"), 0)
+                "data.max_eval_items", "data.prompt_len",
+                "data.length_buckets"), 0)
   if c.task == "g2p":
     directions = [x.strip() for x in d.directions.split(",")]
     if not directions or any(x not in DIRECTIONS for x in directions):
@@ -550,6 +556,11 @@ def validate(config: ml_collections.ConfigDict, *,
       raise ValueError("config.model.lora.rank > 0 and prompt.mode train "
                        "different parameters; set one of them.")
 
+  if c.data.length_buckets and m.get("prefix_lm"):
+    raise ValueError("config.data.length_buckets > 0 with model.prefix_lm="
+                     "True: the prefix LM's two-way mask covers exactly "
+                     "data.source_len slots, and bucketed batches cut the "
+                     "source; set data.length_buckets=0.")
   if m.get("prefix_lm") and m.get("hf_path"):
     raise ValueError("config.model.prefix_lm=True with model.hf_path: a "
                      "pretrained causal LM was not trained to see its prompt "

@@ -74,9 +74,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                          rules, shardings)
 
     # ----------------------------------------------------- Input pipeline
+    buckets = None
+    if config.data.length_buckets:
+      buckets = tasks.LengthBuckets(task.train, config.batch_size,
+                                    config.seed, config.data.length_buckets,
+                                    task.pad_id)
+      if lead:
+        print(f"Length buckets (source, target widths): {buckets.shapes}; "
+              f"{100 * buckets.padded_fraction:.0f}% of the unbucketed slots",
+              file=sys.stderr)
     dataset = tasks.train_dataset(task.train, config.batch_size, config.seed,
                                   config.total_steps, jax.process_index(),
-                                  jax.process_count())
+                                  jax.process_count(), buckets)
     iterator = iter(dataset.to_iter_dataset())
 
     # ---------------------------------------------------- Load checkpoint

@@ -110,6 +110,7 @@ BAD = [
     ({"rl.mode": "mwer", "rl.candidates": "nbest"}, "config.rl.candidates",
      "beam"),
     ({"optim.schedule": "linear"}, "config.optim.schedule", "constant"),
+    ({"data.length_buckets": -1}, "config.data.length_buckets", ">= 0"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "config.mesh", "-1"),
     ({"mesh.tensor": 0}, "config.mesh", "positive"),
     ({"logical_rules": "(('embed', 'model'),)"}, "config.logical_rules",
@@ -182,6 +183,14 @@ _VALUES = st.one_of(
     st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 8, 16, 64, 300]),
     st.sampled_from([-1.0, 0.0, 1e-3, 0.5, 0.99, 1.0, 1.5]),
     st.booleans(), st.sampled_from(_WORDS))
+def test_length_buckets_refuse_the_prefix_lm():
+  c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py:prefix,tiny"))
+  c.data.length_buckets = 3
+  with pytest.raises(ValueError, match=r"config\.data\.length_buckets.*"
+                     r"prefix_lm(.|\n)*data\.length_buckets=0"):
+    config_lib.validate(c)
+
+
 _OVERRIDES = st.lists(st.tuples(
     st.sampled_from(_KEYS + ["optim.learnign_rate", "model.hidden_dim",
                              "bogus"]), _VALUES), max_size=4)

@@ -87,9 +87,11 @@ def test_cli_train_eval_generate_plot(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("buckets", [0, 2])
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, buckets):
+  config = lambda: tiny(**{"data.length_buckets": buckets})
   full = tmp_path / "full"
-  train.train_and_evaluate(tiny(), str(full))
+  train.train_and_evaluate(config(), str(full))
 
   # Crash after step 12: the checkpoint of step 10 survives.
   real = tasks.train_dataset
@@ -105,9 +107,9 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
   monkeypatch.setattr(tasks, "train_dataset", crashing)
   part = tmp_path / "part"
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny(), str(part))
+    train.train_and_evaluate(config(), str(part))
   monkeypatch.setattr(tasks, "train_dataset", real)
-  train.train_and_evaluate(tiny(), str(part))
+  train.train_and_evaluate(config(), str(part))
 
   a, b = latest_params(full), latest_params(part)
   jax.tree.map(np.testing.assert_array_equal, a, b)

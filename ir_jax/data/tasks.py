@@ -13,7 +13,7 @@ the target side only.
 import collections
 import math
 import pydoc_data.topics
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import grain
 import numpy as np
@@ -262,19 +262,146 @@ def build(config) -> Task:
 
 def train_dataset(train: Dict[str, np.ndarray], batch_size: int, seed: int,
                   total_steps: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
+                  process_count: int = 1,
+                  buckets: Optional["LengthBuckets"] = None
+                  ) -> grain.MapDataset:
   """Shuffled, repeated, per-process batches of the training arrays.
 
   Deterministic in `seed`; the iterator's `get_state()` is a small JSON dict
   saved beside each checkpoint, so a resumed run sees the same batches.
   `batch_size` is global: each process reads `batch_size / process_count`.
+  `buckets` (a `LengthBuckets` of the same arrays and batch size) batches
+  items of similar length together, each batch cut to its class's widths:
+  less padding is computed, at one compile per class.
   """
   if batch_size % process_count:
     raise ValueError(f"batch_size={batch_size} must divide by the number of "
                      f"processes ({process_count}).")
+  if buckets is not None:
+    per = batch_size // process_count
+    rows = slice(process_index * per, (process_index + 1) * per)
+    return grain.MapDataset.range(total_steps).map(
+        lambda k: buckets.batch(k, rows))
   num = len(train["target"])
   epochs = math.ceil(total_steps * batch_size / num) + 1
   ds = grain.MapDataset.range(num).repeat(epochs).seed(seed).shuffle()
   ds = ds[process_index::process_count]
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
   return ds.map(lambda idx: {k: v[idx] for k, v in train.items()})
+
+
+def source_lengths(source: np.ndarray, pad_id: int = PAD) -> np.ndarray:
+  """int32[N]: the non-padding width of left-padded sources int[N, P]."""
+  leading = np.argmax(source != pad_id, axis=1)
+  leading[~(source != pad_id).any(1)] = source.shape[1]
+  return (source.shape[1] - leading).astype(np.int32)
+
+
+def length_edges(lengths: np.ndarray, k: int, width: int) -> Tuple[int, ...]:
+  """The k widths w_1 < ... < w_k = `width` minimising the mean padded
+  width sum_i min{w_j >= l_i} / N of `lengths` int[N] (each <= width).
+
+  Exact, by dynamic programming over the distinct lengths (O(k L^2) for L
+  distinct lengths): the best last-but-one edge is found for every prefix.
+  Fewer than k distinct lengths give fewer edges.
+  """
+  values, counts = np.unique(np.minimum(lengths, width), return_counts=True)
+  values = [int(v) for v in values]
+  if values[-1] != width:
+    values.append(width)
+    counts = np.append(counts, 0)
+  n = len(values)
+  k = max(1, min(k, n))
+  below = np.concatenate([[0], np.cumsum(counts)])   # items with index < j
+  # cost[j][m]: least padded sum of items 0..j with m edges, the last at j.
+  inf = float("inf")
+  cost = np.full((n, k + 1), inf)
+  back = np.zeros((n, k + 1), int)
+  for j in range(n):
+    cost[j, 1] = values[j] * below[j + 1]
+    for m in range(2, k + 1):
+      for i in range(j):
+        c = cost[i, m - 1] + values[j] * (below[j + 1] - below[i + 1])
+        if c < cost[j, m]:
+          cost[j, m], back[j, m] = c, i
+  m = int(np.argmin(cost[n - 1, 1:])) + 1
+  edges, j = [], n - 1
+  while m >= 1:
+    edges.append(values[j])
+    j, m = back[j, m], m - 1
+  return tuple(sorted(set(edges)))
+
+
+class LengthBuckets:
+  """Length-bucketed batches: the batches of a run, by step.
+
+  Every item falls in the class (s, t) of the smallest source and target
+  widths of `length_edges` (k each, chosen for the least padding) that
+  hold it; a class with fewer items than a batch joins the widest class.
+  Epoch e shuffles the items (seeded by (seed, e)), cuts each class into
+  full batches in that order (a class's remainder waits for the next
+  epoch's shuffle) and shuffles the batches; batch `k` of the run is batch
+  k mod (batches per epoch) of epoch k // (batches per epoch). A batch is
+  cut to its class's widths: sources keep their last s slots (they are
+  left-padded), targets their first t. Attention and the LSTM carry skip
+  padding, so the model computes the same function on fewer slots.
+  """
+
+  def __init__(self, train: Dict[str, np.ndarray], batch_size: int,
+               seed: int, k: int, pad_id: int = PAD):
+    self.train, self.batch_size, self.seed = train, batch_size, seed
+    source_len, target_len = (train["source"].shape[1],
+                              train["target"].shape[1])
+    src = source_lengths(train["source"], pad_id)
+    tgt = (train["target_lengths"] if "target_lengths" in train else
+           (train["target"] != pad_id).sum(1))
+    self.source_edges = length_edges(src, k, source_len)
+    self.target_edges = length_edges(tgt, k, target_len)
+    s = np.asarray(self.source_edges)[np.searchsorted(self.source_edges, src)]
+    t = np.asarray(self.target_edges)[np.searchsorted(self.target_edges, tgt)]
+    classes, counts = np.unique(np.stack([s, t], 1), axis=0,
+                                return_counts=True)
+    small = {tuple(c) for c, n in zip(classes, counts) if n < batch_size}
+    widest = (source_len, target_len)
+    keys = [widest if (a, b) in small else (int(a), int(b))
+            for a, b in zip(s, t)]
+    self.shapes = sorted(set(keys))
+    index = {shape: i for i, shape in enumerate(self.shapes)}
+    self.item_class = np.asarray([index[key] for key in keys], np.int32)
+    sizes = np.bincount(self.item_class, minlength=len(self.shapes))
+    if (sizes < batch_size).all():
+      raise ValueError(f"data.length_buckets: no length class holds a batch "
+                       f"of {batch_size} among {len(src)} training items; "
+                       "lower batch_size or turn the buckets off.")
+    self.batches_per_epoch = int((sizes // batch_size).sum())
+    # The padded slots per item, bucketed / unbucketed (the work saved).
+    widths = np.asarray([sum(self.shapes[c]) for c in self.item_class])
+    self.padded_fraction = float(widths.mean() / (source_len + target_len))
+    self._epoch = (None, None)
+
+  def epoch(self, e: int):
+    """[(class, item indices int[B])] of epoch `e`, in training order."""
+    cached = self._epoch   # One read: grain may call from several threads.
+    if cached[0] == e:
+      return cached[1]
+    rng = np.random.default_rng([self.seed, e])
+    order = rng.permutation(len(self.item_class))
+    batches = []
+    for c in range(len(self.shapes)):
+      members = order[self.item_class[order] == c]
+      full = len(members) // self.batch_size * self.batch_size
+      batches += [(c, b) for b in members[:full].reshape(-1, self.batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    self._epoch = (e, batches)
+    return batches
+
+  def batch(self, k: int, rows: slice = slice(None)) -> Dict[str, np.ndarray]:
+    """Batch `k` of the run (the rows `rows` of it: a process's share)."""
+    c, idx = self.epoch(k // self.batches_per_epoch)[
+        k % self.batches_per_epoch]
+    s, t = self.shapes[c]
+    idx = idx[rows]
+    out = {key: v[idx] for key, v in self.train.items()}
+    out["source"] = out["source"][:, -s:]
+    out["target"] = out["target"][:, :t]
+    return out

@@ -74,3 +74,105 @@ def test_joined_task_scores_items_and_emits_the_separator():
   sep = task.vocab.index["|"]
   assert sep in task.target_ids["g2p"]
   assert (task.train["target"] == sep).sum(1).min() == 2
+
+
+def _padded_sum(lengths, edges):
+  return sum(min(e for e in edges if e >= l) for l in lengths)
+
+
+def test_length_edges_are_the_exhaustive_optimum():
+  import itertools
+  rng = np.random.default_rng(0)
+  for trial in range(20):
+    width = int(rng.integers(4, 12))
+    lengths = rng.integers(1, width + 1, size=int(rng.integers(1, 60)))
+    for k in (1, 2, 3):
+      edges = tasks.length_edges(lengths, k, width)
+      assert edges[-1] == width and len(edges) <= k
+      assert list(edges) == sorted(set(edges))
+      best = min(_padded_sum(lengths, c + (width,))
+                 for m in range(k) for c in itertools.combinations(
+                     range(1, width), m))
+      assert _padded_sum(lengths, edges) == best, (lengths, k, edges)
+
+
+def _bucketed_task():
+  return tasks.g2p(max_train_words=3000, max_eval_words=8)
+
+
+def test_length_buckets_cut_only_padding_and_cover_each_epoch_once():
+  task = _bucketed_task()
+  train = task.train
+  plan = tasks.LengthBuckets(train, 64, seed=3, k=3)
+  assert len(plan.shapes) > 1 and plan.padded_fraction < 0.8
+  src_len = tasks.source_lengths(train["source"])
+  seen = []
+  for k in range(plan.batches_per_epoch):
+    b = plan.batch(k)
+    c, idx = plan.epoch(0)[k]
+    s, t = plan.shapes[c]
+    assert b["source"].shape == (64, s) and b["target"].shape == (64, t)
+    # Nothing but padding was cut: the trimmed rows hold every real token.
+    assert np.all(src_len[idx] <= s)
+    assert np.all(train["target_lengths"][idx] <= t)
+    np.testing.assert_array_equal(b["source"], train["source"][idx][:, -s:])
+    np.testing.assert_array_equal(b["target"], train["target"][idx][:, :t])
+    seen.append(idx)
+  seen = np.concatenate(seen)
+  assert len(np.unique(seen)) == len(seen)            # Once per epoch.
+  assert len(seen) > len(train["target"]) - 64 * len(plan.shapes)
+  # Seeded: the same plan twice; epochs and seeds differ.
+  again = tasks.LengthBuckets(train, 64, seed=3, k=3)
+  np.testing.assert_array_equal(again.batch(5)["source"],
+                                plan.batch(5)["source"])
+  e1 = plan.batch(plan.batches_per_epoch)
+  other = tasks.LengthBuckets(train, 64, seed=4, k=3).batch(0)
+  assert not (e1["source"].shape == plan.batch(0)["source"].shape and
+              np.array_equal(e1["source"], plan.batch(0)["source"]))
+  assert not (other["source"].shape == plan.batch(0)["source"].shape and
+              np.array_equal(other["source"], plan.batch(0)["source"]))
+
+
+def test_bucketed_dataset_splits_batches_over_processes_and_resumes():
+  task = _bucketed_task()
+  plan = tasks.LengthBuckets(task.train, 32, seed=0, k=2)
+  whole = tasks.train_dataset(task.train, 32, 0, 40, buckets=plan)
+  halves = [tasks.train_dataset(task.train, 32, 0, 40, p, 2, buckets=plan)
+            for p in (0, 1)]
+  for k in (0, 7, 39):
+    for key in ("source", "target", "target_lengths"):
+      np.testing.assert_array_equal(
+          np.concatenate([h[k][key] for h in halves]), whole[k][key])
+  it = iter(whole.to_iter_dataset())
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  expected = next(it)
+  resumed = iter(whole.to_iter_dataset())
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["source"], expected["source"])
+
+
+def test_bucketed_batches_leave_the_logits_unchanged():
+  """Cutting a batch to its class widths removes padding only: both model
+  kinds give every target position the same logits on the cut batch."""
+  import jax
+  from ir_jax import config as config_lib, models, state as state_lib
+  task = _bucketed_task()
+  plan = tasks.LengthBuckets(task.train, 16, seed=0, k=3)
+  c, idx = next((c, idx) for c, idx in plan.epoch(0)
+                if plan.shapes[c] != plan.shapes[-1])
+  full = {k: v[idx] for k, v in task.train.items()}
+  cut = plan.batch([i for i, (cc, _) in enumerate(plan.epoch(0))
+                    if cc == c][0])
+  t = cut["target"].shape[1]
+  assert cut["source"].shape[1] + t < (full["source"].shape[1] +
+                                       full["target"].shape[1])
+  for variant in ("tiny", "lstm,tiny"):
+    model = state_lib.make_model(config_lib.load(
+        f"experiments/g2p.py:{variant}"), task)
+    tokens, valid = models.model_inputs(full)
+    params = model.init(jax.random.key(0), tokens, valid)["params"]
+    want = models.target_logits(model, params, full)[:, :t]
+    got = models.target_logits(model, params, cut)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
