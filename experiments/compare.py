@@ -25,7 +25,12 @@ words joined by "|", ~21 output symbols):
    steps (about an RL arm's seconds). Decoding arms spend test-time
    compute instead: `ce_beam4` (beam search, 4 beams) and `ce_mbr8` (MBR
    with the exact edit distance over greedy + 8 samples) decode the ce
-   run of the same seed.
+   run of the same seed. `ocd_scratch` trains no branch: OCD alone (alpha
+   1, one sample per word, as Sabour et al. 2019 trained it) from a fresh
+   init with the branch's warm-up and batch, cosine-decayed over
+   `--scratch_steps`, set so that it takes about the seconds of the
+   branch plus a ce arm (equal wall-clock to the CE model it is compared
+   with; both seconds are in the table).
 3. Every trained arm is scored greedily on dev and test; the statistics
    pool the seeds (item i of seed s of an arm is paired with item i of seed s of
    ce): paired bootstrap of the PER difference (10,000 resamples) and the
@@ -37,12 +42,17 @@ Writes (the results format of #15):
   <out>/<task>/summary.json: "runs" (one record per arm and seed: arm,
     seed, test_per, test_wer, dev_per, dev_wer, steps, wall_s, fractions),
     "vs_ce" (per arm: delta_per, ci95, p_value, mcnemar_p, ... and
-    "buckets"), "branch" and the protocol;
+    "buckets"), "branches" (per seed: the branch point its arms started
+    from, with its scores and beam-4 oracle WER), "branch" (the lowest
+    seed's) and the protocol;
   <out>/<task>/summary.md (the table) and reward.png (every run's greedy
     reward curve). The summary is rewritten after every run, so a stopped
     comparison keeps what finished; rerunning skips finished runs, and a
     later call with the same protocol adds its arms and seeds to the
-    earlier calls' runs (e.g. `--arms ce,ce_beam4,ce_mbr8 --seeds 0`).
+    earlier calls' runs (e.g. `--arms ce,ce_beam4,ce_mbr8 --seeds 0`). A
+    branch point is bit-reproducible on one machine, not across machines
+    (CPU float rounding): a call whose retrained branch differs from the
+    one a seed's earlier arms started from refuses to mix them in a seed.
 """
 
 import argparse
@@ -60,7 +70,8 @@ sys.path.insert(0, ROOT)
 from ir_jax import config as config_lib  # noqa: E402
 from ir_jax import decode, evaluate, train, workdir as workdir_lib  # noqa: E402
 
-ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall")
+ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall",
+        "ocd_scratch")
 RL_ARMS = ("seq", "instant", "ocd", "mwer")
 # Test-time compute instead of training: the ce arm's own params (same
 # seed) decoded by beam search or MBR (evaluate.generate_symbols kwargs).
@@ -85,6 +96,22 @@ def _override(c, overrides):
   for key, value in overrides.items():
     section, field = key.split(".")
     c[section][field] = value
+  # The protocol's batches are full width (as its committed runs were),
+  # whatever experiments/g2p.py's default.
+  c.data.length_buckets = 0
+  return c
+
+
+def _schedule(c, steps, batch, lr, warmup, schedule, logs):
+  """`c` trained `steps` x `batch` items: warm-up to `lr`, then constant or
+  cosine decay to 1% of it; `logs` log points, one evaluation and one
+  checkpoint at the end."""
+  c.total_steps, c.batch_size = steps, batch
+  c.optim.learning_rate, c.optim.warmup_steps = lr, warmup
+  c.optim.schedule, c.optim.end_fraction = schedule, 0.01
+  c.log_every = max(1, steps // logs)
+  c.eval_every = 10 * steps
+  c.checkpoint_every = steps
   return c
 
 
@@ -94,19 +121,15 @@ def branch_config(task, args):
                       (":tiny" if args.tiny else ""))
   _override(c, TASKS[task])
   c.seed = 0
-  c.optim.learning_rate = args.lr
-  c.optim.schedule = "constant"
-  c.total_steps = args.branch_steps
-  c.batch_size = args.branch_batch
-  c.log_every = max(1, args.branch_steps // 20)
-  c.eval_every = 10 * args.branch_steps      # Only the final evaluation.
-  c.checkpoint_every = args.branch_steps
-  return c
+  return _schedule(c, args.branch_steps, args.branch_batch, args.lr,
+                   c.optim.warmup_steps, "constant", logs=20)
 
 
 def arm_config(task, arm, seed, branch, args):
   """The arm's objective on the protocol's remaining schedule."""
   tiny = ",tiny" if args.tiny else ""
+  if arm == "ocd_scratch":
+    return ocd_scratch_config(task, seed, args)
   if arm in ("ce", "fused", "ce_wall"):
     variants = ["fused"] * (arm == "fused") + ["tiny"] * args.tiny
     c = config_lib.load(os.path.join(EXPERIMENTS, "g2p.py") +
@@ -124,16 +147,25 @@ def arm_config(task, arm, seed, branch, args):
   c.seed = seed
   c.init_from = branch
   # ce_wall: CE for --wall_factor x the steps, about an RL arm's seconds.
-  c.total_steps = args.steps * (args.wall_factor if arm == "ce_wall" else 1)
-  c.batch_size = args.batch
-  c.optim.learning_rate = args.lr
-  c.optim.warmup_steps = 0
-  c.optim.schedule = "cosine"
-  c.optim.end_fraction = 0.01
-  c.log_every = max(1, c.total_steps // 15)
-  c.eval_every = 10 * c.total_steps
-  c.checkpoint_every = c.total_steps
-  return c
+  steps = args.steps * (args.wall_factor if arm == "ce_wall" else 1)
+  return _schedule(c, steps, args.batch, args.lr, 0, "cosine", logs=15)
+
+
+def ocd_scratch_config(task, seed, args):
+  """OCD from a fresh init (no branch): the loss is OCD's alone (alpha 1),
+  on one sample per word at temperature 1; the branch's batch and warm-up,
+  then cosine decay to 1% over `--scratch_steps`."""
+  c = config_lib.load(os.path.join(EXPERIMENTS, "g2p_rl.py") +
+                      (":ocd,tiny" if args.tiny else ":ocd"))
+  _override(c, TASKS[task])
+  c.seed = seed
+  c.rl.num_samples = 1
+  c.rl.baseline = "none"       # OCD's targets need no baseline.
+  c.rl.kl_weight = 0.0
+  c.objective.alpha = 1.0
+  c.objective.alpha_schedule = "constant"
+  return _schedule(c, args.scratch_steps, args.branch_batch, args.lr,
+                   min(200, args.scratch_steps // 5), "cosine", logs=20)
 
 
 def _records(wd):
@@ -293,14 +325,29 @@ def statistics(task, out_dir, runs, reference="ce", buckets=_WORD_BUCKETS):
   return vs
 
 
+def same_branch(a, b) -> bool:
+  """Two branch records of the same params (their scores agree)."""
+  keys = ("steps", "test_per", "test_wer", "dev_per", "dev_wer")
+  return all(a[k] == b[k] for k in keys)
+
+
 def table(summary):
   """summary.md: mean +- std over seeds and the pooled tests vs ce."""
   rows = ["| arm | seeds | test PER % | test WER % | dev PER % | dev WER % | "
           "dPER vs ce (95% CI), points | p PER | dWER, points | p WER "
           "(McNemar) | s/run |", "|" + "---|" * 11]
-  b = summary.get("branch")
-  if b:
-    rows.append(f"| branch (CE, step {b['steps']}) | 1 | "
+  groups = []   # [(branch record, seeds that started from it)]
+  for seed, b in sorted(summary.get("branches", {}).items(),
+                        key=lambda kv: int(kv[0])):
+    same = [g for g in groups if same_branch(g[0], b)]
+    if same:
+      same[0][1].append(seed)
+    else:
+      groups.append((b, [seed]))
+  for b, seeds in groups:
+    which = (f", seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}"
+             if len(groups) > 1 else "")
+    rows.append(f"| branch (CE, step {b['steps']}{which}) | 1 | "
                 f"{100 * b['test_per']:.2f} | {100 * b['test_wer']:.2f} | "
                 f"{100 * b['dev_per']:.2f} | {100 * b['dev_wer']:.2f} | "
                 f"beam-4 oracle WER: test {100 * b['oracle_test_wer']:.2f}, "
@@ -313,7 +360,8 @@ def table(summary):
       continue
     key = "decode_s" if arm in DECODE_ARMS else "wall_s"
     seconds = f"{np.mean([r[key] for r in rs]):.0f}" + (
-        " (decoding)" if arm in DECODE_ARMS else "")
+        " (decoding)" if arm in DECODE_ARMS else
+        " (from scratch)" if arm == "ocd_scratch" else "")
     v = summary["vs_ce"].get(arm)
     cmp = ("| | | |" if not v else
            f"{100 * v['delta_per']:+.2f} ({100 * v['ci95'][0]:+.2f}, "
@@ -384,6 +432,9 @@ def main(argv=None):
   p.add_argument("--samples", type=int, default=4, help="K of the RL arms")
   p.add_argument("--wall_factor", type=int, default=4,
                  help="ce_wall trains this many x --steps")
+  p.add_argument("--scratch_steps", type=int, default=400,
+                 help="ocd_scratch's steps (about the seconds of the "
+                 "branch plus a ce arm)")
   p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--tiny", action="store_true", help="seconds, for tests")
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "evidence"))
@@ -393,6 +444,7 @@ def main(argv=None):
   if args.tiny:
     args.branch_steps, args.branch_batch = min(args.branch_steps, 10), 16
     args.steps, args.batch, args.samples = min(args.steps, 4), 8, 2
+    args.scratch_steps = min(args.scratch_steps, 10)
   arms = [a for a in args.arms.split(",") if a]
   known = ARMS + tuple(DECODE_ARMS)
   unknown = sorted(set(arms) - set(known))
@@ -427,6 +479,7 @@ def main(argv=None):
                  "oracle_dev_wer": oracle["dev"],
                  "oracle_test_wer": oracle["test"]},
       "runs": [], "vs_ce": {}}
+  branches = {}   # Seed -> the branch record its arms started from.
   if os.path.exists(summary_path):
     # Runs of an earlier call with the same protocol stay (a call may add
     # arms or seeds); this call's arms and seeds are redone or re-read.
@@ -435,6 +488,26 @@ def main(argv=None):
     if old.get("protocol") == summary["protocol"]:
       summary["runs"] = [r for r in old.get("runs", [])
                          if not (r["arm"] in arms and r["seed"] in seeds)]
+      branches = old.get("branches") or {
+          str(r["seed"]): old["branch"] for r in old.get("runs", [])}
+  # A branch retrained on another machine differs (CPU float rounding
+  # differs between machines), and every arm of a seed must start from the
+  # same one: a seed whose earlier arms came from another branch is
+  # redone whole or not at all.
+  for seed in seeds:
+    before = branches.get(str(seed))
+    kept = sorted({r["arm"] for r in summary["runs"] if r["seed"] == seed})
+    if before and not same_branch(before, summary["branch"]) and kept:
+      raise SystemExit(
+          f"{args.task} seed {seed}: the branch in {branch_wd} is not the one "
+          f"the seed's arms {kept} started from (dev PER "
+          f"{100 * before['dev_per']:.2f} then, "
+          f"{100 * summary['branch']['dev_per']:.2f} now). Rerun every arm "
+          f"of the seed (--arms ce,{','.join(a for a in kept if a != 'ce')}) "
+          "or use another seed.")
+    branches[str(seed)] = summary["branch"]
+  summary["branches"] = branches
+  summary["branch"] = branches[min(branches, key=int)]
   task = None
   for seed in seeds:
     for arm in arms:

@@ -19,17 +19,21 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
   from ir_jax import evaluate, workdir
   out = tmp_path / "out"
   summary = compare.main(["--task", "g2p", "--tiny", "--arms",
-                          "ce,mwer,instant", "--seeds", "0,1", "--runs",
+                          "ce,mwer,ocd_scratch", "--seeds", "0,1", "--runs",
                           str(tmp_path / "runs"), "--out", str(out)])
   disk = json.load(open(out / "g2p" / "summary.json"))
   assert disk["runs"] == json.loads(json.dumps(summary["runs"]))
   assert {(r["arm"], r["seed"]) for r in disk["runs"]} == {
-      (a, s) for a in ("ce", "mwer", "instant") for s in (0, 1)}
+      (a, s) for a in ("ce", "mwer", "ocd_scratch") for s in (0, 1)}
   for r in disk["runs"]:
     assert set(r) == {"arm", "seed", "test_per", "test_wer", "dev_per",
                       "dev_wer", "steps", "wall_s"}
-    assert 0 <= r["test_wer"] <= 1 and r["steps"] == 4
+    assert 0 <= r["test_wer"] <= 1
+    assert r["steps"] == (10 if r["arm"] == "ocd_scratch" else 4)
   task = workdir.load_run(str(tmp_path / "runs" / "g2p" / "ce" / "seed0"))[1]
+  scratch = workdir.load_run(str(tmp_path / "runs" / "g2p" / "ocd_scratch" /
+                                 "seed0"))[0]
+  assert not scratch.init_from and scratch.rl.mode == "ocd"  # No branch.
   test = task.eval_sets["test"]
   for r in disk["runs"]:
     path = out / "g2p" / r["arm"] / f"seed{r['seed']}" / "test.tsv"
@@ -39,7 +43,7 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
     rates = evaluate.error_rates([outputs[k] for k in test.keys],
                                  test.references)
     assert rates["per"] == pytest.approx(r["test_per"])
-  for arm in ("mwer", "instant"):
+  for arm in ("mwer", "ocd_scratch"):
     v = disk["vs_ce"][arm]
     assert {"delta_per", "ci95", "p_value", "mcnemar_p"} <= set(v)
     assert v["ci95"][0] <= v["delta_per"] <= v["ci95"][1]
@@ -52,6 +56,7 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
         len(v["seeds"]) * len(test.keys))
   b = disk["branch"]
   assert 0 <= b["oracle_test_wer"] <= b["test_wer"] <= 1
+  assert disk["branches"] == {"0": b, "1": b}
   assert (out / "g2p" / "summary.md").read_text().startswith("| arm |")
   assert os.path.getsize(out / "g2p" / "reward.png") > 1000
   # A rerun finds every run finished and trains nothing.
@@ -61,6 +66,17 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
   assert [r["wall_s"] for r in again["runs"]] == [
       r["wall_s"] for r in disk["runs"] if r["seed"] == 0 and r["arm"] in
       ("ce", "mwer")]
+  # A seed's arms all start from one branch: a call that would retrain
+  # seed 0's ce from another branch than its other arms had is refused.
+  summary_path = out / "g2p" / "summary.json"
+  saved = summary_path.read_text()
+  other = json.loads(saved)
+  other["branches"]["0"] = dict(other["branches"]["0"], dev_per=0.5)
+  summary_path.write_text(json.dumps(other))
+  with pytest.raises(SystemExit, match="seed 0.*mwer"):
+    compare.main(["--task", "g2p", "--tiny", "--arms", "ce", "--seeds", "0",
+                  "--runs", str(tmp_path / "runs"), "--out", str(out)])
+  summary_path.write_text(saved)
   # A later call adds decoding arms (the ce run of seed 0, beam 4 and MBR
   # over 8 samples) and keeps the earlier calls' runs.
   more = compare.main(["--task", "g2p", "--tiny", "--arms",
