@@ -337,7 +337,8 @@ class LengthBuckets:
 
   Every item falls in the class (s, t) of the smallest source and target
   widths of `length_edges` (k each, chosen for the least padding) that
-  hold it; a class with fewer items than a batch joins the widest class.
+  hold it; a class with fewer items than a batch joins the widest class
+  (and so do the next widest, while the widest holds less than a batch).
   Epoch e shuffles the items (seeded by (seed, e)), cuts each class into
   full batches in that order (a class's remainder waits for the next
   epoch's shuffle) and shuffles the batches; batch `k` of the run is batch
@@ -359,12 +360,17 @@ class LengthBuckets:
     self.target_edges = length_edges(tgt, k, target_len)
     s = np.asarray(self.source_edges)[np.searchsorted(self.source_edges, src)]
     t = np.asarray(self.target_edges)[np.searchsorted(self.target_edges, tgt)]
-    classes, counts = np.unique(np.stack([s, t], 1), axis=0,
-                                return_counts=True)
-    small = {tuple(c) for c, n in zip(classes, counts) if n < batch_size}
+    keys = list(zip(s.tolist(), t.tolist()))
+    counts = collections.Counter(keys)
+    # Classes smaller than a batch join the widest; while the widest is
+    # smaller than a batch itself, the next widest classes join it too, so
+    # that every item is in some batch of every epoch but a remainder.
     widest = (source_len, target_len)
-    keys = [widest if (a, b) in small else (int(a), int(b))
-            for a, b in zip(s, t)]
+    joins = {c for c, n in counts.items() if n < batch_size} | {widest}
+    rest = sorted(set(counts) - joins, key=sum)
+    while sum(counts[c] for c in joins) < batch_size and rest:
+      joins.add(rest.pop())
+    keys = [widest if key in joins else key for key in keys]
     self.shapes = sorted(set(keys))
     index = {shape: i for i, shape in enumerate(self.shapes)}
     self.item_class = np.asarray([index[key] for key in keys], np.int32)

@@ -105,6 +105,10 @@ def test_length_buckets_cut_only_padding_and_cover_each_epoch_once():
   train = task.train
   plan = tasks.LengthBuckets(train, 64, seed=3, k=3)
   assert len(plan.shapes) > 1 and plan.padded_fraction < 0.8
+  # Every class fills a batch (small ones joined the widest).
+  assert np.all(np.bincount(plan.item_class) >= 64)
+  tight = tasks.LengthBuckets(train, 1000, seed=3, k=3)
+  assert np.all(np.bincount(tight.item_class) >= 1000)
   src_len = tasks.source_lengths(train["source"])
   seen = []
   for k in range(plan.batches_per_epoch):
