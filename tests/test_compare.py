@@ -18,10 +18,19 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
   import compare
   from ir_jax import evaluate, workdir
   out = tmp_path / "out"
-  summary = compare.main(["--task", "g2p", "--tiny", "--arms",
-                          "ce,mwer,ocd_scratch", "--seeds", "0,1", "--runs",
-                          str(tmp_path / "runs"), "--out", str(out)])
+  call = lambda arms, seeds: compare.main([
+      "--task", "g2p", "--tiny", "--arms", arms, "--seeds", seeds, "--runs",
+      str(tmp_path / "runs"), "--out", str(out)])
+  call("ce,mwer", "0,1")
+  # A later call adds an arm without retraining ce; every arm needs the
+  # ce run of its seed.
+  summary = call("ocd_scratch", "0,1")
+  with pytest.raises(SystemExit):
+    call("mwer", "5")
   disk = json.load(open(out / "g2p" / "summary.json"))
+  curves = json.load(open(out / "g2p" / "curves.json"))
+  assert set(curves) == {f"{a}/seed{s}" for a in ("ce", "mwer", "ocd_scratch")
+                         for s in (0, 1)}
   assert disk["runs"] == json.loads(json.dumps(summary["runs"]))
   assert {(r["arm"], r["seed"]) for r in disk["runs"]} == {
       (a, s) for a in ("ce", "mwer", "ocd_scratch") for s in (0, 1)}
