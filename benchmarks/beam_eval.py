@@ -1,6 +1,7 @@
 """Greedy vs beam search (and MBR) on a trained G2P run, with significance.
 
-  python -m benchmarks.beam_eval --workdir runs/g2p [--beams 4] [--mbr 8]
+  python -m benchmarks.beam_eval --workdir runs/g2p [--beams 4] [--mbr 8] \
+      [--mbr-nbest]
 
 Decodes dev and test with each method from the run's latest checkpoint,
 scores PER/WER (`ir_jax.evaluate`), and tests each method against greedy
@@ -25,13 +26,18 @@ def main():
   p.add_argument("--beams", type=int, nargs="+", default=[4])
   p.add_argument("--length_penalty", type=float, default=0.0)
   p.add_argument("--mbr", type=int, default=0)
+  p.add_argument("--mbr-nbest", action="store_true",
+                 help="also MBR over each beam's N-best (beamK_mbr)")
   p.add_argument("--splits", nargs="+", default=["dev", "test"])
   args = p.parse_args()
   config, task, model, params, step = workdir.load_run_with_step(args.workdir)
   methods = [("greedy", {})] + [
       (f"beam{k}", {"beam": k, "length_penalty": args.length_penalty})
-      for k in args.beams] + ([(f"mbr{args.mbr}", {"mbr": args.mbr})]
-                              if args.mbr else [])
+      for k in args.beams] + [
+      (f"beam{k}_mbr", {"beam": k, "length_penalty": args.length_penalty,
+                        "mbr_nbest": True})
+      for k in args.beams if args.mbr_nbest and k > 1] + (
+          [(f"mbr{args.mbr}", {"mbr": args.mbr})] if args.mbr else [])
   rows, payload = [], {"machine": common.machine(), "step": step,
                        "workdir": args.workdir, "results": []}
   for split in args.splits:

@@ -23,17 +23,19 @@ words joined by "|", ~21 output symbols):
    Equal steps and items, not equal wall-clock: the RL arms sample, and
    their seconds are in the table. `ce_wall`: CE for --wall_factor x the
    steps (about an RL arm's seconds). Decoding arms spend test-time
-   compute instead: `ce_beam4` (beam search, 4 beams) and `ce_mbr8` (MBR
-   with the exact edit distance over greedy + 8 samples) decode the ce
-   run of the same seed. `ocd_scratch` trains no branch: OCD alone (alpha
-   1, one sample per word, as Sabour et al. 2019 trained it) from a fresh
-   init with the branch's warm-up and batch, cosine-decayed over
-   `--scratch_steps`, set so that it takes about the seconds of the
-   branch plus a ce arm (equal wall-clock to the CE model it is compared
-   with; both seconds are in the table).
+   compute instead: `ce_beam4` (beam search, 4 beams), `ce_mbr8` (MBR
+   with the exact edit distance over greedy + 8 samples) and
+   `ce_beam4_mbr` (MBR over the beam's 4-best, weighted by their
+   renormalised probabilities) decode the ce run of the same seed.
+   `ocd_scratch` trains no branch: OCD alone (alpha 1, one sample per
+   word, as Sabour et al. 2019 trained it) from a fresh init with the
+   branch's warm-up and batch, cosine-decayed over `--scratch_steps`, set
+   so that it takes about the seconds of the branch plus a ce arm (equal
+   wall-clock to the CE model it is compared with; both seconds are in
+   the table).
 3. Every trained arm is scored greedily on dev and test; the statistics
-   pool the seeds (item i of seed s of an arm is paired with item i of seed s of
-   ce): paired bootstrap of the PER difference (10,000 resamples) and the
+   pool the seeds (item i of seed s of an arm is paired with item i of
+   seed s of ce): paired bootstrap of the PER difference (10,000 resamples) and the
    exact McNemar test of WER, overall and per reference-length bucket.
 
 Writes (the results format of #15):
@@ -77,7 +79,8 @@ ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall",
 RL_ARMS = ("seq", "instant", "ocd", "mwer")
 # Test-time compute instead of training: the ce arm's own params (same
 # seed) decoded by beam search or MBR (evaluate.generate_symbols kwargs).
-DECODE_ARMS = {"ce_beam4": {"beam": 4}, "ce_mbr8": {"mbr": 8}}
+DECODE_ARMS = {"ce_beam4": {"beam": 4}, "ce_mbr8": {"mbr": 8},
+               "ce_beam4_mbr": {"beam": 4, "mbr_nbest": True}}
 # Task name -> config overrides on experiments/g2p.py.
 TASKS = {
     "g2p": {},

@@ -58,6 +58,9 @@ def get_config(arg=None):
     c.rl.kl_weight = 0.04
   c.optim.learning_rate = 3e-4
   c.optim.warmup_steps = 20
+  # Full-width batches: an RL step (a sampling loop) compiles slowly, and
+  # a few hundred steps would not repay one compile per length class.
+  c.data.length_buckets = 0
   if "tiny" not in parts:
     c.total_steps = 300
     c.batch_size = 64

@@ -140,8 +140,12 @@ def _generate(args) -> int:
     print(f"--mbr K needs K >= 2 samples (got {args.mbr}).", file=sys.stderr)
     return 2
   if args.beam < 0 or (args.beam and args.mbr):
-    print("--beam K needs K >= 1, and --beam and --mbr do not combine.",
-          file=sys.stderr)
+    print("--beam K needs K >= 1, and --beam and --mbr do not combine "
+          "(--mbr-nbest: MBR over the beam's N-best).", file=sys.stderr)
+    return 2
+  if args.mbr_nbest and args.beam < 2:
+    print(f"--mbr-nbest picks among the beam's N-best: it needs --beam K "
+          f"with K >= 2 (got --beam {args.beam}).", file=sys.stderr)
     return 2
   config, task, model, params = workdir.load_run(args.workdir)
   if config.task == "text":
@@ -178,7 +182,8 @@ def _generate(args) -> int:
       min(config.eval_batch_size, 1024),
       direction="charlm" if config.task == "charlm" else direction,
       mbr=args.mbr, seed=args.seed, beam=args.beam or 1,
-      length_penalty=float(config.eval.length_penalty))
+      length_penalty=float(config.eval.length_penalty),
+      mbr_nbest=args.mbr_nbest)
   for word, out in zip(words, outputs):
     print(evaluate.output_line(word, out, config.task))
   return 0
@@ -207,7 +212,8 @@ def _generate_text(args, config, task, model, params, prompts) -> int:
       model, {"params": params}, task, source,
       min(config.eval_batch_size, 1024), direction="text", mbr=args.mbr,
       seed=args.seed, beam=args.beam or 1,
-      length_penalty=float(config.eval.length_penalty))
+      length_penalty=float(config.eval.length_penalty),
+      mbr_nbest=args.mbr_nbest)
   for prompt, out in zip(prompts, outputs):
     print(evaluate.output_line(prompt, out, "text", task.vocab))
   return 0
@@ -325,6 +331,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--seed", type=int, default=0, help="sampling seed (--mbr)")
   p.add_argument("--beam", type=int, default=0, metavar="K",
                  help="beam search of width K (default: greedy)")
+  p.add_argument("--mbr-nbest", action="store_true",
+                 help="with --beam K: the MBR choice among the beam's K best, "
+                 "each weighted by its renormalised probability")
   p = sub.add_parser("export", help="a workdir as a Hugging Face checkpoint")
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True, help="the checkpoint directory")

@@ -239,6 +239,21 @@ def mbr_decode(model, params, source: jax.Array, rng: jax.Array, *,
   return tokens[rows, best], lengths[rows, best]
 
 
+def nbest_mbr_decode(model, params, source: jax.Array, *, max_len: int,
+                     beam: int, length_penalty: float = 0.0,
+                     allowed: Optional[jax.Array] = None):
+  """The beam's `beam`-best list, then the MBR choice among it
+  (`mbr_select`) with each hypothesis weighted by its probability
+  renormalised over the list, w_k = p(y_k | x) / sum_j p(y_j | x).
+  Returns tokens int32[B, max_len] and lengths int32[B], as `generate`."""
+  nbest = beam_search(model, params, source, max_len=max_len, beam=beam,
+                      length_penalty=length_penalty, allowed=allowed)
+  weights = jax.nn.softmax(nbest["logprobs"], axis=-1)
+  best, _ = mbr_select(nbest["tokens"], nbest["lengths"], weights)
+  rows = jnp.arange(source.shape[0])
+  return nbest["tokens"][rows, best], nbest["lengths"][rows, best]
+
+
 # Where each cache entry keeps its batch axis (None: shared by the batch).
 _CACHE_BATCH_AXIS = {"k": 1, "v": 1, "valid": 1, "c": 1, "h": 1,
                      "position": 0, "context": 0, "has_context": 0,

@@ -141,12 +141,17 @@ def allowed_tokens(model, task, direction: str):
 def generate_symbols(model, params, task, source: np.ndarray,
                      batch_size: int = 1024, direction: str = "",
                      mbr: int = 0, seed: int = 0, beam: int = 1,
-                     length_penalty: float = 0.0) -> List[Seq]:
+                     length_penalty: float = 0.0,
+                     mbr_nbest: bool = False) -> List[Seq]:
   """Greedy outputs for int32[W, P] prompts, decoded to symbol tuples; with
   a `direction` only that direction's target symbols can be emitted. `mbr`
   > 0: the MBR choice among the greedy output and `mbr` samples at
   temperature 1 (`decode.mbr_decode`, seeded by `seed`); `beam` > 1: the
-  best of a beam search (`decode.beam_search`)."""
+  best of a beam search (`decode.beam_search`), or with `mbr_nbest` the
+  MBR choice among its N-best (`decode.nbest_mbr_decode`)."""
+  if mbr_nbest and beam < 2:
+    raise ValueError(f"mbr_nbest needs an N-best list: beam >= 2, got "
+                     f"beam={beam}.")
   allowed = allowed_tokens(model, task, direction)
   out: List[Seq] = []
   for start in range(0, len(source), batch_size):
@@ -156,7 +161,11 @@ def generate_symbols(model, params, task, source: np.ndarray,
       # Pad the last chunk so one compiled program serves every batch.
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size,
                                                0)])
-    if beam > 1:
+    if mbr_nbest:
+      tokens, _ = decode.nbest_mbr_decode(
+          model, params, jax.numpy.asarray(chunk), max_len=task.target_len,
+          beam=beam, length_penalty=length_penalty, allowed=allowed)
+    elif beam > 1:
       tokens = decode.beam_search(
           model, params, jax.numpy.asarray(chunk), max_len=task.target_len,
           beam=beam, length_penalty=length_penalty,

@@ -23,8 +23,8 @@ def plot_workdir(workdir: str) -> List[str]:
   evals = [r for r in records if "split" in r]
   panels = {
       "loss.png": ("training loss", ["loss", "ce"], train),
-      "reward.png": ("rewards (greedy_*: the model's greedy outputs on the "
-                     "step's batch, exact edit distance)",
+      "reward.png": ("rewards (greedy_*: the model's greedy outputs\non "
+                     "the step's batch, exact edit distance)",
                      ["greedy_reward", "greedy_exact_match", "reward",
                       "soft_ed", "cosine", "alpha", "token_accuracy"], train),
   }

@@ -140,6 +140,11 @@ def test_beam_search_in_generate_and_eval(tmp_path, capsys):
   assert capsys.readouterr().out == greedy            # Beam 1 == greedy.
   assert cli.main(["generate", "--workdir", wd, "--beam", "4", "hello"]) == 0
   assert capsys.readouterr().out.startswith("hello\t")
+  assert cli.main(["generate", "--workdir", wd, "--mbr-nbest", "hello"]) == 2
+  assert "--beam K with K >= 2" in capsys.readouterr().err
+  assert cli.main(["generate", "--workdir", wd, "--beam", "4", "--mbr-nbest",
+                   "hello"]) == 0
+  assert capsys.readouterr().out.startswith("hello\t")
   assert cli.main(["eval", "--workdir", wd, "--split", "dev", "--beam",
                    "2"]) == 0
   assert capsys.readouterr().out.startswith("dev: PER ")

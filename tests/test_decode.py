@@ -274,3 +274,21 @@ def test_a_checkpoints_own_pad_and_eos_ids(model_params, pad_id, eos_id):
                     np.asarray(beams["lengths"]).reshape(-1)):
     assert np.all(row[n:] == pad_id)
     assert n == 8 or row[n - 1] == eos_id
+
+
+def test_nbest_mbr_is_the_weighted_medoid_of_the_beam(model_params):
+  """MBR over the beam's N-best, weighted by the renormalised sequence
+  probabilities: the same choice as mbr_select on beam_search's list."""
+  model, params = model_params
+  source, _, _ = prompts()
+  tokens, lengths = decode.nbest_mbr_decode(model, params, source,
+                                            max_len=6, beam=4)
+  nbest = decode.beam_search(model, params, source, max_len=6, beam=4)
+  p = np.exp(np.asarray(nbest["logprobs"], np.float64))
+  best, risk = decode.mbr_select(nbest["tokens"], nbest["lengths"],
+                                 jnp.asarray(p / p.sum(-1, keepdims=True)))
+  for b in range(source.shape[0]):
+    k = int(best[b])
+    np.testing.assert_array_equal(tokens[b], nbest["tokens"][b, k])
+    assert int(lengths[b]) == int(nbest["lengths"][b, k])
+    assert float(risk[b, k]) == pytest.approx(float(risk[b].min()))

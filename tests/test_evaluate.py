@@ -112,3 +112,28 @@ def test_mcnemar_hand_computed():
   assert evaluate.mcnemar(a, b)["p_value"] == pytest.approx(0.34375)
   with pytest.raises(ValueError, match="equal-length"):
     evaluate.mcnemar(a, b[:3])
+
+
+def test_paired_outputs_tests_two_outputs_files(tmp_path):
+  """benchmarks/paired_outputs.py: identical files give delta 0 and p = 1;
+  the references against an empty output everywhere, a one-sided win."""
+  from benchmarks import paired_outputs
+  from ir_jax.data import tasks
+  task = tasks.g2p(max_train_words=50, max_eval_words=40)
+  data = task.eval_sets["test"]
+  def write(name, outputs):
+    path = tmp_path / name
+    path.write_text("".join(evaluate.output_line(k, o) + "\n"
+                            for k, o in zip(data.keys, outputs)))
+    return str(path)
+  right = write("right.tsv", [refs[0] for refs in data.references])
+  empty = write("empty.tsv", [()] * len(data.keys))
+  same = paired_outputs.compare(task, "test", right, right)
+  assert same["delta_per"] == 0 and same["p_value"] == 1
+  assert same["mcnemar_p"] == 1 and same["a"]["wer"] == 0
+  worse = paired_outputs.compare(task, "test", right, empty)
+  assert worse["b"]["per"] == 1 and worse["delta_wer"] == 1
+  assert worse["p_value"] < 0.001 and worse["mcnemar_p"] < 1e-10
+  assert worse["only_a_right"] == 40 and worse["only_b_right"] == 0
+  with pytest.raises(ValueError, match="no output for 40"):
+    paired_outputs.compare(task, "dev", right, empty)
