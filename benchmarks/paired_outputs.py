@@ -20,16 +20,7 @@ from ir_jax import evaluate, workdir
 def compare(task, split: str, path_a: str, path_b: str):
   """PER/WER of both outputs files and B - A with its tests."""
   data = task.eval_sets[split]
-  scored = []
-  for path in (path_a, path_b):
-    outputs = evaluate.read_outputs(path)
-    missing = [k for k in data.keys if k not in outputs]
-    if missing:
-      raise ValueError(f"{path} has no output for {len(missing)} of the "
-                       f"{len(data.keys)} {split} items (e.g. "
-                       f"{missing[0]!r}): both files must cover the split.")
-    scored.append(evaluate.word_errors([outputs[k] for k in data.keys],
-                                       data.references))
+  scored = [evaluate.outputs_errors(data, path) for path in (path_a, path_b)]
   (ea, n), (eb, _) = scored
   boot = evaluate.paired_bootstrap(eb, ea, n)
   mc = evaluate.mcnemar(eb == 0, ea == 0)

@@ -277,10 +277,7 @@ def oracle_wer(wd, beam=4):
 def _errors(task, split, path):
   """(errors, lengths) of an outputs file against the split's references,
   in the split's item order."""
-  data = task.eval_sets[split]
-  outputs = evaluate.read_outputs(path)
-  return evaluate.word_errors([outputs[k] for k in data.keys],
-                              data.references)
+  return evaluate.outputs_errors(task.eval_sets[split], path)
 
 
 def statistics(task, out_dir, runs, reference="ce", buckets=_WORD_BUCKETS):

@@ -260,6 +260,19 @@ def read_outputs(path: str) -> Dict[str, Seq]:
   return out
 
 
+def outputs_errors(data, path: str):
+  """(errors int[N], reference lengths int[N]) of an outputs file against
+  an eval split `data`, in the split's item order (`word_errors`); raises
+  if the file misses an item of the split."""
+  outputs = read_outputs(path)
+  missing = [k for k in data.keys if k not in outputs]
+  if missing:
+    raise ValueError(f"{path} has no output for {len(missing)} of the "
+                     f"{len(data.keys)} items of the split (e.g. "
+                     f"{missing[0]!r}): an outputs file must cover it.")
+  return word_errors([outputs[k] for k in data.keys], data.references)
+
+
 def evaluate_and_log(model, params, task, splits: Sequence[str],
                      batch_size: int, step, writer, beam: int = 1,
                      length_penalty: float = 0.0, outputs_dir: str = "",

@@ -75,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     # ----------------------------------------------------- Input pipeline
     buckets = None
-    if config.data.get("length_buckets", 0):
+    if config.data.length_buckets:
       buckets = tasks.LengthBuckets(task.train, config.batch_size,
                                     config.seed, config.data.length_buckets,
                                     task.pad_id)
