@@ -17,7 +17,19 @@ ARG is a comma list:
                  samples; KL to the base model, which for LoRA is the
                  adapters turned off).
   bf16           bfloat16 params and activations (logits stay float32).
+  chat           prompts rendered by the tokenizer's chat template as one
+                 user turn (data.chat_template; source_len 64 for SmolLM2's
+                 default system turn).
   tiny           seconds on a CPU, for tests.
+
+A real pretrained model, offline after one fetch (SmolLM2-135M-Instruct,
+Q4_1 GGUF; ir_jax.models.gguf):
+
+  SMOL=$(python -m ir_jax.models.gguf fetch smollm2-135m-instruct)
+  ir-jax train --config experiments/hf.py:lora,chat --workdir runs/smol \
+      --config.model.hf_path=$SMOL \
+      --config.data.train_path=data/cmudict_jsonl/train.jsonl \
+      --config.data.eval_path=data/cmudict_jsonl/dev.jsonl
 
 The architecture, vocabulary and first weights come from `model.hf_path`
 (llama, qwen2, qwen3, gpt2 families; ir_jax.models.hf); the tokenizer from
@@ -35,11 +47,12 @@ OBJECTIVES = ("sft", "fused", "seq", "instant", "ocd", "mwer", "grpo")
 def get_config(arg=None):
   parts = [p for p in (arg or "").split(",") if p]
   unknown = sorted(set(parts) - set(OBJECTIVES) -
-                   {"lora", "full", "bf16", "tiny"})
+                   {"lora", "full", "bf16", "chat", "tiny"})
   objectives = [p for p in parts if p in OBJECTIVES]
   if unknown or len(objectives) > 1 or {"lora", "full"} <= set(parts):
     raise ValueError(f"experiments/hf.py takes lora|full, one of "
-                     f"{', '.join(OBJECTIVES)}, bf16, tiny; got {arg!r}.")
+                     f"{', '.join(OBJECTIVES)}, bf16, chat, tiny; got "
+                     f"{arg!r}.")
   objective = objectives[0] if objectives else "sft"
   tiny = "tiny" in parts
   c = config_lib.default_config()
@@ -50,7 +63,8 @@ def get_config(arg=None):
   c.model.lora = ml_collections.ConfigDict(dict(
       rank=0 if "full" in parts else (4 if tiny else 16),
       alpha=8.0 if tiny else 32.0, targets="query,key,value,out"))
-  c.data.source_len = 32
+  c.data.chat_template = "chat" in parts
+  c.data.source_len = 64 if c.data.chat_template else 32
   c.data.target_len = 24
   c.data.max_eval_items = 512
   c.log_greedy_reward = True
@@ -83,7 +97,7 @@ def get_config(arg=None):
     c.log_every = 2
     c.eval_every = 4
     c.checkpoint_every = 4
-    c.data.source_len = 16
+    c.data.source_len = 48 if c.data.chat_template else 16
     c.data.target_len = 8
     c.data.max_eval_items = 8
     c.rl.num_samples = 2

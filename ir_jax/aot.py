@@ -387,7 +387,14 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
                       for l in jax.tree.leaves(abstract.params))
     # Sharded weights are all-gathered for compute, one copy at a time.
     gathered = full_params - params
-    estimate = params + gradients + optimizer + other + activations + gathered
+    # A full fine-tune with a KL term keeps a frozen reference copy.
+    reference = params if (config.rl.mode and config.rl.kl_weight and
+                           part is None and (config.init_from or
+                                             config.model.get("hf_path"))) \
+        else 0
+    loading = loading_bytes(config, abstract.params)
+    estimate = (params + gradients + optimizer + other + activations +
+                gathered + reference)
     compiled = step.lower_train_step(config, model, tx, task, mesh, abstract,
                                      shardings).compile()
     mem = compiled.memory_analysis()
@@ -398,7 +405,8 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
             "params_bytes": params, "optimizer_bytes": optimizer,
             "gradient_bytes": gradients, "other_state_bytes": other,
             "activation_bytes": activations, "gathered_bytes": gathered,
-            "estimate_bytes": estimate,
+            "reference_bytes": reference, "estimate_bytes": estimate,
+            "loading_host_bytes": loading,
             "xla_bytes": xla}
   mib = lambda b: f"{b / 2**20:9.2f} MiB"
   print_fn(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices "
@@ -407,12 +415,30 @@ def dry_run(config, print_fn: Callable = print) -> Dict[str, Any]:
            f"{report['params_count']:,} params")
   print_fn("per device:")
   for k in ("params", "optimizer", "gradient", "other_state", "activation",
-            "gathered"):
+            "gathered", "reference"):
     print_fn(f"  {k:<12} {mib(report[k + '_bytes'])}")
   print_fn(f"  {'total':<12} {mib(estimate)}  (estimate)")
   if xla is not None:
     print_fn(f"  {'XLA':<12} {mib(xla)}  (compiled step, memory_analysis)")
+  if loading:
+    print_fn(f"loading model.hf_path: {mib(loading)} of host memory per "
+             "process beyond the placed params (one tensor read, dequantized "
+             "and cast at a time)")
   return report
+
+
+def loading_bytes(config, params) -> int:
+  """Host bytes that loading `model.hf_path` needs beyond the placed
+  params: the largest single tensor (a scanned stack counts one layer),
+  three float32 copies of it at once (read or dequantized, transposed,
+  cast). 0 for a run that loads no checkpoint."""
+  if not config.model.get("hf_path"):
+    return 0
+  largest = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    scanned = getattr(path[0], "key", None) == "layers"
+    largest = max(largest, leaf.size // (leaf.shape[0] if scanned else 1))
+  return 3 * 4 * largest
 
 
 def _shards(sharding) -> int:

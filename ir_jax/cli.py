@@ -199,7 +199,7 @@ def _generate_text(args, config, task, model, params, prompts) -> int:
   if args.prompt:
     print("--prompt is for G2P runs.", file=sys.stderr)
     return 2
-  ids = [text.prompt_ids(task.vocab, p) for p in prompts]
+  ids = [text.prompt_ids(task.vocab, p, task.chat_template) for p in prompts]
   longest = max(len(i) for i in ids)
   if longest > task.source_len:
     print(f"Warning: {sum(len(i) > task.source_len for i in ids)} prompts "
@@ -216,6 +216,16 @@ def _generate_text(args, config, task, model, params, prompts) -> int:
       mbr_nbest=args.mbr_nbest)
   for prompt, out in zip(prompts, outputs):
     print(evaluate.output_line(prompt, out, "text", task.vocab))
+  return 0
+
+
+def _convert(args) -> int:
+  """`ir-jax convert --gguf FILE --out DIR`: config.json, model.safetensors,
+  tokenizer.json and tokenizer_config.json (with the chat template) that
+  `hf.load`, transformers' AutoModelForCausalLM and AutoTokenizer read."""
+  from ir_jax.models import gguf
+  gguf.convert(args.gguf, args.out, dtype=args.dtype)
+  print(args.out)
   return 0
 
 
@@ -264,7 +274,10 @@ def _export(args) -> int:
                      "Face checkpoint; export the frozen run (init_from).")
   hf.save(args.out, model, params, dtype=args.dtype)
   source = config.data.get("tokenizer") or config.model.get("hf_path", "")
-  if config.task == "text":
+  if config.task == "text" and source.lower().endswith(".gguf"):
+    from ir_jax import pretrained
+    pretrained.tokenizer(source).save(args.out)
+  elif config.task == "text":
     for name in hf_tokenizer.TOKENIZER_FILES:
       if os.path.isfile(os.path.join(source, name)):
         shutil.copy(os.path.join(source, name), os.path.join(args.out, name))
@@ -339,6 +352,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--out", required=True, help="the checkpoint directory")
   p.add_argument("--dtype", default="float32",
                  choices=("float32", "bfloat16"))
+  p = sub.add_parser("convert", help="a GGUF file as a Hugging Face "
+                     "checkpoint directory (weights dequantized)")
+  p.add_argument("--gguf", required=True, metavar="FILE")
+  p.add_argument("--out", required=True, help="the checkpoint directory")
+  p.add_argument("--dtype", default="float32",
+                 choices=("float32", "bfloat16"))
   p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
   p.add_argument("--workdir", required=True)
   args, rest = parser.parse_known_args(argv)
@@ -352,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "compile":
       return _compile(args, overrides)
     return {"eval": _eval, "generate": _generate, "export": _export,
-            "plot": _plot}[
+            "convert": _convert, "plot": _plot}[
         args.command](args)
   except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
     print(f"ir-jax {args.command}: error: {e}", file=sys.stderr)

@@ -122,7 +122,11 @@ def default_config() -> ml_collections.ConfigDict:
       # task="text": JSONL files of {"prompt", "target"} (ir_jax.data.text),
       # tokenised with `tokenizer` (a checkpoint directory; default
       # model.hf_path); max_train_words / max_eval_items cap the items.
-      train_path="", eval_path="", test_path="", tokenizer=""))
+      # chat_template: each prompt rendered as one user turn with the
+      # tokenizer's chat template (add_generation_prompt; SmolLM2 adds a
+      # ~30-token default system turn, so source_len must allow it).
+      train_path="", eval_path="", test_path="", tokenizer="",
+      chat_template=False))
   c.model = ml_collections.ConfigDict(dict(MODEL_FIELDS["transformer"]))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-3, warmup_steps=200, weight_decay=1e-4, grad_clip=1.0,

@@ -89,7 +89,8 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
   pad, eos = models.special_ids(model)
   restrict = _restrict(model, allowed)
   cache = model.init_cache(batch, prompt + max_len)
-  logits, cache = model.apply(params, source, source != pad, cache)
+  logits, cache = model.apply(params, source, models.prompt_mask(source, pad),
+                              cache)
   rngs = jax.random.split(rng, max_len)
   first = _pick(restrict(logits[:, -1]), rngs[0], temperature, top_k)
 
@@ -152,7 +153,8 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   pad, eos = models.special_ids(model)
 
   cache = model.init_cache(batch, prompt + max_len)
-  logits, cache = model.apply(params, source, source != pad, cache)
+  logits, cache = model.apply(params, source, models.prompt_mask(source, pad),
+                              cache)
   logits = logits[:, -1]
   state = reward.init(target, m)
   done = jnp.zeros((batch,), bool)
@@ -305,7 +307,8 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
                                       ** length_penalty)
   rows = jnp.repeat(source, k, axis=0)                      # [B K, P]
   cache = model.init_cache(batch * k, prompt + t_max)
-  logits, cache = model.apply(params, rows, rows != pad, cache)
+  logits, cache = model.apply(params, rows, models.prompt_mask(rows, pad),
+                              cache)
   logits = logits[:, -1]
   alive_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
   alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, neg)[None].repeat(batch, 0)

@@ -64,14 +64,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # ---------------------------------------------- Model & optimizer state
     # Created already sharded: nothing is materialised on one device first.
     _, shardings = state_lib.state_shardings(config, model, tx, task, mesh)
-    state = jax.jit(functools.partial(state_lib.init_state, config, model, tx,
-                                      task), out_shardings=shardings)()
     ref_params = None
+    if config.model.get("hf_path") and not config.init_from:
+      state, ref_params = _start_from_hf(config, tx, task, model, mesh, rules,
+                                         shardings)
+    else:
+      state = jax.jit(functools.partial(state_lib.init_state, config, model,
+                                        tx, task), out_shardings=shardings)()
     if config.init_from:
       state, ref_params = _start_from(config, state, tx, task, shardings)
-    elif config.model.get("hf_path"):
-      state, ref_params = _start_from_hf(config, state, tx, model, mesh,
-                                         rules, shardings)
 
     # ----------------------------------------------------- Input pipeline
     buckets = None
@@ -197,27 +198,31 @@ def _start_from(config, state, tx, task, shardings):
   return state, ref_params
 
 
-def _start_from_hf(config, state, tx, model, mesh, rules, shardings):
-  """(state, KL reference or None) with the weights of the Hugging Face
-  checkpoint `model.hf_path`, each tensor read and placed straight into
-  its sharding; LoRA adapters keep their fresh (no-op) init. A full
+def _start_from_hf(config, tx, task, model, mesh, rules, shardings):
+  """(state, KL reference or None) on the weights of the checkpoint
+  `model.hf_path` (a Hugging Face directory or a `.gguf` file).
+
+  The order keeps one copy of the weights: 1. each tensor is read and
+  placed straight into its sharding, in the params' dtype (float32 master
+  weights are never rounded through bf16); 2. the rest of the state
+  (adapters, optimizer moments) is initialised around them in one jit
+  that takes the loaded params donated, so no random base exists. A full
   fine-tune with a KL term keeps a frozen copy as its reference; a LoRA
   run needs none (the step turns the adapters off)."""
-  from ir_jax.models import hf, lora
-  loaded = hf.load_params(config.model.hf_path, model, mesh=mesh, rules=rules)
-  adapters, fresh = lora.split(state.params)
-  # In the params' own dtype (float32 master weights; bf16 is compute).
-  base = {k: v.astype(fresh[k].dtype) for k, v in lora.split(loaded)[1].items()}
-  params = lora.join(adapters, base)
-  state = state.replace(
-      params=params,
-      opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
-      reward_embeddings=jax.device_put(
-          state_lib.reward_table(config, params["embed"]["embedding"]),
-          shardings.reward_embeddings))
+  from ir_jax import pretrained
+  abstract = state_lib.abstract_params(config, model, tx, task)
+  dtype = jax.tree.leaves(abstract)[0].dtype
+  loaded = pretrained.load_params(config.model.hf_path, model, mesh=mesh,
+                                  rules=rules, dtype=dtype)
+  state = jax.jit(
+      lambda base, rng: state_lib.init_state(config, model, tx, task,
+                                             base=base, rng=rng),
+      out_shardings=shardings, donate_argnums=0)(
+          loaded, jax.random.PRNGKey(config.seed))
   ref_params = None
-  if config.rl.mode and config.rl.kl_weight and not lora.split(params)[0]:
-    ref_params = jax.tree.map(jnp.copy, params)
+  if config.rl.mode and config.rl.kl_weight and \
+      not state_lib.lora_targets(config):
+    ref_params = jax.tree.map(jnp.copy, state.params)
   return state, ref_params
 
 

@@ -249,9 +249,9 @@ def load_run_with_step(workdir: str):
   params, step = readable_params(workdir,
                                  state_lib.checkpointed(config, abstract))
   if state_lib.adapters_only(config):  # The base from the checkpoint dir.
-    from ir_jax.models import hf
+    from ir_jax import pretrained
     params = state_lib.from_checkpointed(
-        config, params, hf.load_params(config.model.hf_path, model))
+        config, params, pretrained.load_params(config.model.hf_path, model))
   return config, task, model, params, step
 
 

@@ -196,3 +196,61 @@ def test_adapter_only_checkpoints_resume_exactly(checkpoint, tmp_path,
   train.train_and_evaluate(config(), part)
   a, b = workdir.load_run(whole)[3], workdir.load_run(part)[3]
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# ------------------------------------------------------------- GGUF runs
+
+
+@pytest.fixture(scope="module")
+def gguf_checkpoint(tmp_path_factory):
+  """A tiny GGUF Llama (Q8_0 matrices; pads with <|im_end|>, as SmolLM2)
+  and a JSONL task."""
+  import gguf_files
+  path = tmp_path_factory.mktemp("gguf")
+  weights = gguf_files.write(str(path / "tiny.gguf"), types={"matrix": "Q8_0"})
+  for split in ("train", "dev"):
+    with open(path / f"{split}.jsonl", "w") as f:
+      for w in WORDS:
+        f.write(json.dumps({"prompt": f"Spell {w}", "target": f" {w}"}) + "\n")
+  return str(path), weights
+
+
+def test_train_from_a_gguf_file_with_the_chat_template(gguf_checkpoint,
+                                                       tmp_path):
+  """LoRA + GRPO from a .gguf file, prompts as ChatML turns: one copy of
+  the weights in the state, f32 weights kept f32 under bf16 compute, and
+  eval / generate / export all read the file."""
+  from ir_jax import state as state_lib
+  from ir_jax.models import gguf
+  root, weights = gguf_checkpoint
+  c = config_for(root, "lora,grpo,chat,bf16")
+  c.model.hf_path = os.path.join(root, "tiny.gguf")
+  c.data.source_len, c.data.target_len = 96, 8
+  task, model, tx, mesh, rules = state_lib.setup(c)
+  prompt = task.train["source"][0]
+  assert (prompt == task.pad_id).sum() > 0          # Left padding, and
+  assert task.pad_id in prompt[np.argmax(prompt != task.pad_id):]  # inner.
+  with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
+    _, shardings = state_lib.state_shardings(c, model, tx, task, mesh)
+    before = {id(x) for x in jax.live_arrays()}
+    state, ref = train._start_from_hf(c, tx, task, model, mesh, rules,
+                                      shardings)
+    new = [x for x in jax.live_arrays() if id(x) not in before]
+  params = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  others = sum(x.nbytes for x in jax.tree.leaves(state)) - params
+  assert ref is None                     # LoRA: the adapters turned off.
+  assert sum(x.nbytes for x in new) == params + others
+  assert state.params["embed"]["embedding"].dtype == np.float32
+  np.testing.assert_array_equal(np.asarray(state.params["embed"]["embedding"]),
+                                weights["model.embed_tokens.weight"])
+  out = str(tmp_path / "run")
+  train.train_and_evaluate(c, out)
+  records = [r for r in read(os.path.join(out, "metrics.jsonl"))
+             if "loss" in r]
+  assert records and np.isfinite(records[-1]["loss"])
+  assert cli.main(["generate", "--workdir", out, "--text", "Spell fox"]) == 0
+  export = str(tmp_path / "export")
+  assert cli.main(["export", "--workdir", out, "--out", export]) == 0
+  tok = transformers.AutoTokenizer.from_pretrained(export)
+  assert tok(" fox")["input_ids"] == gguf.tokenizer(
+      c.model.hf_path).encode(" fox")

@@ -37,6 +37,8 @@ class Task:
   # checkpoint's for task="text"); the model is built with them.
   pad_id: int = PAD
   eos_id: int = EOS
+  # task="text": prompts rendered by the tokenizer's chat template.
+  chat_template: bool = False
 
   def encode_sources(self, items: Sequence[Sequence[str]]) -> np.ndarray:
     return np.stack([encode_source(self.vocab, s, self.source_len, self.prompt)

@@ -11,9 +11,20 @@ first found wins: `tokenizer_config.json` / `special_tokens_map.json` (the
 token strings), then `generation_config.json` and `config.json` (ids). A
 checkpoint without a pad token pads with EOS, as HF's generation does.
 The project's own symbol vocabularies (`ir_jax.data.vocab`) stay for G2P.
+
+A GGUF file's tokenizer is rebuilt from its header (`from_gguf_metadata`:
+byte-level BPE tokens, merges, token types, special ids and the
+pre-tokenizer named in `tokenizer.ggml.pre`, from `PRE_TOKENIZERS`).
+
+Chat templates (`Tokenizer.apply_chat_template`) are a checkpoint's jinja2
+code, so untrusted: they render in jinja2's ImmutableSandboxedEnvironment
+with transformers' settings (trim_blocks, lstrip_blocks, loop controls,
+`raise_exception`, `tojson`), and an unsafe attribute (`''.__class__`) or
+a printed undefined value raises instead of rendering as ''.
 """
 
 import dataclasses
+import functools
 import json
 import os
 from typing import List, Optional, Sequence, Tuple
@@ -58,6 +69,8 @@ class Tokenizer:
   eos_id: Optional[int]
   pad_id: Optional[int]
   eos_ids: Tuple[int, ...] = ()
+  chat_template: Optional[str] = None
+  special_tokens: Tuple[Tuple[str, str], ...] = ()  # (name, text), e.g. bos.
 
   @property
   def vocab_size(self) -> int:
@@ -94,6 +107,171 @@ class Tokenizer:
     return ids, mask
 
 
+  def apply_chat_template(self, messages: Sequence[dict],
+                          add_generation_prompt: bool = True) -> str:
+    """The chat prompt text of `messages` ([{"role", "content"}, ...]),
+    as transformers' `apply_chat_template(tokenize=False)` renders it."""
+    if not self.chat_template:
+      raise ValueError("this tokenizer has no chat template (tokenizer_config"
+                       ".json chat_template / tokenizer.chat_template in a "
+                       "GGUF file); set data.chat_template=False.")
+    return render_chat_template(self.chat_template, messages,
+                                add_generation_prompt=add_generation_prompt,
+                                **dict(self.special_tokens))
+
+  def save(self, path: str) -> None:
+    """tokenizer.json + tokenizer_config.json (special tokens, chat
+    template) + special_tokens_map.json that `load` and transformers'
+    AutoTokenizer read back."""
+    os.makedirs(path, exist_ok=True)
+    self.tokenizer.save(os.path.join(path, "tokenizer.json"))
+    text = lambda i: None if i is None else self.tokenizer.id_to_token(i)
+    names = {k: v for k, v in (("bos_token", text(self.bos_id)),
+                               ("eos_token", text(self.eos_id)),
+                               ("pad_token", text(self.pad_id)))
+             if v is not None}
+    config = {**names, "tokenizer_class": "PreTrainedTokenizerFast",
+              "clean_up_tokenization_spaces": False,
+              "model_max_length": 1 << 30}
+    if self.chat_template:
+      config["chat_template"] = self.chat_template
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+      json.dump(config, f, indent=1, ensure_ascii=False)
+    with open(os.path.join(path, "special_tokens_map.json"), "w") as f:
+      json.dump(names, f, indent=1, ensure_ascii=False)
+
+
+def _sandbox():
+  """jinja2's immutable sandbox with transformers' chat-template settings,
+  refusing (not blanking) unsafe attributes and printed undefined values."""
+  import jinja2
+  from jinja2 import sandbox
+
+  class Undefined(jinja2.Undefined):
+    """False in a test, an error when printed or iterated."""
+    __str__ = __iter__ = __len__ = jinja2.Undefined._fail_with_undefined_error
+
+  class Sandbox(sandbox.ImmutableSandboxedEnvironment):
+    def unsafe_undefined(self, obj, attribute):
+      raise sandbox.SecurityError(
+          f"access to attribute {attribute!r} of a "
+          f"{type(obj).__name__} object is refused (sandboxed template).")
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def tojson(x, ensure_ascii=False, indent=None, separators=None,
+             sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=separators, sort_keys=sort_keys)
+
+  env = Sandbox(trim_blocks=True, lstrip_blocks=True, undefined=Undefined,
+                extensions=["jinja2.ext.loopcontrols"])
+  env.filters["tojson"] = tojson
+  env.globals["raise_exception"] = raise_exception
+  return env
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str):
+  return _sandbox().from_string(template)
+
+
+def render_chat_template(template: str, messages: Sequence[dict], *,
+                         add_generation_prompt: bool = True,
+                         **special_tokens) -> str:
+  """`template` rendered for `messages` in the sandbox (see the module
+  docstring); `special_tokens` (bos_token=..., eos_token=...) are passed
+  as transformers passes them. Raises ValueError naming what was
+  refused."""
+  import jinja2
+  from jinja2 import sandbox
+  try:
+    return _compiled(template).render(messages=list(messages),
+                           add_generation_prompt=add_generation_prompt,
+                           tools=None, documents=None, **special_tokens)
+  except (sandbox.SecurityError, jinja2.exceptions.TemplateError) as e:
+    raise ValueError(f"chat template refused: {e}") from e
+
+
+# llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) -> the `tokenizers`
+# pre-tokenizer that splits text as llama.cpp's regexes do (llama-vocab.cpp).
+_GPT2 = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"
+         r"|\s+(?!\S)|\s+")
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+           r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+          r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {
+    # Digits one by one, then GPT-2's split (SmolLM, StarCoder).
+    "smollm": ("digits", _GPT2), "starcoder": ("digits", _GPT2),
+    "gpt-2": (None, _GPT2), "default": (None, _GPT2),
+    "llama-bpe": (None, _LLAMA3), "llama3": (None, _LLAMA3),
+    "qwen2": (None, _QWEN2),
+}
+
+
+def _pre_tokenizer(name: str):
+  from tokenizers import Regex, pre_tokenizers
+  if name not in PRE_TOKENIZERS:
+    raise ValueError(
+        f"tokenizer.ggml.pre={name!r} is not a known pre-tokenizer (known: "
+        f"{', '.join(sorted(PRE_TOKENIZERS))}); guessing would change the "
+        "token ids. Convert the original Hugging Face checkpoint instead.")
+  digits, pattern = PRE_TOKENIZERS[name]
+  steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
+  if pattern == _GPT2:  # ByteLevel's own regex is GPT-2's.
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                          trim_offsets=True, use_regex=True))
+  else:
+    steps += [pre_tokenizers.Split(Regex(pattern), "isolated"),
+              pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                       trim_offsets=False, use_regex=False)]
+  return steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
+
+
+def from_gguf_metadata(meta: dict) -> Tokenizer:
+  """A byte-level BPE tokenizer from a GGUF header's `tokenizer.ggml.*`
+  fields (ir_jax.models.gguf.metadata). Control (type 3) and user-defined
+  (type 4) tokens become added tokens (control ones special), as
+  llama.cpp treats them. Raises ValueError naming an unsupported field."""
+  from tokenizers import AddedToken, Tokenizer as Fast, decoders, models
+  from tokenizers import processors
+  kind = meta.get("tokenizer.ggml.model")
+  if kind != "gpt2":
+    raise ValueError(f"tokenizer.ggml.model={kind!r} is not supported (only "
+                     "byte-level BPE, 'gpt2'); convert the original Hugging "
+                     "Face checkpoint instead.")
+  tokens = list(meta["tokenizer.ggml.tokens"])
+  types = np.asarray(meta.get("tokenizer.ggml.token_type",
+                              np.ones(len(tokens))), np.int64)
+  merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+  fast = Fast(models.BPE({t: i for i, t in enumerate(tokens)}, merges,
+                         fuse_unk=False, byte_fallback=False))
+  fast.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre",
+                                               "default"))
+  fast.decoder = decoders.ByteLevel()
+  added = [AddedToken(tokens[i], special=types[i] == 3, normalized=False)
+           for i in np.flatnonzero((types == 3) | (types == 4))]
+  fast.add_tokens(added)
+  ids = {k: (int(meta[f"tokenizer.ggml.{k}_token_id"])
+             if f"tokenizer.ggml.{k}_token_id" in meta else None)
+         for k in ("bos", "eos", "padding")}
+  bos, eos = ids["bos"], ids["eos"]
+  pad = ids["padding"] if ids["padding"] is not None else eos
+  if meta.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
+    fast.post_processor = processors.TemplateProcessing(
+        single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B",
+        special_tokens=[(tokens[bos], bos)])
+  else:
+    fast.post_processor = processors.ByteLevel(trim_offsets=False)
+  names = tuple((f"{k}_token", tokens[v]) for k, v in
+                (("bos", bos), ("eos", eos), ("pad", pad)) if v is not None)
+  return Tokenizer(fast, bos, eos, pad,
+                   (eos,) if eos is not None else (),
+                   meta.get("tokenizer.chat_template"), names)
+
+
 def load(path: str) -> Tokenizer:
   """The tokenizer of a checkpoint directory (needs `tokenizer.json`)."""
   from tokenizers import Tokenizer as Fast
@@ -126,7 +304,10 @@ def load(path: str) -> Tokenizer:
                                    [eos_ids] if eos_ids is not None else []))
   if eos is not None and eos not in eos_ids:
     eos_ids = (eos,) + eos_ids
-  return Tokenizer(fast, bos, eos, pad if pad is not None else eos, eos_ids)
+  names = tuple((f"{k}_token", fast.id_to_token(v)) for k, v in
+                (("bos", bos), ("eos", eos), ("pad", pad)) if v is not None)
+  return Tokenizer(fast, bos, eos, pad if pad is not None else eos, eos_ids,
+                   tok_config.get("chat_template"), names)
 
 
 def write_symbol_tokenizer(path: str, symbols, *, chars: bool) -> None:
@@ -173,4 +354,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "generation_config.json")
 
 
-__all__ = ["TOKENIZER_FILES", "Tokenizer", "load", "write_symbol_tokenizer"]
+__all__ = ["PRE_TOKENIZERS", "TOKENIZER_FILES", "Tokenizer",
+           "from_gguf_metadata", "load", "render_chat_template",
+           "write_symbol_tokenizer"]

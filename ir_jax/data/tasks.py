@@ -255,7 +255,8 @@ def build(config) -> Task:
                      d.get("tokenizer") or config.model.get("hf_path", ""),
                      d.source_len, d.target_len, d.get("test_path", ""),
                      d.get("max_train_words") or None,
-                     d.get("max_eval_items") or None)
+                     d.get("max_eval_items") or None,
+                     chat_template=bool(d.get("chat_template", False)))
   raise ValueError(f"config.task must be 'g2p', 'charlm' or 'text', got "
                    f"{config.task!r}.")
 

@@ -46,7 +46,9 @@ class TextVocab:
 
   @classmethod
   def load(cls, path: str) -> "TextVocab":
-    tok = hf_tokenizer.load(path)
+    """The tokenizer of a checkpoint directory or a `.gguf` file."""
+    from ir_jax import pretrained
+    tok = pretrained.tokenizer(path)
     if tok.eos_id is None:
       raise ValueError(f"{path}: the tokenizer names no EOS token "
                        "(tokenizer_config.json eos_token, or eos_token_id in "
@@ -131,8 +133,26 @@ def write_jsonl(path: str, items: Sequence[Dict]) -> None:
     f.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
 
 
-def prompt_ids(vocab: TextVocab, prompt: str) -> List[int]:
-  return vocab.tokenizer.encode(prompt, add_special_tokens=True)
+def prompt_ids(vocab: TextVocab, prompt: str,
+               chat_template: bool = False) -> List[int]:
+  """The ids a prompt is fed as: the text with the tokenizer's special
+  tokens, or (`chat_template`) one user turn rendered by the tokenizer's
+  chat template with the generation prompt, tokenised without adding
+  specials again (as transformers' `apply_chat_template(tokenize=True)`).
+  A prompt whose first id is the pad id is refused: left padding would
+  swallow it."""
+  if chat_template:
+    rendered = vocab.tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    ids = vocab.tokenizer.encode(rendered, add_special_tokens=False)
+  else:
+    ids = vocab.tokenizer.encode(prompt, add_special_tokens=True)
+  if ids and ids[0] == vocab.pad_id:
+    raise ValueError(
+        f"prompt {prompt[:40]!r} starts with the pad token (id "
+        f"{vocab.pad_id}); left padding would read it as padding. Start the "
+        "prompt with other text.")
+  return ids
 
 
 def _target_ids(vocab: TextVocab, target: str) -> List[int]:
@@ -162,7 +182,7 @@ def _arrays(vocab, pairs, source_len, target_len):
 def task(train_path: str, eval_path: str, tokenizer_path: str,
          source_len: int, target_len: int, test_path: str = "",
          max_train_items: Optional[int] = None,
-         max_eval_items: Optional[int] = None):
+         max_eval_items: Optional[int] = None, chat_template: bool = False):
   """The text task (an `ir_jax.data.tasks.Task` named "text").
 
   Eval sets: "dev" from `eval_path`, "test" from `test_path` when given.
@@ -185,7 +205,8 @@ def task(train_path: str, eval_path: str, tokenizer_path: str,
   report = collections.Counter()
   pairs = []
   for item in read_jsonl(train_path)[:max_train_items or None]:
-    s, t = prompt_ids(vocab, item["prompt"]), _target_ids(vocab, item["target"])
+    s = prompt_ids(vocab, item["prompt"], chat_template)
+    t = _target_ids(vocab, item["target"])
     if len(s) > source_len or len(t) > target_len:
       report["train_too_long"] += 1
       continue
@@ -199,7 +220,7 @@ def task(train_path: str, eval_path: str, tokenizer_path: str,
     if not path:
       continue
     items = read_jsonl(path)[:max_eval_items or None]
-    sources = [prompt_ids(vocab, it["prompt"]) for it in items]
+    sources = [prompt_ids(vocab, it["prompt"], chat_template) for it in items]
     truncated = sum(len(s) > source_len for s in sources)
     if truncated:
       report[f"{split}_prompt_truncated"] = truncated
@@ -215,17 +236,17 @@ def task(train_path: str, eval_path: str, tokenizer_path: str,
   train = _arrays(vocab, pairs, source_len, target_len)
   return types.Task("text", vocab, source_len, target_len, train, eval_sets,
                     eval_targets, dict(report), pad_id=vocab.pad_id,
-                    eos_id=vocab.eos_id)
+                    eos_id=vocab.eos_id, chat_template=chat_template)
 
 
 def shapes_only(config):
   """A task="text" stand-in with the config's shapes and no data (for
   `ir-jax compile` / `--dry-run`, which need shapes, not files): one
   all-padding item, the checkpoint's vocabulary size and special ids."""
-  from ir_jax.models import hf
+  from ir_jax import pretrained
   d = config.data
   path = config.model.get("hf_path", "")
-  ids = hf.module_config(hf.read_config(path)) if path else {}
+  ids = pretrained.module_config(path) if path else {}
   pad, eos = ids.get("pad_id", 0), ids.get("eos_id", 0)
   size = ids.get("vocab_size") or int(config.vocab_multiple)
   vocab = _Sized(tuple(str(i) for i in range(size)))

@@ -37,14 +37,36 @@ def special_ids(model) -> Tuple[int, int]:
           int(getattr(model, "eos_id", EOS)))
 
 
+def prompt_mask(source: jax.Array, pad_id: int = PAD) -> jax.Array:
+  """bool[B, P]: the real tokens of left-padded prompts int32[B, P].
+
+  A prompt's length is P minus its leading pads: a token equal to
+  `pad_id` inside the prompt stays valid, so a checkpoint that pads with a
+  real token (SmolLM2 pads with `<|im_end|>`, which ends every ChatML
+  turn) keeps its chat turns. The text task refuses a prompt that starts
+  with the pad token (it would be read as padding).
+  """
+  return jnp.cumsum(source != pad_id, axis=-1) > 0
+
+
 def model_inputs(batch, pad_id: int = PAD) -> Tuple[jax.Array, jax.Array]:
   """Teacher forcing: the source plus all target tokens but the last.
 
-  batch: source int32[B, P], target int32[B, T]. Returns tokens
-  int32[B, P + T - 1] and their validity mask (False at `pad_id`).
+  batch: source int32[B, P] (left-padded), target int32[B, T] (right-
+  padded), target_lengths int32[B] (EOS included). Returns tokens
+  int32[B, P + T - 1] and their validity mask, from the lengths, not from
+  token ids (`prompt_mask`; target slot t is valid for t < length), so a
+  pad id equal to a real token is harmless.
   """
-  tokens = jnp.concatenate([batch["source"], batch["target"][:, :-1]], axis=1)
-  return tokens, tokens != pad_id
+  target = batch["target"][:, :-1]
+  tokens = jnp.concatenate([batch["source"], target], axis=1)
+  lengths = batch.get("target_lengths")
+  if lengths is None:  # A bare pair: its target padding is pad_id.
+    target_valid = target != pad_id
+  else:
+    target_valid = jnp.arange(target.shape[1]) < lengths[:, None]
+  return tokens, jnp.concatenate(
+      [prompt_mask(batch["source"], pad_id), target_valid], axis=1)
 
 
 def target_logits(model, params, batch, rng=None) -> jax.Array:
@@ -57,5 +79,5 @@ def target_logits(model, params, batch, rng=None) -> jax.Array:
   return logits[:, batch["source"].shape[1] - 1:]
 
 
-__all__ = ["LSTM", "Transformer", "build", "model_inputs", "special_ids",
-           "target_logits"]
+__all__ = ["LSTM", "Transformer", "build", "model_inputs", "prompt_mask",
+           "special_ids", "target_logits"]

@@ -33,7 +33,7 @@ LayerNorm, learned positions and tanh-GELU.
 import functools
 import json
 import os
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
 import flax.linen as nn
 import jax
@@ -358,30 +358,46 @@ def build(path: str, *, dtype: str = "float32", scan_layers: bool = False,
                      remat=remat)
 
 
-def load_params(path: str, model: Transformer, *, mesh=None, rules=None
-                ) -> Dict[str, Any]:
+def load_params(path: str, model: Transformer, *, mesh=None, rules=None,
+                dtype=None) -> Dict[str, Any]:
   """The weights of checkpoint `path` as `model`'s params (built by
   `build`, possibly cloned with LoRA adapters, which get no weights here),
-  each read and placed straight into its sharding on `mesh`."""
-  npdtype = {v[0]: v[1] for v in _DTYPES.values()}[model.dtype]
+  each read and placed straight into its sharding on `mesh`, in `dtype`
+  (None: the model's compute dtype; a training run asks for its params'
+  dtype, so f32 weights are never rounded through bf16)."""
   files = _weight_files(path)
-  entries = layout(model)
-  missing = sorted({n for n, _, _ in entries} - set(files))
+  names = [n for n, _, _ in layout(model)]
+  missing = sorted(set(names) - set(files))
   if missing:
     raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}"
                           + (" ..." if len(missing) > 5 else ""))
+  return place_params(path, model, _tensors(files, dict.fromkeys(names)),
+                      mesh=mesh, rules=rules, dtype=dtype)
+
+
+def place_params(source: str, model: Transformer,
+                 tensors: Iterable[Tuple[str, np.ndarray]], *, mesh=None,
+                 rules=None, dtype=None) -> Dict[str, Any]:
+  """`model`'s params from (HF tensor name, torch-layout array) pairs.
+
+  Each tensor is placed as it arrives, into its sharding on `mesh` (from
+  the logical `rules`) or on the default device, so host memory holds one
+  tensor at a time. A scanned model's layer stacks are allocated on the
+  device first and each layer's slice written into them (donated), never
+  assembled on the host. Shapes are checked against the model; `source`
+  names the checkpoint in errors. Every name of `layout(model)` must come.
+  """
+  dtype = jnp.dtype(dtype or model.dtype)
+  npdtype = {jnp.dtype(v[0]): v[1] for v in _DTYPES.values()}[dtype]
   boxed = abstract_params(model, boxed=True)
   shapes = abstract_params(model)
+  shardings = None
   if mesh is not None:
     from ir_jax import config as config_lib, parallel
     shardings = parallel.logical_to_shardings(
         boxed, mesh, rules or config_lib.DEFAULT_RULES)
-  else:
-    shardings = None
-  placed: Dict[Tuple[str, ...], Any] = {}
-  stacks: Dict[Tuple[str, ...], np.ndarray] = {}
   by_name: Dict[str, List[Tuple[Tuple[str, ...], str]]] = {}
-  for name, ours, how in entries:
+  for name, ours, how in layout(model):
     by_name.setdefault(name, []).append((ours, how))
 
   def leaf(tree, p):
@@ -389,29 +405,35 @@ def load_params(path: str, model: Transformer, *, mesh=None, rules=None
       tree = tree[k]
     return tree
 
-  def place(p, array):
-    sharding = leaf(shardings, p) if shardings is not None else None
-    placed[p] = (jax.device_put(array, sharding) if sharding is not None
-                 else jnp.asarray(array))
-
-  for name, tensor in _tensors(files, by_name):
+  placed: Dict[Tuple[str, ...], Any] = {}
+  seen = set()
+  for name, tensor in tensors:
+    if name not in by_name:
+      continue
+    seen.add(name)
     for ours, how in by_name[name]:
       p, layer = _layer_path(ours, model.scan_layers)
-      array = np.ascontiguousarray(_to_ours(tensor, how)).astype(npdtype)
+      array = np.ascontiguousarray(_to_ours(tensor, how), npdtype)
       want = leaf(shapes, p).shape
       got = array.shape if layer is None else (model.num_layers,) + array.shape
       if tuple(got) != tuple(want):
         raise CheckpointError(
-            f"{path}: tensor {name} has shape {tensor.shape}; the config "
+            f"{source}: tensor {name} has shape {tensor.shape}; the config "
             f"implies {want if layer is None else want[1:]} for "
-            f"{'/'.join(p)} (check config.json against the weights).")
+            f"{'/'.join(p)} (check the config against the weights).")
+      sharding = leaf(shardings, p) if shardings is not None else None
       if layer is None:
-        place(p, array)
+        placed[p] = (jax.device_put(array, sharding) if sharding is not None
+                     else jnp.asarray(array))
         continue
-      stack = stacks.setdefault(p, np.zeros(want, npdtype))
-      stack[layer] = array
-  for p, stack in stacks.items():
-    place(p, stack)
+      if p not in placed:
+        placed[p] = _zeros(tuple(want), dtype, sharding)()
+      placed[p] = _set_layer(sharding)(placed[p], array, layer)
+      del array
+  missing = sorted(set(by_name) - seen)
+  if missing:
+    raise CheckpointError(f"{source}: missing tensor(s) {missing[:5]}"
+                          + (" ..." if len(missing) > 5 else ""))
   params: Dict[str, Any] = {}
   for p, value in placed.items():
     node = params
@@ -419,6 +441,20 @@ def load_params(path: str, model: Transformer, *, mesh=None, rules=None
       node = node.setdefault(k, {})
     node[p[-1]] = value
   return params
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros(shape, dtype, sharding):
+  return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _set_layer(sharding):
+  """stack[layer] = x, the stack donated (updated in place)."""
+  return jax.jit(
+      lambda stack, x, layer: jax.lax.dynamic_update_index_in_dim(
+          stack, x.astype(stack.dtype), layer, 0),
+      out_shardings=sharding, donate_argnums=0)
 
 
 # ---------------------------------------------------------------- writing
@@ -534,6 +570,7 @@ def _greedy(model, steps):
   return jax.jit(run)
 
 
-__all__ = ["CheckpointError", "MODEL_TYPES", "abstract_params", "greedy",
-           "hf_config", "layout", "load", "logits", "model_type_of",
-           "module_config", "read_config", "save"]
+__all__ = ["CheckpointError", "MODEL_TYPES", "abstract_params", "build",
+           "greedy", "hf_config", "layout", "load", "load_params", "logits",
+           "model_type_of", "module_config", "place_params", "read_config",
+           "save"]
