@@ -377,7 +377,9 @@ def _with_sequence_terms(spec, instant, state, token_rewards, tokens, lengths,
 def reward_metrics(config, scored: Dict[str, jax.Array]) -> Metrics:
   """Batch means of a `sample_and_score` result: reward (the return) and
   its std, each term (`reward/<name>`), edit distance, per-token reward
-  statistics and sample length."""
+  statistics, sample length (tokens, EOS included) and `empty_fraction`,
+  the share of samples whose first token ends them (EOS first: an empty
+  answer; a reward that drives it to 1 is being gamed)."""
   names = rewards.term_names(rewards.parse_rewards(config.rl.rewards))
   token_rewards, lengths = scored["token_rewards"], scored["lengths"]
   valid = token_mask(lengths, token_rewards.shape[1])
@@ -392,7 +394,8 @@ def reward_metrics(config, scored: Dict[str, jax.Array]) -> Metrics:
       "token_reward_std": jnp.sqrt(jnp.sum(jnp.where(
           valid, (token_rewards - mean_tok) ** 2, 0.0)) / count),
       "token_reward_nonzero": jnp.sum(per_token != 0) / count,
-      "sample_length": lengths.mean()}
+      "sample_length": lengths.mean(),
+      "empty_fraction": (lengths <= 1).mean()}
   for i, name in enumerate(names):
     metrics[f"reward/{name}"] = scored["terms"][:, i].mean()
   return metrics

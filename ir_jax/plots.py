@@ -14,7 +14,8 @@ def read_metrics(workdir: str) -> List[Dict]:
 
 
 def plot_workdir(workdir: str) -> List[str]:
-  """Writes loss.png, reward.png and eval.png; returns their paths."""
+  """Writes loss.png, reward.png, eval.png (and samples.png for RL runs);
+  returns their paths."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -28,6 +29,10 @@ def plot_workdir(workdir: str) -> List[str]:
                      ["greedy_reward", "greedy_exact_match", "reward",
                       "soft_ed", "cosine", "alpha", "token_accuracy"], train),
   }
+  if any("empty_fraction" in r for r in train):  # RL runs.
+    panels["samples.png"] = ("RL samples: mean length (tokens, EOS "
+                             "included),\nshare that are empty (EOS first)",
+                             ["sample_length", "empty_fraction"], train)
   paths = []
   for name, (title, keys, rows) in panels.items():
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -113,6 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer = workdir_lib.MetricWriter(workdir, enabled=lead)
     bar = _progress(config.total_steps, step)
     pending, t_log = [], time.time()
+    collapse = _LengthCollapse(config.rl.rewards, enabled=lead)
 
     def save():
       workdir_lib.save_checkpoint(manager, step,
@@ -137,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             means["steps_per_sec"] = len(pending) / max(time.time() - t_log,
                                                         1e-9)
             writer.write({"step": step, **means})
+            collapse.update(means)
             bar.set_postfix(loss=f"{means['loss']:.3f}",
                             reward=f"{means['reward']:.3f}",
                             **({"greedy": f"{means['greedy_reward']:.3f}"}
@@ -224,6 +226,29 @@ def _start_from_hf(config, tx, task, model, mesh, rules, shardings):
       not state_lib.lora_targets(config):
     ref_params = jax.tree.map(jnp.copy, state.params)
   return state, ref_params
+
+
+class _LengthCollapse:
+  """One warning when `records` consecutive metric records have more than
+  `share` of their samples empty (EOS first): the reward is being gamed by
+  answering nothing (an unbounded negative distance does exactly that)."""
+
+  def __init__(self, reward: str, enabled: bool, records: int = 20,
+               share: float = 0.9):
+    self.reward, self.enabled = reward, enabled
+    self.records, self.share, self.run, self.warned = records, share, 0, False
+
+  def update(self, means: Dict[str, float]) -> None:
+    if "empty_fraction" not in means:
+      return
+    self.run = self.run + 1 if means["empty_fraction"] > self.share else 0
+    if self.run >= self.records and not self.warned and self.enabled:
+      self.warned = True
+      print(f"Warning: {self.records} consecutive records with more than "
+            f"{100 * self.share:.0f}% empty samples (EOS first): the reward "
+            f"rl.rewards={self.reward!r} is being maximised by answering "
+            "nothing. Use a bounded reward (char_error) or check the outputs.",
+            file=sys.stderr)
 
 
 def _check_finite(state, step: int, config) -> None:

@@ -254,3 +254,18 @@ def test_train_from_a_gguf_file_with_the_chat_template(gguf_checkpoint,
   tok = transformers.AutoTokenizer.from_pretrained(export)
   assert tok(" fox")["input_ids"] == gguf.tokenizer(
       c.model.hf_path).encode(" fox")
+
+
+def test_dry_run_counts_what_loading_a_gguf_file_needs(gguf_checkpoint,
+                                                       capsys):
+  root, _ = gguf_checkpoint
+  spec = os.path.join(ROOT, "experiments", "hf.py") + ":full,grpo,tiny"
+  assert cli.main(["train", "--config", spec, "--dry-run",
+                   f"--config.model.hf_path={root}/tiny.gguf",
+                   f"--config.data.train_path={root}/train.jsonl",
+                   f"--config.data.eval_path={root}/dev.jsonl"]) == 0
+  out = capsys.readouterr().out
+  reference = [l for l in out.splitlines() if l.strip().startswith("reference")]
+  params = [l for l in out.splitlines() if l.strip().startswith("params")]
+  assert reference and reference[0].split()[1] == params[0].split()[1]
+  assert "loading model.hf_path" in out

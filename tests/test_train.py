@@ -155,3 +155,16 @@ def test_rl_modes_train_from_ce_checkpoint(tmp_path_factory, mode):
   assert rows[-1]["reward"] <= 0
   assert 0.2 <= rows[-1]["alpha"] <= 0.8
   assert set(results) == {"dev", "test"}
+
+
+def test_length_collapse_warns_once_naming_the_reward(capsys):
+  watch = train._LengthCollapse("edit_distance:1.0", enabled=True, records=3)
+  for empty in (0.95, 0.95, 0.5, 0.95, 0.95, 0.95, 0.99, 0.99):
+    watch.update({"empty_fraction": empty})
+  err = capsys.readouterr().err
+  assert err.count("Warning: 3 consecutive records") == 1
+  assert "edit_distance:1.0" in err
+  watch = train._LengthCollapse("x", enabled=True, records=3)
+  for empty in (0.95, 0.95, 0.5, 0.95, 0.95):
+    watch.update({"empty_fraction": empty})
+  assert capsys.readouterr().err == ""

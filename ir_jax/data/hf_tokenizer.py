@@ -310,6 +310,59 @@ def load(path: str) -> Tokenizer:
                    tok_config.get("chat_template"), names)
 
 
+def _bytes_of_unicode():
+  """GPT-2's byte-level alphabet: printable character -> byte."""
+  keep = (list(range(ord("!"), ord("~") + 1)) +
+          list(range(ord("\u00a1"), ord("\u00ac") + 1)) +
+          list(range(ord("\u00ae"), ord("\u00ff") + 1)))
+  chars, n = list(keep), 0
+  for b in range(256):
+    if b not in keep:
+      keep.append(b)
+      chars.append(256 + n)
+      n += 1
+  return {chr(c): b for b, c in zip(keep, chars)}
+
+
+def token_byte_table(tokenizer: "Tokenizer") -> Tuple[np.ndarray, np.ndarray]:
+  """(token_bytes int32[V, L], token_byte_lengths int32[V]): the UTF-8 bytes
+  each token id spells, for the byte-level rewards (`ir_jax.rewards.chars`).
+
+  Byte-level BPE tokens are mapped back through GPT-2's byte alphabet, so
+  the bytes of a token sequence are exactly the bytes of its decoded text;
+  added tokens spell their content; special tokens (and EOS / PAD) spell
+  nothing. Other tokenizers fall back to `decode([id])` per token. L is
+  the longest token (at least 1)."""
+  fast = tokenizer.tokenizer
+  size = tokenizer.vocab_size
+  alphabet = _bytes_of_unicode()
+  added = fast.get_added_tokens_decoder() if hasattr(
+      fast, "get_added_tokens_decoder") else {}
+  byte_level = "ByteLevel" in json.dumps(json.loads(fast.to_str()).get(
+      "decoder") or {})
+  ends = {i for i in (tokenizer.eos_id, tokenizer.pad_id) if i is not None}
+  ends |= set(tokenizer.eos_ids)
+  spelled = []
+  for i in range(size):
+    token = fast.id_to_token(i)
+    if i in ends or token is None or (i in added and added[i].special):
+      spelled.append(b"")
+    elif i in added:
+      spelled.append(added[i].content.encode("utf-8"))
+    elif byte_level and all(c in alphabet for c in token):
+      spelled.append(bytes(alphabet[c] for c in token))
+    else:
+      spelled.append(fast.decode([i], skip_special_tokens=False).encode(
+          "utf-8"))
+  width = max(1, max(len(b) for b in spelled))
+  table = np.zeros((size, width), np.int32)
+  lengths = np.zeros((size,), np.int32)
+  for i, b in enumerate(spelled):
+    table[i, :len(b)] = list(b)
+    lengths[i] = len(b)
+  return table, lengths
+
+
 def write_symbol_tokenizer(path: str, symbols, *, chars: bool) -> None:
   """tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) for
   a project vocabulary (`ir_jax.data.vocab`: specials first), so that an
@@ -356,4 +409,5 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json",
 
 __all__ = ["PRE_TOKENIZERS", "TOKENIZER_FILES", "Tokenizer",
            "from_gguf_metadata", "load", "render_chat_template",
+           "token_byte_table",
            "write_symbol_tokenizer"]

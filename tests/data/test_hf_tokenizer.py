@@ -85,3 +85,27 @@ def test_pad_left_and_right(tmp_path):
 def test_missing_tokenizer_json_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="tokenizer.json"):
     hf_tokenizer.load(str(tmp_path))
+
+
+def test_token_byte_table_spells_the_decoded_text(tmp_path):
+  """Byte-level BPE (a GGUF header's tokenizer): the bytes of the tokens of
+  any text are the text's UTF-8 bytes; special tokens spell nothing."""
+  pytest.importorskip("gguf")
+  import gguf_files
+  from ir_jax.models import gguf
+  path = str(tmp_path / "t.gguf")
+  gguf_files.write(path)
+  tok = gguf.tokenizer(path)
+  table, lengths = hf_tokenizer.token_byte_table(tok)
+  assert table.shape[0] == lengths.shape[0] == tok.vocab_size
+  assert lengths[tok.eos_id] == 0 and lengths[tok.bos_id] == 0
+  for text in gguf_files.CORPUS + ["  x  12 ÷ 🙂 unseen wörds"]:
+    ids = tok.encode(text, add_special_tokens=False)
+    spelled = b"".join(bytes(table[i, :lengths[i]].astype(np.uint8).tolist())
+                       for i in ids)
+    assert spelled == text.encode("utf-8"), text
+  chat = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+  ids = tok.encode(chat, add_special_tokens=False)
+  spelled = b"".join(bytes(table[i, :lengths[i]].tolist()) for i in ids)
+  assert spelled == chat.replace("<|im_start|>", "").replace(
+      "<|im_end|>", "").encode()

@@ -1,0 +1,177 @@
+"""Byte-level instant rewards for subword tokenizers.
+
+A BPE token spells 1-10+ characters, so an edit distance over token ids
+charges one edit for a token whatever it spells, and an empty answer
+(distance = the target's token count) beats any long wrong one. These
+rewards count edits over the UTF-8 **bytes** the tokens spell (for
+byte-level BPE: exactly the decoded text's bytes), through a table
+
+  token_bytes int32[V, L]        the bytes of each token (0-padded),
+  token_byte_lengths int32[V]    how many (0 for special tokens and EOS),
+
+built by `ir_jax.data.hf_tokenizer.token_byte_table`. The table is an
+argument, not a constant: call these constructors inside the jitted step
+with the table passed in (as `cosine_similarity`'s embedding table is), so
+a 49k x 81 table is not baked into every compiled program.
+
+All keep the `InstantReward` protocol: `init(target, target_lengths)`
+takes the target as token ids (EOS included, 0 bytes) and expands it to
+bytes on device; `step(state, token, t)` advances one DP row over the
+sampled token's bytes, looping to the longest token in the batch (not to
+L); the rewards are potential-shaped, so the per-token rewards of a sample
+plus `finish` sum to the sequence value:
+
+* `char_edit_distance_reward`: sum = -Lev(bytes(sample), bytes(target));
+* `char_error_reward`: sum = -min(Lev / max(|bytes(target)|, 1), 1), the
+  character error rate clipped at 1, so an empty answer (CER 1) is never
+  better than a wrong answer of any length (it ties those with CER >= 1);
+* `char_exact_match`: 0 per token, `finish` = 1 when the bytes are equal.
+"""
+
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+
+from ir_jax.rewards import exact
+from ir_jax.rewards.protocol import InstantReward
+
+_BIG = jnp.iinfo(jnp.int32).max
+
+
+def target_bytes(target: jax.Array, target_lengths: jax.Array,
+                 token_bytes: jax.Array, token_byte_lengths: jax.Array
+                 ) -> Tuple[jax.Array, jax.Array]:
+  """Token targets spelled as bytes, left-compacted.
+
+  Args:
+    target: int[B, M] token ids; target_lengths: int[B] (tokens past it
+      are padding).
+    token_bytes: int32[V, L]; token_byte_lengths: int32[V].
+
+  Returns:
+    (bytes int32[B, M * L], -1 past the length; lengths int32[B]).
+  """
+  batch, m = target.shape
+  width = token_bytes.shape[1]
+  spelled = token_bytes[target]                                # [B, M, L]
+  n = token_byte_lengths[target]                               # [B, M]
+  n = jnp.where(jnp.arange(m)[None] < target_lengths[:, None], n, 0)
+  valid = jnp.arange(width)[None, None] < n[..., None]         # [B, M, L]
+  flat, valid = spelled.reshape(batch, -1), valid.reshape(batch, -1)
+  slot = jnp.where(valid, jnp.cumsum(valid, -1) - 1, m * width)
+  out = jnp.full((batch, m * width + 1), -1, jnp.int32)
+  out = out.at[jnp.arange(batch)[:, None], slot].set(
+      jnp.where(valid, flat, -1).astype(jnp.int32))
+  return out[:, :-1], valid.sum(-1).astype(jnp.int32)
+
+
+def _best(row, m):
+  """min_{j <= m} D[k, j] (what any completion can still reach)."""
+  cols = jnp.arange(row.shape[-1])
+  return jnp.where(cols <= m[:, None], row, _BIG).min(-1)
+
+
+def _at(row, m):
+  return jnp.take_along_axis(row, m[:, None], axis=-1)[:, 0]
+
+
+def _advance(row, token, target, m, token_bytes, token_byte_lengths):
+  """The DP row after every byte of `token` int[B] (loops to the longest
+  token of the batch)."""
+  spelled = token_bytes[token]                                 # [B, L]
+  n = token_byte_lengths[token]
+
+  def body(j, row):
+    new = exact.edit_row_step(row, spelled[:, j], target, m)
+    return jnp.where((j < n)[:, None], new, row)
+
+  return jax.lax.fori_loop(0, n.max(), body, row)
+
+
+def _reward(token_bytes, token_byte_lengths, potential, terminal):
+  """An InstantReward over byte DP rows: step reward = potential change,
+  finish = terminal(D[n, m], m) - potential(now)."""
+  def init(target, target_lengths):
+    target_b, m = target_bytes(target, target_lengths, token_bytes,
+                               token_byte_lengths)
+    return {"row": exact.edit_row_init(target_b), "target": target_b, "m": m}
+
+  def step(state, token, t):
+    del t
+    row = _advance(state["row"], token, state["target"], state["m"],
+                   token_bytes, token_byte_lengths)
+    reward = potential(row, state["m"]) - potential(state["row"], state["m"])
+    return dict(state, row=row), reward.astype(jnp.float32)
+
+  def finish(state):
+    row, m = state["row"], state["m"]
+    return (terminal(_at(row, m), m) - potential(row, m)).astype(jnp.float32)
+
+  return InstantReward(init, step, finish)
+
+
+def _checked(token_bytes, token_byte_lengths):
+  token_bytes = jnp.asarray(token_bytes)
+  token_byte_lengths = jnp.asarray(token_byte_lengths)
+  if token_bytes.ndim != 2 or token_byte_lengths.shape != token_bytes.shape[:1]:
+    raise ValueError(
+        f"token_bytes must be int[V, L] and token_byte_lengths int[V], got "
+        f"{token_bytes.shape} and {token_byte_lengths.shape} "
+        "(ir_jax.data.hf_tokenizer.token_byte_table builds both).")
+  return token_bytes.astype(jnp.int32), token_byte_lengths.astype(jnp.int32)
+
+
+def char_edit_distance_reward(token_bytes: jax.Array,
+                              token_byte_lengths: jax.Array) -> InstantReward:
+  """Instant reward summing to minus the byte-level Levenshtein distance.
+
+  With `phi_k = -min_{j <= m} D[k, j]` over the DP row of the sample's
+  bytes so far against the target's bytes, the reward of a token is
+  `phi_after - phi_before` and `finish` adds `-D[n, m] - phi_n`:
+
+  .. math:: \\sum_t r_t = -\\mathrm{Lev}(\\mathrm{bytes}(y),
+            \\mathrm{bytes}(y^*)).
+
+  Args:
+    token_bytes: int32[V, L], each token's UTF-8 bytes (0-padded).
+    token_byte_lengths: int32[V] (0 for special tokens and EOS).
+  """
+  table = _checked(token_bytes, token_byte_lengths)
+  return _reward(*table, lambda row, m: -_best(row, m),
+                 lambda d, m: -d)
+
+
+def char_error_reward(token_bytes: jax.Array,
+                      token_byte_lengths: jax.Array) -> InstantReward:
+  """Bounded instant reward summing to `-min(Lev / max(|y*|, 1), 1)`.
+
+  The potential is `psi_k = -min(min_j D[k, j] / max(m, 1), 1)` (psi_0 =
+  0), so the sum telescopes to the clipped character error rate. An empty
+  answer scores -1, the floor: it ties answers with CER >= 1 and loses to
+  every answer with CER < 1, so GRPO cannot prefer it to trying.
+  """
+  table = _checked(token_bytes, token_byte_lengths)
+  rate = lambda d, m: jnp.minimum(
+      d.astype(jnp.float32) / jnp.maximum(m, 1).astype(jnp.float32), 1.0)
+  return _reward(*table, lambda row, m: -rate(_best(row, m), m),
+                 lambda d, m: -rate(d, m))
+
+
+def char_exact_match(token_bytes: jax.Array,
+                     token_byte_lengths: jax.Array) -> InstantReward:
+  """1 at the end of a sample whose bytes equal the target's, else 0 (0 per
+  token). Unlike `exact_match` (token ids), two tokenizations of the same
+  text match."""
+  table = _checked(token_bytes, token_byte_lengths)
+  return _reward(*table, lambda row, m: jnp.zeros(m.shape, jnp.float32),
+                 lambda d, m: (d == 0).astype(jnp.float32))
+
+
+def byte_edit_distance_of(state) -> jax.Array:
+  """int32[B]: the byte-level edit distance held by a char reward state."""
+  return _at(state["row"], state["m"])
+
+
+__all__ = ["byte_edit_distance_of", "char_edit_distance_reward",
+           "char_error_reward", "char_exact_match", "target_bytes"]

@@ -1,0 +1,169 @@
+"""Byte-level instant rewards against rapidfuzz's Levenshtein over the
+decoded byte strings (an independent implementation), on random byte-level
+vocabularies with multi-byte UTF-8 tokens; the bounded reward's ordering;
+GRPO advantages on hand-made groups; the table of a real tokenizer."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ir_jax import decode, models, objectives, rewards
+
+Levenshtein = pytest.importorskip("rapidfuzz.distance").Levenshtein
+
+EOS = 1
+
+
+def vocab(seed=0, size=40):
+  """A random byte-level vocabulary: token 0 (PAD) and 1 (EOS) spell
+  nothing; the rest 1-8 bytes, some of them multi-byte characters."""
+  rng = np.random.default_rng(seed)
+  chars = list("abcde ") + ["é", "ß", "日", "🙂"]
+  spelled = [b"", b""]
+  while len(spelled) < size:
+    text = "".join(rng.choice(chars, rng.integers(1, 4)))
+    b = text.encode("utf-8")[:8]
+    if b not in spelled:
+      spelled.append(b)
+  table = np.zeros((size, 8), np.int32)
+  lengths = np.zeros((size,), np.int32)
+  for i, b in enumerate(spelled):
+    table[i, :len(b)] = list(b)
+    lengths[i] = len(b)
+  return spelled, table, lengths
+
+
+def spell(spelled, ids):
+  out = b""
+  for i in ids:
+    if i == EOS:
+      break
+    out += spelled[i]
+  return out
+
+
+def batch(seed, rows=16, t=9, m=7):
+  """Random samples (EOS anywhere, empty ones) and token targets (EOS
+  inside their length, empty ones)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(2, 40, (rows, t))
+  lengths = rng.integers(1, t + 1, rows)
+  for i in range(rows):
+    tokens[i, lengths[i] - 1] = EOS if rng.random() < 0.7 else tokens[i, 0]
+  tokens[0, 0], lengths[0] = EOS, 1                       # Empty sample.
+  target = rng.integers(2, 40, (rows, m))
+  target_lengths = rng.integers(1, m + 1, rows)
+  target[np.arange(rows), target_lengths - 1] = EOS
+  target[1, 0], target_lengths[1] = EOS, 1                # Empty target.
+  return tokens, lengths, target, target_lengths
+
+
+def returns(reward, tokens, lengths, target, target_lengths):
+  r, state = rewards.score_sequences(reward, jnp.asarray(tokens),
+                                     jnp.asarray(lengths), jnp.asarray(target),
+                                     jnp.asarray(target_lengths))
+  return np.asarray(r).sum(1), state
+
+
+def distances(spelled, tokens, lengths, target, target_lengths):
+  return np.asarray([
+      Levenshtein.distance(spell(spelled, tokens[i, :lengths[i]]),
+                           spell(spelled, target[i, :target_lengths[i]]))
+      for i in range(len(tokens))])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_summed_rewards_are_minus_the_byte_levenshtein(seed):
+  spelled, table, lengths_table = vocab(seed)
+  tokens, lengths, target, target_lengths = batch(seed)
+  want = distances(spelled, tokens, lengths, target, target_lengths)
+  assert want.max() > 3 and (want == 0).sum() < len(want)
+  got, state = returns(rewards.char_edit_distance_reward(table, lengths_table),
+                       tokens, lengths, target, target_lengths)
+  np.testing.assert_allclose(got, -want, atol=1e-5)
+  np.testing.assert_array_equal(rewards.byte_edit_distance_of(state), want)
+  n_bytes = np.asarray([len(spell(spelled, target[i, :target_lengths[i]]))
+                        for i in range(len(target))])
+  got, _ = returns(rewards.char_error_reward(table, lengths_table), tokens,
+                   lengths, target, target_lengths)
+  np.testing.assert_allclose(got, -np.minimum(want / np.maximum(n_bytes, 1),
+                                              1.0), atol=1e-5)
+  got, _ = returns(rewards.char_exact_match(table, lengths_table), tokens,
+                   lengths, target, target_lengths)
+  np.testing.assert_array_equal(got, (want == 0).astype(np.float32))
+
+
+def test_two_tokenizations_of_the_same_text_match():
+  spelled = [b"", b"", b"ab", b"a", b"b", b"c"]
+  table = np.zeros((6, 2), np.int32)
+  for i, b in enumerate(spelled):
+    table[i, :len(b)] = list(b)
+  n = np.asarray([len(b) for b in spelled], np.int32)
+  tokens = np.asarray([[3, 4, 5, EOS], [2, 5, EOS, 0]])   # a b c / ab c
+  target = np.asarray([[2, 5, EOS], [3, 4, 5]])           # ab c / a b c
+  got, _ = returns(rewards.char_exact_match(table, n), tokens,
+                   np.asarray([4, 3]), target, np.asarray([3, 3]))
+  np.testing.assert_array_equal(got, [1.0, 1.0])
+  ids, _ = returns(rewards.edit_distance_reward(), tokens, np.asarray([4, 3]),
+                   target, np.asarray([3, 3]))
+  assert (ids < 0).all()           # Token ids differ where the text does not.
+
+
+def test_bounded_reward_never_prefers_the_empty_answer():
+  # Target "garden" (6 bytes). Answers: empty, long and wrong (CER > 1),
+  # wrong with CER exactly 1, close, exact.
+  spelled = [b"", b"", b"garden", b"gard", b"en", b"x", b"xxxxxx", b"gar"]
+  table = np.zeros((len(spelled), 6), np.int32)
+  for i, b in enumerate(spelled):
+    table[i, :len(b)] = list(b)
+  n = np.asarray([len(b) for b in spelled], np.int32)
+  answers = [[EOS], [6, 6, 5, EOS], [6, EOS], [7, 4, EOS], [2, EOS]]
+  width = max(map(len, answers))
+  tokens = np.asarray([a + [0] * (width - len(a)) for a in answers])
+  lengths = np.asarray([len(a) for a in answers])
+  target = np.tile([[2, EOS]], (len(answers), 1))
+  target_lengths = np.full(len(answers), 2)
+  bounded, _ = returns(rewards.char_error_reward(table, n), tokens, lengths,
+                       target, target_lengths)
+  unbounded, _ = returns(rewards.char_edit_distance_reward(table, n), tokens,
+                         lengths, target, target_lengths)
+  empty, long_wrong, cer_one, close, exact = bounded
+  assert empty == long_wrong == cer_one == -1.0
+  assert close > empty and exact == 0.0
+  assert unbounded[0] > unbounded[1]        # Unbounded: empty beats trying.
+  # GRPO's group-relative advantages order them as each reward does.
+  adv_b = np.asarray(objectives.group_advantages(jnp.asarray(bounded), 5))
+  adv_u = np.asarray(objectives.group_advantages(jnp.asarray(unbounded), 5))
+  assert adv_b[0] == adv_b[1] < adv_b[3] < adv_b[4]
+  assert adv_u[0] > adv_u[1]
+
+
+def test_the_table_is_a_traced_argument_and_samples_score_in_jit():
+  spelled, table, n = vocab(1)
+  model = models.Transformer(vocab_size=40, embed_dim=16, num_layers=1,
+                             num_heads=2, mlp_dim=32, pad_id=0, eos_id=EOS)
+  source = jnp.asarray(np.random.default_rng(0).integers(2, 40, (3, 5)))
+  params = model.init(jax.random.key(0), source, source > 0)
+  _, _, target, target_lengths = batch(3, rows=3)
+
+  @jax.jit
+  def run(table, n, params):
+    reward = rewards.char_edit_distance_reward(table, n)
+    return decode.sample_with_rewards(
+        model, params, source, jnp.asarray(target),
+        jnp.asarray(target_lengths), jax.random.key(1), max_len=8,
+        num_samples=2, reward=reward)
+
+  baked = re.compile(r"dense<.*> : tensor<40x8xi32>")
+  assert not baked.search(run.lower(table, n, params).as_text())
+  closed = jax.jit(lambda params: run.__wrapped__(table, n, params))
+  assert baked.search(closed.lower(params).as_text())  # The check can fail.
+  out = run(table, n, params)
+  tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
+  want = distances(spelled, tokens, lengths, np.repeat(target, 2, 0),
+                   np.repeat(target_lengths, 2, 0))
+  got = np.asarray(out["rewards"]).sum(1)
+  np.testing.assert_allclose(got, -want, atol=1e-5)
