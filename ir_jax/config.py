@@ -74,7 +74,8 @@ AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 KL_ESTIMATORS = ("k3", "exact")
 # ir_jax.rewards' builtin reward names (tests check the two agree).
 REWARD_NAMES = ("edit_distance", "exact_match", "length_penalty",
-                "negative_edit_distance", "cosine")
+                "negative_edit_distance", "cosine", "char_edit_distance",
+                "char_error", "char_exact_match")
 BASELINES = ("group", "greedy", "none")
 PROMPT_MODES = ("", "soft", "search")
 PROMPT_INITS = ("random", "tag", "vocab")
@@ -146,7 +147,9 @@ def default_config() -> ml_collections.ConfigDict:
   # mode "" (off), "seq", "instant", "ocd", "mwer" or "grpo"; alpha mixes CE
   # (1 - alpha). rewards: "name[:weight],..." of ir_jax.rewards' builtins
   # (edit_distance, exact_match, length_penalty, negative_edit_distance,
-  # cosine) or a user's by import path (package.module.name).
+  # cosine; for subword tokenizers the byte-level char_edit_distance,
+  # char_error (bounded: -min(CER, 1)) and char_exact_match) or a user's by
+  # import path (package.module.name).
   c.rl = ml_collections.ConfigDict(dict(
       mode="", num_samples=4, temperature=1.0, top_k=0, top_p=1.0,
       baseline="group", kl_weight=0.0, rewards="edit_distance:1.0",

@@ -256,14 +256,17 @@ LossFn = Callable[..., Tuple[jax.Array, Metrics]]
 
 
 def make_loss_fn(config, model) -> LossFn:
-  """`loss_fn(params, batch, rng, *, alpha, reward_embeddings, ref_params)
-  -> (loss, metrics)` of the config's objective: the fused loss on teacher
-  forcing, or with `rl.mode` set the RL loss on the model's own samples.
+  """`loss_fn(params, batch, rng, *, alpha, reward_embeddings, ref_params,
+  byte_table) -> (loss, metrics)` of the config's objective: the fused loss
+  on teacher forcing, or with `rl.mode` set the RL loss on the model's own
+  samples.
 
   batch: source int32[B, P], target int32[B, T], target_lengths int32[B];
   alpha: the scalar reward weight of this step; reward_embeddings: the
   frozen f32[V, D] table of the cosine reward; ref_params: the frozen
-  reference of the KL penalty (or None); rng: None runs deterministically.
+  reference of the KL penalty (or None); byte_table: the (token_bytes,
+  token_byte_lengths) table of the byte-level rewards (or None); rng: None
+  runs deterministically.
   """
   if config.rl.mode == "grpo":
     raise ValueError("rl.mode='grpo' updates several times per rollout: use "
@@ -279,8 +282,8 @@ def make_loss_fn(config, model) -> LossFn:
   reward_on = float(obj.alpha) > 0.0 or obj.alpha_schedule == "adaptive"
 
   def loss_fn(params, batch, rng, *, alpha, reward_embeddings,
-              ref_params=None):
-    del ref_params
+              ref_params=None, byte_table=None):
+    del ref_params, byte_table
     logits = models.target_logits(model, params, batch, rng)
     return fused_loss(
         logits, batch["target"], batch["target_lengths"], alpha=alpha,
@@ -292,15 +295,20 @@ def make_loss_fn(config, model) -> LossFn:
   return loss_fn
 
 
-def instant_reward_of(spec: rewards.RewardSpec) -> rewards.InstantReward:
+def instant_reward_of(spec: rewards.RewardSpec, byte_table=None
+                      ) -> rewards.InstantReward:
   """The sampler's reward for a parsed `rl.rewards`: its instant terms,
-  weighted (the same object for equal specs, so sampling compiles once)."""
-  return rewards.weighted(*[(rewards.resolve(n), w) for n, w in spec.instant])
+  weighted (the same object for equal specs, so sampling compiles once;
+  byte-level terms are built on the step's `byte_table` each trace)."""
+  terms = [(rewards.resolve(n, byte_table=byte_table), w)
+           for n, w in spec.instant]
+  traced = any(n in rewards.NEEDS_BYTE_TABLE for n, _ in spec.instant)
+  return rewards.weighted(*terms, cache=not traced)
 
 
 def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
-                     temperature: float, reward_embeddings=None
-                     ) -> Dict[str, jax.Array]:
+                     temperature: float, reward_embeddings=None,
+                     byte_table=None) -> Dict[str, jax.Array]:
   """K samples per prompt scored by `config.rl.rewards`, on device.
 
   Instant terms are advanced inside the sampling loop; sequence terms are
@@ -317,7 +325,7 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
   """
   rl = config.rl
   spec = rewards.parse_rewards(rl.rewards)
-  instant = instant_reward_of(spec)
+  instant = instant_reward_of(spec, byte_table)
   t = batch["target"].shape[1]
   out = decode.sample_with_rewards(
       model, {"params": jax.lax.stop_gradient(params)}, batch["source"],
@@ -333,13 +341,14 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
 
 def score_candidates(config, tokens: jax.Array, lengths: jax.Array,
                      target: jax.Array, target_lengths: jax.Array,
-                     reward_embeddings=None) -> Dict[str, jax.Array]:
+                     reward_embeddings=None, byte_table=None
+                     ) -> Dict[str, jax.Array]:
   """`sample_and_score`'s scores for given candidates (a beam's N-best):
   the instant terms replayed over the tokens (`rewards.score_sequences`),
   the sequence terms on the finished outputs. Shapes as there, without
   `logprobs`; target / target_lengths already repeated per candidate."""
   spec = rewards.parse_rewards(config.rl.rewards)
-  instant = instant_reward_of(spec)
+  instant = instant_reward_of(spec, byte_table)
   token_rewards, state = rewards.score_sequences(instant, tokens, lengths,
                                                  target, target_lengths)
   return _with_sequence_terms(spec, instant, state, token_rewards, tokens,
@@ -412,7 +421,7 @@ def _ce_term(config, model, params, batch, alpha):
 
 
 def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
-            ref_params=None) -> Tuple[jax.Array, Metrics]:
+            ref_params=None, byte_table=None) -> Tuple[jax.Array, Metrics]:
   """`(1 - alpha) CE + alpha (RL + kl_weight KL)` on K samples per prompt.
 
   Samples come from the current params (gradients stopped), scored by
@@ -429,7 +438,8 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
   t = batch["target"].shape[1]
   scored = sample_and_score(config, model, params, batch, sample_rng,
                             num_samples=k, temperature=rl.temperature,
-                            reward_embeddings=reward_embeddings)
+                            reward_embeddings=reward_embeddings,
+                            byte_table=byte_table)
   tokens, lengths = scored["tokens"], scored["lengths"]
   token_rewards, returns = scored["token_rewards"], scored["returns"]
   if rl.baseline == "group":
@@ -437,7 +447,8 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
   elif rl.baseline == "greedy":  # Self-critical (SCST).
     greedy = sample_and_score(config, model, params, batch, sample_rng,
                               num_samples=1, temperature=0.0,
-                              reward_embeddings=reward_embeddings)
+                              reward_embeddings=reward_embeddings,
+                              byte_table=byte_table)
     baseline = jnp.repeat(greedy["returns"], k)
   else:
     baseline = jnp.zeros_like(returns)
@@ -511,7 +522,7 @@ def sequence_logprobs(model, params, samples, rng=None):
 
 
 def mwer_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
-              ref_params=None) -> Tuple[jax.Array, Metrics]:
+              ref_params=None, byte_table=None) -> Tuple[jax.Array, Metrics]:
   """`(1 - alpha) CE + alpha (expected risk + kl_weight KL)`, `rl.mode="mwer"`.
 
   The N-best list per prompt is `rl.num_samples` = K candidates:
@@ -535,12 +546,14 @@ def mwer_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
         config, nbest["tokens"].reshape(b * k, t),
         nbest["lengths"].reshape(b * k),
         jnp.repeat(batch["target"], k, axis=0),
-        jnp.repeat(batch["target_lengths"], k), reward_embeddings)
+        jnp.repeat(batch["target_lengths"], k), reward_embeddings,
+        byte_table)
     valid = nbest["scores"] > -1e29
   else:
     scored = sample_and_score(config, model, params, batch, sample_rng,
                               num_samples=k, temperature=rl.temperature,
-                              reward_embeddings=reward_embeddings)
+                              reward_embeddings=reward_embeddings,
+                              byte_table=byte_table)
     valid = jnp.ones((b, k), bool)
   tokens, lengths = scored["tokens"], scored["lengths"]
   valid = valid & first_occurrence(tokens.reshape(b, k, t))
@@ -742,8 +755,8 @@ def policy_logprobs(model, params, samples, temperature: float, rng=None
 
 
 def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
-                 reward_embeddings=None) -> Tuple[Dict[str, jax.Array],
-                                                  Metrics]:
+                 reward_embeddings=None, byte_table=None
+                 ) -> Tuple[Dict[str, jax.Array], Metrics]:
   """Everything the inner GRPO updates need from one rollout, gradient-free.
 
   K = `rl.num_samples` samples per prompt scored by `rl.rewards` in the
@@ -759,7 +772,8 @@ def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
   k = rl.num_samples
   scored = sample_and_score(config, model, params, batch, rng, num_samples=k,
                             temperature=rl.temperature,
-                            reward_embeddings=reward_embeddings)
+                            reward_embeddings=reward_embeddings,
+                            byte_table=byte_table)
   lengths = scored["lengths"]
   samples = {"source": jnp.repeat(batch["source"], k, axis=0),
              "target": scored["tokens"], "target_lengths": lengths}

@@ -18,6 +18,7 @@ import optax
 from ir_jax import config as config_lib
 from ir_jax import models, objectives, parallel, rewards
 from ir_jax.data import tasks
+from ir_jax.data.vocab import Vocab
 
 
 @flax.struct.dataclass
@@ -155,6 +156,39 @@ def reward_table(config, embedding: jax.Array) -> jax.Array:
   if config.model.get("hf_path") and not cosine:
     return jnp.zeros((1, embedding.shape[-1]), embedding.dtype)
   return jnp.copy(embedding)
+
+
+def byte_table(config, task, model):
+  """(token_bytes int32[V, L], token_byte_lengths int32[V]) when
+  `rl.rewards` names a byte-level reward (`char_*`), else None: the bytes
+  each token id spells (`ir_jax.data.hf_tokenizer.token_byte_table` for a
+  checkpoint's tokenizer; the project vocabulary's symbols as UTF-8, its
+  specials spelling nothing), with V = `model.vocab_size` (padding rows
+  spell nothing). An argument of the train step, not a constant."""
+  import numpy as np
+  if not config.rl.mode:
+    return None
+  spec = rewards.parse_rewards(config.rl.rewards)
+  if not any(n in rewards.NEEDS_BYTE_TABLE for n, _ in spec.instant):
+    return None
+  vocab = task.vocab
+  if getattr(vocab, "tokenizer", None) is not None:
+    from ir_jax.data import hf_tokenizer
+    table, lengths = hf_tokenizer.token_byte_table(vocab.tokenizer)
+  else:
+    from ir_jax.data.vocab import SPECIALS
+    spelled = [b"" if (isinstance(vocab, Vocab) and i < len(SPECIALS)) else
+               s.encode("utf-8") for i, s in enumerate(vocab.symbols)]
+    table = np.zeros((len(spelled), max(1, max(map(len, spelled)))),
+                     np.int32)
+    lengths = np.asarray([len(b) for b in spelled], np.int32)
+    for i, b in enumerate(spelled):
+      table[i, :len(b)] = list(b)
+  size = int(model.vocab_size)
+  if table.shape[0] < size:
+    table = np.pad(table, ((0, size - table.shape[0]), (0, 0)))
+    lengths = np.pad(lengths, (0, size - lengths.shape[0]))
+  return table[:size], lengths[:size]
 
 
 def adapters_only(config) -> bool:

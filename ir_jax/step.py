@@ -72,7 +72,8 @@ def _update(tx, part, params, opt_state, grads, loss):
 
 
 def make_train_step(config, model, tx):
-  """(state, batch, ref_params) -> (state, metrics), pure; the caller jits it.
+  """(state, batch, ref_params, byte_table) -> (state, metrics), pure; the
+  caller jits it.
 
   * Soft prompt runs (`prompt.mode="soft"`) and LoRA runs
     (`model.lora.rank` > 0) differentiate the prompt / the adapters alone
@@ -83,6 +84,9 @@ def make_train_step(config, model, tx):
     `skipped`); the loop stops after `config.max_nonfinite` in a row.
   * `ref_params` (the frozen reference of the RL KL penalty) is an
     argument, not state: it never changes and is never checkpointed twice.
+  * `byte_table` (`state.byte_table(config, task, model)`: the bytes each
+    token spells, for the byte-level rewards) is an argument too, so it
+    is not a constant baked into the compiled program.
   * `rl.mode="grpo"`: see `make_grpo_step`.
   """
   step = (make_grpo_step if config.rl.mode == "grpo" else _make_step)(
@@ -91,8 +95,8 @@ def make_train_step(config, model, tx):
     # The KL reference is the base model: the adapters off, on the same
     # base arrays (no second copy of the weights).
     inner = step
-    step = lambda state, batch, ref_params=None: inner(
-        state, batch, lora.adapters_off(state.params))
+    step = lambda state, batch, ref_params=None, byte_table=None: inner(
+        state, batch, lora.adapters_off(state.params), byte_table)
   if not config.log_greedy_reward:
     return step
   return with_greedy_reward(step, model, config.log_every, config.total_steps)
@@ -125,8 +129,8 @@ def with_greedy_reward(step, model, log_every: int, total_steps: int):
   updated params, computed (under `lax.cond`) only on the steps the loop
   logs, and zeros on the others: the reward curve of every run, whatever
   its objective (`ir-jax plot`'s reward.png, TensorBoard)."""
-  def wrapped(state, batch, ref_params=None):
-    state, metrics = step(state, batch, ref_params)
+  def wrapped(state, batch, ref_params=None, byte_table=None):
+    state, metrics = step(state, batch, ref_params, byte_table)
     logged = (state.step % log_every == 0) | (state.step == total_steps)
     zeros = {k: jnp.zeros((), jnp.float32) for k in GREEDY_METRICS}
     greedy = jax.lax.cond(logged,
@@ -146,12 +150,13 @@ def _make_step(config, model, tx):
                                    part)
   stochastic = bool(rl.mode) or float(config.model.get("dropout", 0.0)) > 0
 
-  def train_step(state: TrainState, batch, ref_params=None
+  def train_step(state: TrainState, batch, ref_params=None, byte_table=None
                  ) -> Tuple[TrainState, Dict]:
     rng = jax.random.fold_in(state.rng, state.step) if stochastic else None
     (loss, metrics), grads = value_and_grad(
         state.params, batch, rng, alpha=alpha_of(state),
-        reward_embeddings=state.reward_embeddings, ref_params=ref_params)
+        reward_embeddings=state.reward_embeddings, ref_params=ref_params,
+        byte_table=byte_table)
     params, opt_state, finite, grad_norm = _update(
         tx, part, state.params, state.opt_state, grads, loss)
     state = _finish(state, obj, adaptive, metrics, params, opt_state, finite)
@@ -203,14 +208,15 @@ def make_grpo_step(config, model, tx):
           config, model, params, batch, rollout, rng, alpha=alpha),
       part)
 
-  def grpo_step(state: TrainState, batch, ref_params=None
+  def grpo_step(state: TrainState, batch, ref_params=None, byte_table=None
                 ) -> Tuple[TrainState, Dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     rollout_rng, update_rng = jax.random.split(rng)
     alpha = alpha_of(state)
     rollout, reward_metrics = objectives.grpo_rollout(
         config, model, state.params, batch, rollout_rng,
-        ref_params=ref_params, reward_embeddings=state.reward_embeddings)
+        ref_params=ref_params, reward_embeddings=state.reward_embeddings,
+        byte_table=byte_table)
 
     def inner(carry, key):
       params, opt_state = carry
@@ -246,6 +252,11 @@ def lower_train_step(config, model, tx, task, mesh, abstract, shardings):
   # The RL KL reference: frozen params, sharded like the trained ones.
   ref = (state_in.params if config.rl.mode and config.rl.kl_weight and
          not state_lib.lora_targets(config) else None)
+  table = state_lib.byte_table(config, task, model)
+  if table is not None:
+    table = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                       sharding=parallel.replicated(mesh))
+                  for a in table)
   return jax.jit(make_train_step(config, model, tx),
                  out_shardings=(shardings, parallel.replicated(mesh)),
-                 donate_argnums=(0,)).lower(state_in, batch, ref)
+                 donate_argnums=(0,)).lower(state_in, batch, ref, table)

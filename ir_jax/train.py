@@ -102,10 +102,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     step = int(state.step)
 
     # -------------------------------------------------------- Update step
+    # The byte-level rewards' table (char_*) is an argument, not a constant.
+    byte_table = state_lib.byte_table(config, task, model)
+    if byte_table is not None:
+      byte_table = jax.device_put(byte_table, parallel.replicated(mesh))
     train_step = jax.jit(
         step_lib.make_train_step(config, model, tx),
         in_shardings=(shardings, parallel.batch_sharding(mesh),
-                      None if ref_params is None else shardings.params),
+                      None if ref_params is None else shardings.params,
+                      None if byte_table is None else
+                      parallel.replicated(mesh)),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=(0,))
 
@@ -124,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       with _Preemption() as preemption:
         while step < config.total_steps:
           batch = parallel.global_batch(next(iterator), mesh)
-          state, metrics = train_step(state, batch, ref_params)
+          state, metrics = train_step(state, batch, ref_params, byte_table)
           step += 1
           pending.append(metrics)
           bar.update(1)

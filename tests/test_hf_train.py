@@ -269,3 +269,32 @@ def test_dry_run_counts_what_loading_a_gguf_file_needs(gguf_checkpoint,
   params = [l for l in out.splitlines() if l.strip().startswith("params")]
   assert reference and reference[0].split()[1] == params[0].split()[1]
   assert "loading model.hf_path" in out
+
+
+def test_grpo_with_byte_level_rewards_from_the_config(gguf_checkpoint,
+                                                      tmp_path):
+  """rl.rewards names the byte-level rewards; their table is built from the
+  tokenizer and passed to the step; every term and empty_fraction logged."""
+  from ir_jax import state as state_lib
+  root, _ = gguf_checkpoint
+  c = config_for(root, "lora,grpo,chat")
+  c.model.hf_path = os.path.join(root, "tiny.gguf")
+  c.data.source_len, c.data.target_len = 96, 8
+  c.rl.rewards = "char_error:1.0,char_exact_match:0.5"
+  task, model, _, _, _ = state_lib.setup(c)
+  table, lengths = state_lib.byte_table(c, task, model)
+  assert table.shape[0] == lengths.shape[0] == model.vocab_size
+  assert lengths[task.eos_id] == 0
+  out = str(tmp_path / "run")
+  train.train_and_evaluate(c, out)
+  records = [r for r in read(os.path.join(out, "metrics.jsonl"))
+             if "reward" in r]
+  assert records
+  for r in records:
+    assert -1.0 <= r["reward/char_error"] <= 0.0
+    assert 0.0 <= r["empty_fraction"] <= 1.0
+    np.testing.assert_allclose(
+        r["reward"], r["reward/char_error"] + 0.5 * r["reward/char_exact_match"],
+        atol=1e-5)
+  c.rl.rewards = "edit_distance:1.0"
+  assert state_lib.byte_table(c, task, model) is None

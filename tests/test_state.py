@@ -68,3 +68,25 @@ def test_learning_rate_schedules():
   arm = state_lib.learning_rate_schedule(c)
   assert float(arm(1)) == pytest.approx(1e-2)
   assert float(arm(100)) == pytest.approx(5e-3)
+
+
+def test_byte_table_of_the_project_vocabulary():
+  """G2P symbols spell their UTF-8 bytes, specials nothing; rows up to the
+  model's padded vocabulary; None without a byte-level reward."""
+  from helpers import tiny
+  from ir_jax import state as state_lib
+  from ir_jax.data import tasks
+  from ir_jax.data.vocab import SPECIALS
+  c = tiny(**{"rl.mode": "seq", "rl.rewards": "char_edit_distance:1.0",
+              "vocab_multiple": 64})
+  task = tasks.build(c)
+  model = state_lib.make_model(c, task)
+  table, lengths = state_lib.byte_table(c, task, model)
+  assert table.shape[0] == model.vocab_size >= task.vocab.size
+  assert (lengths[:len(SPECIALS)] == 0).all()
+  assert (lengths[task.vocab.size:] == 0).all()
+  for i in range(len(SPECIALS), task.vocab.size):
+    symbol = task.vocab.symbols[i].encode("utf-8")
+    assert bytes(table[i, :lengths[i]].tolist()) == symbol
+  c = tiny(**{"rl.mode": "seq"})
+  assert state_lib.byte_table(c, task, model) is None

@@ -14,7 +14,8 @@ from ir_jax.rewards.exact import (edit_row_init, edit_row_step,
                                   instant_rewards, levenshtein,
                                   optimal_completion_targets,
                                   prefix_edit_distances)
-from ir_jax.rewards.protocol import (InstantReward, RewardSpec,
+from ir_jax.rewards.protocol import (NEEDS_BYTE_TABLE, InstantReward,
+                                     RewardSpec,
                                      cosine_similarity, edit_distance_of,
                                      edit_distance_reward, exact_match,
                                      host_reward, length_penalty,
@@ -26,7 +27,7 @@ from ir_jax.rewards.soft import (soft_alignment, soft_edit_distance,
 
 __all__ = [
     "byte_edit_distance_of", "char_edit_distance_reward", "char_error_reward",
-    "char_exact_match",
+    "char_exact_match", "NEEDS_BYTE_TABLE",
     "InstantReward", "RewardSpec", "cosine_similarity", "edit_distance_of",
     "edit_distance_reward", "exact_match", "host_reward", "length_penalty",
     "negative_edit_distance", "parse_rewards", "resolve", "score_sequences",

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ir_jax.rewards import exact
-from ir_jax.rewards.protocol import InstantReward
+from ir_jax.rewards._instant import InstantReward
 
 _BIG = jnp.iinfo(jnp.int32).max
 

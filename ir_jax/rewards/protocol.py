@@ -42,32 +42,16 @@ token at that position)::
 """
 
 import importlib
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple  # noqa: F401
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ir_jax.rewards import exact
+from ir_jax.rewards import chars, exact
+from ir_jax.rewards._instant import InstantReward, State
 
-State = Any
 SequenceReward = Callable[..., jax.Array]
-
-
-class InstantReward(NamedTuple):
-  """A per-token reward: pure functions over batched state (hashable, so it
-  can be a static argument of `jax.jit`).
-
-  init: (target int32[B, M], target_lengths int32[B]) -> state.
-  step: (state, token int32[B], t int32[]) -> (state, reward float32[B]).
-  finish: state -> float32[B], added to the reward of the sample's last
-    token (zeros when the reward has no terminal term).
-  terms: set by `weighted` (its (reward, weight) terms); () otherwise.
-  """
-  init: Callable[[jax.Array, jax.Array], State]
-  step: Callable[[State, jax.Array, jax.Array], Tuple[State, jax.Array]]
-  finish: Callable[[State], jax.Array]
-  terms: tuple = ()
 
 
 # ------------------------------------------------- edit distance, instant
@@ -230,21 +214,27 @@ def _weighted_finish(terms, state):
 _WEIGHTED: Dict[tuple, InstantReward] = {}
 
 
-def weighted(*terms: Tuple[InstantReward, float]) -> InstantReward:
+def weighted(*terms: Tuple[InstantReward, float],
+             cache: bool = True) -> InstantReward:
   """sum_i w_i r^i_t of instant rewards; `term_returns` gives each term's
   unweighted return (for logging).
 
   Cached by its terms, so equal combinations are one object (jit compiles
-  the sampler once). With no terms every reward is 0 (runs whose rewards
-  are all sequence rewards).
+  the sampler once). `cache=False` for terms built inside a trace (the
+  byte-level rewards close over the step's table: caching them would keep
+  the trace's values alive). With no terms every reward is 0 (runs whose
+  rewards are all sequence rewards).
   """
   terms = tuple((r, float(w)) for r, w in terms)
-  if terms not in _WEIGHTED:
-    _WEIGHTED[terms] = InstantReward(
-        lambda target, lengths: _weighted_init(terms, target, lengths),
-        lambda state, token, t: _weighted_step(terms, state, token, t),
-        lambda state: _weighted_finish(terms, state), terms)
-  return _WEIGHTED[terms]
+  if terms in _WEIGHTED:
+    return _WEIGHTED[terms]
+  reward = InstantReward(
+      lambda target, lengths: _weighted_init(terms, target, lengths),
+      lambda state, token, t: _weighted_step(terms, state, token, t),
+      lambda state: _weighted_finish(terms, state), terms)
+  if cache:
+    _WEIGHTED[terms] = reward
+  return reward
 
 
 def term_returns(reward: InstantReward, state) -> jax.Array:
@@ -293,6 +283,11 @@ BUILTIN_SEQUENCE = {"exact_match": exact_match,
                     "length_penalty": length_penalty,
                     "negative_edit_distance": negative_edit_distance}
 NEEDS_EMBEDDINGS = {"cosine": cosine_similarity}
+# Instant rewards over the bytes tokens spell: they take the table of
+# `ir_jax.data.hf_tokenizer.token_byte_table` (an argument of the step).
+NEEDS_BYTE_TABLE = {"char_edit_distance": chars.char_edit_distance_reward,
+                    "char_error": chars.char_error_reward,
+                    "char_exact_match": chars.char_exact_match}
 
 
 class RewardSpec(NamedTuple):
@@ -310,9 +305,19 @@ def _import(path: str):
                      "user reward is `package.module.name[:weight]`.") from e
 
 
-def resolve(name: str, embeddings: Optional[jax.Array] = None):
+def resolve(name: str, embeddings: Optional[jax.Array] = None,
+            byte_table: Optional[Tuple[jax.Array, jax.Array]] = None):
   """The reward object behind a name: an `InstantReward` or a sequence
-  reward function (builtin, or imported when the name has a dot)."""
+  reward function (builtin, or imported when the name has a dot).
+  `byte_table` = (token_bytes int32[V, L], token_byte_lengths int32[V])
+  for the byte-level rewards (`NEEDS_BYTE_TABLE`)."""
+  if name in NEEDS_BYTE_TABLE:
+    if byte_table is None:
+      raise ValueError(
+          f"reward {name!r} needs the token byte table (ir_jax.data."
+          "hf_tokenizer.token_byte_table), passed to the train step as "
+          "its `byte_table` argument.")
+    return NEEDS_BYTE_TABLE[name](*byte_table)
   if name in BUILTIN_INSTANT:
     return BUILTIN_INSTANT[name]()
   if name in BUILTIN_SEQUENCE:
@@ -327,7 +332,8 @@ def resolve(name: str, embeddings: Optional[jax.Array] = None):
       return obj
     raise ValueError(f"config.rl.rewards: {name!r} is neither an "
                      "InstantReward nor a sequence reward function.")
-  known = sorted({**BUILTIN_INSTANT, **BUILTIN_SEQUENCE, **NEEDS_EMBEDDINGS})
+  known = sorted({**BUILTIN_INSTANT, **BUILTIN_SEQUENCE, **NEEDS_EMBEDDINGS,
+                  **NEEDS_BYTE_TABLE})
   raise ValueError(f"config.rl.rewards: unknown reward {name!r}; builtins are "
                    f"{', '.join(known)}, or a user reward by import path "
                    "(package.module.name).")
@@ -351,6 +357,9 @@ def parse_rewards(spec: str) -> RewardSpec:
                        f"finite, got {weight!r}.")
     if name in NEEDS_EMBEDDINGS:
       sequence.append((name, w))
+      continue
+    if name in NEEDS_BYTE_TABLE:
+      instant.append((name, w))
       continue
     obj = resolve(name)
     (instant if isinstance(obj, InstantReward) else sequence).append((name, w))

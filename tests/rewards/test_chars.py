@@ -167,3 +167,16 @@ def test_the_table_is_a_traced_argument_and_samples_score_in_jit():
                    np.repeat(target_lengths, 2, 0))
   got = np.asarray(out["rewards"]).sum(1)
   np.testing.assert_allclose(got, -want, atol=1e-5)
+
+
+def test_resolve_needs_the_table_and_parses_as_instant():
+  spec = rewards.parse_rewards("char_error:1.0,char_exact_match:0.5,"
+                               "exact_match:0.2")
+  assert spec.instant == (("char_error", 1.0), ("char_exact_match", 0.5))
+  with pytest.raises(ValueError, match="needs the token byte table"):
+    rewards.resolve("char_error")
+  _, table, n = vocab(0)
+  assert isinstance(rewards.resolve("char_error", byte_table=(table, n)),
+                    rewards.InstantReward)
+  with pytest.raises(ValueError, match="token_bytes must be int"):
+    rewards.char_error_reward(table[0], n)

@@ -172,5 +172,5 @@ def test_parse_rewards():
 
 def test_config_knows_the_builtin_names():
   builtins = {**protocol.BUILTIN_INSTANT, **protocol.BUILTIN_SEQUENCE,
-              **protocol.NEEDS_EMBEDDINGS}
+              **protocol.NEEDS_EMBEDDINGS, **protocol.NEEDS_BYTE_TABLE}
   assert set(config_lib.REWARD_NAMES) == set(builtins)
