@@ -205,21 +205,27 @@ def summary(record: Dict[str, Any]) -> str:
           f"step {record['step']})")
 
 
+_WHITESPACE = "".join(chr(b) for b in rewards.chars.WHITESPACE)
+
+
 def text_scores(vocab, outputs: Sequence[Seq],
                 references: Sequence[Sequence[Seq]]) -> Dict[str, float]:
   """Scores of decoded text (task="text"; `vocab.text` decodes token
-  strings): exact_match (any reference, surrounding spaces ignored), per /
-  wer over whitespace-separated units (the G2P definitions: PER against
-  the closest reference, WER = 1 - exact match of the units), cer over
-  characters."""
+  strings): per / wer over whitespace-separated units (the G2P
+  definitions: PER against the closest reference, WER = 1 - exact match
+  of the units); exact_match (any reference) and cer over the UTF-8 bytes,
+  both sides stripped of surrounding whitespace: the rule of the
+  byte-level rewards (`ir_jax.rewards.chars`), so a reward and its eval
+  agree (CER here against the closest reference)."""
   out_text = [vocab.text(o) for o in outputs]
   ref_text = [[vocab.text(r) for r in refs] for refs in references]
-  exact = np.mean([o.strip() in {r.strip() for r in refs}
+  strip = lambda s: s.strip(_WHITESPACE).encode("utf-8")
+  exact = np.mean([strip(o) in {strip(r) for r in refs}
                    for o, refs in zip(out_text, ref_text)])
   units = error_rates([tuple(o.split()) for o in out_text],
                       [[tuple(r.split()) for r in refs] for refs in ref_text])
-  chars = error_rates([tuple(o.strip()) for o in out_text],
-                      [[tuple(r.strip()) for r in refs] for refs in ref_text])
+  chars = error_rates([tuple(strip(o)) for o in out_text],
+                      [[tuple(strip(r)) for r in refs] for refs in ref_text])
   return {"exact_match": float(exact), "per": units["per"],
           "wer": units["wer"], "cer": chars["per"]}
 

@@ -14,6 +14,13 @@ argument, not a constant: call these constructors inside the jitted step
 with the table passed in (as `cosine_similarity`'s embedding table is), so
 a 49k x 81 table is not baked into every compiled program.
 
+The comparison rule, the same as evaluation's exact match and CER for
+text tasks (`ir_jax.evaluate.text_scores`): the sample's bytes and the
+target's bytes, both stripped of surrounding whitespace (space, tab,
+newline, carriage return). So a target stored as " nedrag" (a leading
+space is how BPE spells a word after a prompt) is matched by "nedrag" and
+by " nedrag ". Inside the text every byte counts.
+
 All keep the `InstantReward` protocol: `init(target, target_lengths)`
 takes the target as token ids (EOS included, 0 bytes) and expands it to
 bytes on device; `step(state, token, t)` advances one DP row over the
@@ -37,6 +44,11 @@ from ir_jax.rewards import exact
 from ir_jax.rewards._instant import InstantReward
 
 _BIG = jnp.iinfo(jnp.int32).max
+WHITESPACE = (9, 10, 13, 32)   # The bytes stripped at both ends.
+
+
+def _is_space(b):
+  return (b == 9) | (b == 10) | (b == 13) | (b == 32)
 
 
 def target_bytes(target: jax.Array, target_lengths: jax.Array,
@@ -50,7 +62,8 @@ def target_bytes(target: jax.Array, target_lengths: jax.Array,
     token_bytes: int32[V, L]; token_byte_lengths: int32[V].
 
   Returns:
-    (bytes int32[B, M * L], -1 past the length; lengths int32[B]).
+    (bytes int32[B, M * L], -1 past the length; lengths int32[B]), with
+    surrounding whitespace (`WHITESPACE`) dropped.
   """
   batch, m = target.shape
   width = token_bytes.shape[1]
@@ -59,6 +72,10 @@ def target_bytes(target: jax.Array, target_lengths: jax.Array,
   n = jnp.where(jnp.arange(m)[None] < target_lengths[:, None], n, 0)
   valid = jnp.arange(width)[None, None] < n[..., None]         # [B, M, L]
   flat, valid = spelled.reshape(batch, -1), valid.reshape(batch, -1)
+  text = valid & ~_is_space(flat)
+  started = jnp.cumsum(text, -1) > 0
+  unfinished = jnp.cumsum(text[:, ::-1], -1)[:, ::-1] > 0
+  valid = valid & started & unfinished
   slot = jnp.where(valid, jnp.cumsum(valid, -1) - 1, m * width)
   out = jnp.full((batch, m * width + 1), -1, jnp.int32)
   out = out.at[jnp.arange(batch)[:, None], slot].set(
@@ -76,17 +93,33 @@ def _at(row, m):
   return jnp.take_along_axis(row, m[:, None], axis=-1)[:, 0]
 
 
-def _advance(row, token, target, m, token_bytes, token_byte_lengths):
-  """The DP row after every byte of `token` int[B] (loops to the longest
-  token of the batch)."""
+def _advance(state, token, token_bytes, token_byte_lengths):
+  """The state after every byte of `token` int[B] (loops to the longest
+  token of the batch). Leading whitespace is skipped; `held` keeps the row
+  from before the current whitespace run, which `_final_row` uses, so
+  trailing whitespace is dropped too."""
   spelled = token_bytes[token]                                 # [B, L]
   n = token_byte_lengths[token]
+  target, m = state["target"], state["m"]
 
-  def body(j, row):
-    new = exact.edit_row_step(row, spelled[:, j], target, m)
-    return jnp.where((j < n)[:, None], new, row)
+  def body(j, s):
+    byte, real = spelled[:, j], j < n
+    space = _is_space(byte)
+    used = real & (s["started"] | ~space)        # Not leading whitespace.
+    opens = used & space & ~s["in_space"]        # A whitespace run begins.
+    new = exact.edit_row_step(s["row"], byte, target, m)
+    return dict(
+        s, row=jnp.where(used[:, None], new, s["row"]),
+        held=jnp.where(opens[:, None], s["row"], s["held"]),
+        in_space=jnp.where(used, space, s["in_space"]),
+        started=s["started"] | (used & ~space))
 
-  return jax.lax.fori_loop(0, n.max(), body, row)
+  return jax.lax.fori_loop(0, n.max(), body, state)
+
+
+def _final_row(state):
+  """The DP row of the sample with its trailing whitespace dropped."""
+  return jnp.where(state["in_space"][:, None], state["held"], state["row"])
 
 
 def _reward(token_bytes, token_byte_lengths, potential, terminal):
@@ -95,18 +128,22 @@ def _reward(token_bytes, token_byte_lengths, potential, terminal):
   def init(target, target_lengths):
     target_b, m = target_bytes(target, target_lengths, token_bytes,
                                token_byte_lengths)
-    return {"row": exact.edit_row_init(target_b), "target": target_b, "m": m}
+    row = exact.edit_row_init(target_b)
+    false = jnp.zeros(m.shape, bool)
+    return {"row": row, "held": row, "in_space": false, "started": false,
+            "target": target_b, "m": m}
 
   def step(state, token, t):
     del t
-    row = _advance(state["row"], token, state["target"], state["m"],
-                   token_bytes, token_byte_lengths)
-    reward = potential(row, state["m"]) - potential(state["row"], state["m"])
-    return dict(state, row=row), reward.astype(jnp.float32)
+    new = _advance(state, token, token_bytes, token_byte_lengths)
+    m = state["m"]
+    reward = potential(new["row"], m) - potential(state["row"], m)
+    return new, reward.astype(jnp.float32)
 
   def finish(state):
-    row, m = state["row"], state["m"]
-    return (terminal(_at(row, m), m) - potential(row, m)).astype(jnp.float32)
+    m = state["m"]
+    return (terminal(_at(_final_row(state), m), m) -
+            potential(state["row"], m)).astype(jnp.float32)
 
   return InstantReward(init, step, finish)
 
@@ -131,7 +168,9 @@ def char_edit_distance_reward(token_bytes: jax.Array,
   `phi_after - phi_before` and `finish` adds `-D[n, m] - phi_n`:
 
   .. math:: \\sum_t r_t = -\\mathrm{Lev}(\\mathrm{bytes}(y),
-            \\mathrm{bytes}(y^*)).
+            \\mathrm{bytes}(y^*)),
+
+  both stripped of surrounding whitespace (the module's comparison rule).
 
   Args:
     token_bytes: int32[V, L], each token's UTF-8 bytes (0-padded).
@@ -169,9 +208,10 @@ def char_exact_match(token_bytes: jax.Array,
 
 
 def byte_edit_distance_of(state) -> jax.Array:
-  """int32[B]: the byte-level edit distance held by a char reward state."""
-  return _at(state["row"], state["m"])
+  """int32[B]: the byte-level edit distance held by a char reward state
+  (surrounding whitespace dropped)."""
+  return _at(_final_row(state), state["m"])
 
 
-__all__ = ["byte_edit_distance_of", "char_edit_distance_reward",
+__all__ = ["WHITESPACE", "byte_edit_distance_of", "char_edit_distance_reward",
            "char_error_reward", "char_exact_match", "target_bytes"]

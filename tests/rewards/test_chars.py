@@ -37,12 +37,14 @@ def vocab(seed=0, size=40):
 
 
 def spell(spelled, ids):
+  """The bytes of ids up to EOS, stripped of surrounding whitespace (the
+  rewards' comparison rule)."""
   out = b""
   for i in ids:
     if i == EOS:
       break
     out += spelled[i]
-  return out
+  return out.strip(b" \t\n\r")
 
 
 def batch(seed, rows=16, t=9, m=7):
@@ -180,3 +182,40 @@ def test_resolve_needs_the_table_and_parses_as_instant():
                     rewards.InstantReward)
   with pytest.raises(ValueError, match="token_bytes must be int"):
     rewards.char_error_reward(table[0], n)
+
+
+def test_reward_and_eval_use_one_comparison_rule(tmp_path):
+  """Decoded samples of a real byte-level BPE tokenizer, with surrounding
+  spaces and a target stored with a leading space: the bounded reward is
+  -min(eval's CER, 1) item by item, char_exact_match is eval's exact
+  match."""
+  import gguf_files
+  from ir_jax import evaluate
+  from ir_jax.data import hf_tokenizer, text
+  from ir_jax.models import gguf
+  path = str(tmp_path / "t.gguf")
+  gguf_files.write(path)
+  vocab = text.TextVocab.load(path)
+  tok = vocab.tokenizer
+  table, n = hf_tokenizer.token_byte_table(tok)
+  pairs = [(" nedrag", "nedrag"), (" nedrag", " nedrag  "), (" nedrag", ""),
+           (" nedrag", "garden"), (" the fox", "the  fox"), ("café", " cafe"),
+           (" answer: 42", "answer 42\n"), ("  ", " x"), (" dog", "dogs dog")]
+  ids = [tok.encode(o, add_special_tokens=False) + [tok.eos_id]
+         for _, o in pairs]
+  tgt = [tok.encode(t, add_special_tokens=False) + [tok.eos_id]
+         for t, _ in pairs]
+  pad = lambda rows: np.asarray([r + [0] * (max(map(len, rows)) - len(r))
+                                 for r in rows])
+  lengths = np.asarray([len(r) for r in ids])
+  tlengths = np.asarray([len(r) for r in tgt])
+  bounded, _ = returns(rewards.char_error_reward(table, n), pad(ids), lengths,
+                       pad(tgt), tlengths)
+  exact, _ = returns(rewards.char_exact_match(table, n), pad(ids), lengths,
+                     pad(tgt), tlengths)
+  for i, (target, output) in enumerate(pairs):
+    scores = evaluate.text_scores(vocab, [tuple(vocab.decode(ids[i]))],
+                                  [[tuple(vocab.decode(tgt[i]))]])
+    assert bounded[i] == pytest.approx(-min(scores["cer"], 1.0)), pairs[i]
+    assert exact[i] == scores["exact_match"], pairs[i]
+  assert exact.tolist()[:2] == [1.0, 1.0] and bounded[2] == -1.0
