@@ -159,8 +159,9 @@ def reward_table(config, embedding: jax.Array) -> jax.Array:
 
 
 def byte_table(config, task, model):
-  """(token_bytes int32[V, L], token_byte_lengths int32[V]) when
-  `rl.rewards` names a byte-level reward (`char_*`), else None: the bytes
+  """A `rewards.ByteTable` (token_bytes int32[V, L], token_byte_lengths
+  int32[V], static max_target_bytes) when `rl.rewards` names a byte-level
+  reward (`char_*`), else None: the bytes
   each token id spells (`ir_jax.data.hf_tokenizer.token_byte_table` for a
   checkpoint's tokenizer; the project vocabulary's symbols as UTF-8, its
   specials spelling nothing), with V = `model.vocab_size` (padding rows
@@ -188,7 +189,16 @@ def byte_table(config, task, model):
   if table.shape[0] < size:
     table = np.pad(table, ((0, size - table.shape[0]), (0, 0)))
     lengths = np.pad(lengths, (0, size - lengths.shape[0]))
-  return table[:size], lengths[:size]
+  # The DP row's width: the most bytes any target of the task spells (the
+  # batches are cut from these arrays), not M * L (81x M for SmolLM2).
+  widest = 1
+  for arrays in [task.train, *task.eval_targets.values()]:
+    m = arrays["target_lengths"]
+    ids = arrays["target"]
+    spelled = np.where(np.arange(ids.shape[1])[None] < m[:, None],
+                       lengths[np.clip(ids, 0, size - 1)], 0).sum(1)
+    widest = max(widest, int(spelled.max(initial=0)))
+  return rewards.ByteTable(table[:size], lengths[:size], widest)
 
 
 def adapters_only(config) -> bool:

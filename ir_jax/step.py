@@ -254,9 +254,8 @@ def lower_train_step(config, model, tx, task, mesh, abstract, shardings):
          not state_lib.lora_targets(config) else None)
   table = state_lib.byte_table(config, task, model)
   if table is not None:
-    table = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                       sharding=parallel.replicated(mesh))
-                  for a in table)
+    table = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=parallel.replicated(mesh)), table)
   return jax.jit(make_train_step(config, model, tx),
                  out_shardings=(shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,)).lower(state_in, batch, ref, table)

@@ -282,7 +282,9 @@ def test_grpo_with_byte_level_rewards_from_the_config(gguf_checkpoint,
   c.data.source_len, c.data.target_len = 96, 8
   c.rl.rewards = "char_error:1.0,char_exact_match:0.5"
   task, model, _, _, _ = state_lib.setup(c)
-  table, lengths = state_lib.byte_table(c, task, model)
+  got = state_lib.byte_table(c, task, model)
+  table, lengths = got.token_bytes, got.token_byte_lengths
+  assert got.max_target_bytes == max(len(w) for w in WORDS) + 1
   assert table.shape[0] == lengths.shape[0] == model.vocab_size
   assert lengths[task.eos_id] == 0
   out = str(tmp_path / "run")

@@ -81,7 +81,9 @@ def test_byte_table_of_the_project_vocabulary():
               "vocab_multiple": 64})
   task = tasks.build(c)
   model = state_lib.make_model(c, task)
-  table, lengths = state_lib.byte_table(c, task, model)
+  got = state_lib.byte_table(c, task, model)
+  table, lengths = got.token_bytes, got.token_byte_lengths
+  assert 1 <= got.max_target_bytes <= task.target_len * table.shape[1]
   assert table.shape[0] == model.vocab_size >= task.vocab.size
   assert (lengths[:len(SPECIALS)] == 0).all()
   assert (lengths[task.vocab.size:] == 0).all()

@@ -6,7 +6,7 @@ Pure, jit-able and vmap-able; every function accepts any leading batch dims
 and optional `pred_lengths` / `target_lengths`.
 """
 from ir_jax.kernels.platform import lowering_for
-from ir_jax.rewards.chars import (byte_edit_distance_of,
+from ir_jax.rewards.chars import (ByteTable, byte_edit_distance_of,
                                   char_edit_distance_reward,
                                   char_error_reward, char_exact_match)
 from ir_jax.rewards.cosine import cosine_reward, cosine_reward_per_position
@@ -26,7 +26,8 @@ from ir_jax.rewards.soft import (soft_alignment, soft_edit_distance,
                                  soft_edit_distance_from_logits)
 
 __all__ = [
-    "byte_edit_distance_of", "char_edit_distance_reward", "char_error_reward",
+    "ByteTable", "byte_edit_distance_of", "char_edit_distance_reward",
+    "char_error_reward",
     "char_exact_match", "NEEDS_BYTE_TABLE",
     "InstantReward", "RewardSpec", "cosine_similarity", "edit_distance_of",
     "edit_distance_reward", "exact_match", "host_reward", "length_penalty",

@@ -35,7 +35,9 @@ plus `finish` sum to the sequence value:
 * `char_exact_match`: 0 per token, `finish` = 1 when the bytes are equal.
 """
 
-from typing import Tuple
+import dataclasses
+import functools
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -51,36 +53,63 @@ def _is_space(b):
   return (b == 9) | (b == 10) | (b == 13) | (b == 32)
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["token_bytes", "token_byte_lengths"],
+                   meta_fields=["max_target_bytes"])
+@dataclasses.dataclass(frozen=True)
+class ByteTable:
+  """The bytes each token spells, as a pytree for the train step's
+  arguments: `token_bytes` int32[V, L] and `token_byte_lengths` int32[V]
+  are arrays (traced), `max_target_bytes` a static bound on the bytes of
+  any target (the DP row's width; `ir_jax.state.byte_table` computes it
+  from the task's targets). 0: M * L, always enough, often 10x wider."""
+  token_bytes: Any
+  token_byte_lengths: Any
+  max_target_bytes: int = 0
+
+
 def target_bytes(target: jax.Array, target_lengths: jax.Array,
-                 token_bytes: jax.Array, token_byte_lengths: jax.Array
-                 ) -> Tuple[jax.Array, jax.Array]:
+                 token_bytes: jax.Array, token_byte_lengths: jax.Array,
+                 max_target_bytes: int = 0) -> Tuple[jax.Array, jax.Array]:
   """Token targets spelled as bytes, left-compacted.
 
   Args:
     target: int[B, M] token ids; target_lengths: int[B] (tokens past it
       are padding).
     token_bytes: int32[V, L]; token_byte_lengths: int32[V].
+    max_target_bytes: the output width W (0: M * L). It must bound every
+      target's bytes: bytes past it are dropped.
 
   Returns:
-    (bytes int32[B, M * L], -1 past the length; lengths int32[B]), with
+    (bytes int32[B, W], -1 past the length; lengths int32[B]), with
     surrounding whitespace (`WHITESPACE`) dropped.
   """
   batch, m = target.shape
   width = token_bytes.shape[1]
-  spelled = token_bytes[target]                                # [B, M, L]
   n = token_byte_lengths[target]                               # [B, M]
   n = jnp.where(jnp.arange(m)[None] < target_lengths[:, None], n, 0)
-  valid = jnp.arange(width)[None, None] < n[..., None]         # [B, M, L]
-  flat, valid = spelled.reshape(batch, -1), valid.reshape(batch, -1)
-  text = valid & ~_is_space(flat)
-  started = jnp.cumsum(text, -1) > 0
-  unfinished = jnp.cumsum(text[:, ::-1], -1)[:, ::-1] > 0
-  valid = valid & started & unfinished
-  slot = jnp.where(valid, jnp.cumsum(valid, -1) - 1, m * width)
-  out = jnp.full((batch, m * width + 1), -1, jnp.int32)
-  out = out.at[jnp.arange(batch)[:, None], slot].set(
-      jnp.where(valid, flat, -1).astype(jnp.int32))
-  return out[:, :-1], valid.sum(-1).astype(jnp.int32)
+  ends = jnp.cumsum(n, -1)
+  starts = ends - n
+  # Where the text starts and ends in the concatenated bytes (surrounding
+  # whitespace dropped): from each byte's global position.
+  spelled = token_bytes[target]                                # [B, M, L]
+  j = jnp.arange(width)[None, None]
+  text = (j < n[..., None]) & ~_is_space(spelled)
+  pos = starts[..., None] + j
+  first = jnp.where(text, pos, _BIG).min((1, 2))
+  last = jnp.where(text, pos + 1, 0).max((1, 2))
+  first = jnp.minimum(first, last)
+  # Output slot k holds global byte first + k: a gather, not a scatter.
+  out_width = max_target_bytes or m * width
+  g = first[:, None] + jnp.arange(out_width)[None]             # [B, W]
+  which = jnp.sum(ends[:, None, :] <= g[..., None], -1)        # token index
+  which = jnp.minimum(which, m - 1)
+  offset = g - jnp.take_along_axis(starts, which, -1)
+  ids = jnp.take_along_axis(target, which, -1)
+  byte = token_bytes[ids, jnp.clip(offset, 0, width - 1)]
+  keep = g < last[:, None]
+  return (jnp.where(keep, byte, -1).astype(jnp.int32),
+          keep.sum(-1).astype(jnp.int32))
 
 
 def _best(row, m):
@@ -122,12 +151,13 @@ def _final_row(state):
   return jnp.where(state["in_space"][:, None], state["held"], state["row"])
 
 
-def _reward(token_bytes, token_byte_lengths, potential, terminal):
+def _reward(token_bytes, token_byte_lengths, max_target_bytes, potential,
+            terminal):
   """An InstantReward over byte DP rows: step reward = potential change,
   finish = terminal(D[n, m], m) - potential(now)."""
   def init(target, target_lengths):
     target_b, m = target_bytes(target, target_lengths, token_bytes,
-                               token_byte_lengths)
+                               token_byte_lengths, max_target_bytes)
     row = exact.edit_row_init(target_b)
     false = jnp.zeros(m.shape, bool)
     return {"row": row, "held": row, "in_space": false, "started": false,
@@ -148,7 +178,11 @@ def _reward(token_bytes, token_byte_lengths, potential, terminal):
   return InstantReward(init, step, finish)
 
 
-def _checked(token_bytes, token_byte_lengths):
+def _checked(token_bytes, token_byte_lengths, max_target_bytes):
+  if isinstance(token_bytes, ByteTable):
+    table = token_bytes
+    token_bytes, token_byte_lengths = table.token_bytes, table.token_byte_lengths
+    max_target_bytes = max_target_bytes or table.max_target_bytes
   token_bytes = jnp.asarray(token_bytes)
   token_byte_lengths = jnp.asarray(token_byte_lengths)
   if token_bytes.ndim != 2 or token_byte_lengths.shape != token_bytes.shape[:1]:
@@ -156,11 +190,12 @@ def _checked(token_bytes, token_byte_lengths):
         f"token_bytes must be int[V, L] and token_byte_lengths int[V], got "
         f"{token_bytes.shape} and {token_byte_lengths.shape} "
         "(ir_jax.data.hf_tokenizer.token_byte_table builds both).")
-  return token_bytes.astype(jnp.int32), token_byte_lengths.astype(jnp.int32)
+  return (token_bytes.astype(jnp.int32), token_byte_lengths.astype(jnp.int32),
+          int(max_target_bytes or 0))
 
 
-def char_edit_distance_reward(token_bytes: jax.Array,
-                              token_byte_lengths: jax.Array) -> InstantReward:
+def char_edit_distance_reward(token_bytes, token_byte_lengths=None, *,
+                              max_target_bytes: int = 0) -> InstantReward:
   """Instant reward summing to minus the byte-level Levenshtein distance.
 
   With `phi_k = -min_{j <= m} D[k, j]` over the DP row of the sample's
@@ -173,16 +208,19 @@ def char_edit_distance_reward(token_bytes: jax.Array,
   both stripped of surrounding whitespace (the module's comparison rule).
 
   Args:
-    token_bytes: int32[V, L], each token's UTF-8 bytes (0-padded).
+    token_bytes: int32[V, L], each token's UTF-8 bytes (0-padded), or a
+      `ByteTable` holding both arrays and the bound below.
     token_byte_lengths: int32[V] (0 for special tokens and EOS).
+    max_target_bytes: static bound on every target's bytes, the DP row's
+      width (0: M * L). The same arguments for the two rewards below.
   """
-  table = _checked(token_bytes, token_byte_lengths)
+  table = _checked(token_bytes, token_byte_lengths, max_target_bytes)
   return _reward(*table, lambda row, m: -_best(row, m),
                  lambda d, m: -d)
 
 
-def char_error_reward(token_bytes: jax.Array,
-                      token_byte_lengths: jax.Array) -> InstantReward:
+def char_error_reward(token_bytes, token_byte_lengths=None, *,
+                      max_target_bytes: int = 0) -> InstantReward:
   """Bounded instant reward summing to `-min(Lev / max(|y*|, 1), 1)`.
 
   The potential is `psi_k = -min(min_j D[k, j] / max(m, 1), 1)` (psi_0 =
@@ -190,19 +228,19 @@ def char_error_reward(token_bytes: jax.Array,
   answer scores -1, the floor: it ties answers with CER >= 1 and loses to
   every answer with CER < 1, so GRPO cannot prefer it to trying.
   """
-  table = _checked(token_bytes, token_byte_lengths)
+  table = _checked(token_bytes, token_byte_lengths, max_target_bytes)
   rate = lambda d, m: jnp.minimum(
       d.astype(jnp.float32) / jnp.maximum(m, 1).astype(jnp.float32), 1.0)
   return _reward(*table, lambda row, m: -rate(_best(row, m), m),
                  lambda d, m: -rate(d, m))
 
 
-def char_exact_match(token_bytes: jax.Array,
-                     token_byte_lengths: jax.Array) -> InstantReward:
+def char_exact_match(token_bytes, token_byte_lengths=None, *,
+                     max_target_bytes: int = 0) -> InstantReward:
   """1 at the end of a sample whose bytes equal the target's, else 0 (0 per
   token). Unlike `exact_match` (token ids), two tokenizations of the same
   text match."""
-  table = _checked(token_bytes, token_byte_lengths)
+  table = _checked(token_bytes, token_byte_lengths, max_target_bytes)
   return _reward(*table, lambda row, m: jnp.zeros(m.shape, jnp.float32),
                  lambda d, m: (d == 0).astype(jnp.float32))
 
@@ -213,5 +251,5 @@ def byte_edit_distance_of(state) -> jax.Array:
   return _at(_final_row(state), state["m"])
 
 
-__all__ = ["WHITESPACE", "byte_edit_distance_of", "char_edit_distance_reward",
+__all__ = ["ByteTable", "WHITESPACE", "byte_edit_distance_of", "char_edit_distance_reward",
            "char_error_reward", "char_exact_match", "target_bytes"]

@@ -309,14 +309,17 @@ def resolve(name: str, embeddings: Optional[jax.Array] = None,
             byte_table: Optional[Tuple[jax.Array, jax.Array]] = None):
   """The reward object behind a name: an `InstantReward` or a sequence
   reward function (builtin, or imported when the name has a dot).
-  `byte_table` = (token_bytes int32[V, L], token_byte_lengths int32[V])
-  for the byte-level rewards (`NEEDS_BYTE_TABLE`)."""
+  `byte_table` (a `chars.ByteTable`, or the pair token_bytes int32[V, L],
+  token_byte_lengths int32[V]) for the byte-level rewards
+  (`NEEDS_BYTE_TABLE`)."""
   if name in NEEDS_BYTE_TABLE:
     if byte_table is None:
       raise ValueError(
           f"reward {name!r} needs the token byte table (ir_jax.data."
           "hf_tokenizer.token_byte_table), passed to the train step as "
           "its `byte_table` argument.")
+    if isinstance(byte_table, chars.ByteTable):
+      return NEEDS_BYTE_TABLE[name](byte_table)
     return NEEDS_BYTE_TABLE[name](*byte_table)
   if name in BUILTIN_INSTANT:
     return BUILTIN_INSTANT[name]()
