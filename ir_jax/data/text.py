@@ -20,7 +20,10 @@ units of the text (for the CMUdict JSONL, whose targets are phonemes
 separated by spaces, exactly the G2P PER), `ter` over tokens, `cer` over
 characters.
 
-  python -m ir_jax.data.text --cmudict OUT_DIR [--direction g2p|p2g]
+  python -m ir_jax.data.text cmudict OUT_DIR [--direction g2p|p2g]
+  python -m ir_jax.data.text gym OUT_DIR        # reasoning-gym tasks
+  python -m ir_jax.data.text codespell OUT_DIR  # spelling correction
+  (ir_jax.data.verifiable)
 """
 
 import argparse
@@ -100,7 +103,8 @@ class TextVocab:
 
 def read_jsonl(path: str) -> List[Dict]:
   """Items of a JSONL file; a line that is not an object with string
-  `prompt` and `target` is an error naming the file and line."""
+  `prompt` and `target` is an error naming the file and line. Other
+  fields (a task's `metadata`) are kept."""
   items = []
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
@@ -120,8 +124,7 @@ def read_jsonl(path: str) -> List[Dict]:
               all(isinstance(r, str) for r in refs)):
         raise ValueError(f"{path}:{n}: \"references\" must be a non-empty "
                          "list of strings.")
-      items.append({"prompt": item["prompt"], "target": item["target"],
-                    "references": refs})
+      items.append({**item, "references": refs})
   if not items:
     raise ValueError(f"{path}: no items.")
   return items
@@ -314,17 +317,54 @@ def write_cmudict(out_dir: str, direction: str = "g2p", stress: bool = False,
   return paths
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description="Write the CMUdict split as "
-                              "JSONL for task='text'.")
-  p.add_argument("--cmudict", required=True, metavar="OUT_DIR")
-  p.add_argument("--direction", default="g2p", choices=("g2p", "p2g"))
-  p.add_argument("--stress", action="store_true")
-  args = p.parse_args(argv)
-  for split, path in write_cmudict(args.cmudict, args.direction,
-                                   args.stress).items():
+def _report(paths: Dict[str, str], prefix: str = "") -> None:
+  for split, path in paths.items():
     with open(path, encoding="utf-8") as f:
-      print(f"{split}: {sum(1 for _ in f)} items -> {path}")
+      print(f"{prefix}{split}: {sum(1 for _ in f)} items -> {path}")
+
+
+def main(argv=None) -> int:
+  """`python -m ir_jax.data.text cmudict|gym|codespell OUT_DIR ...`
+  (`--cmudict OUT_DIR` is the older spelling of `cmudict OUT_DIR`)."""
+  from ir_jax.data import verifiable
+  argv = list(argv if argv is not None else __import__("sys").argv[1:])
+  if argv and argv[0] == "--cmudict":
+    argv = ["cmudict"] + argv[1:]
+  p = argparse.ArgumentParser(
+      prog="python -m ir_jax.data.text",
+      description="Write JSONL tasks for task='text'.")
+  sub = p.add_subparsers(dest="source", required=True)
+  c = sub.add_parser("cmudict", help="the CMUdict split (G2P / P2G)")
+  c.add_argument("out_dir")
+  c.add_argument("--direction", default="g2p", choices=("g2p", "p2g"))
+  c.add_argument("--stress", action="store_true")
+  g = sub.add_parser("gym", help="reasoning-gym tasks (pip install -e "
+                     "'.[tasks]')")
+  g.add_argument("out_dir")
+  g.add_argument("--tasks", default=",".join(verifiable.GYM_TASKS))
+  g.add_argument("--size", type=int, default=4000,
+                 help="items generated per task, before dropping repeats")
+  g.add_argument("--seed", type=int, default=0)
+  s = sub.add_parser("codespell", help="codespell's misspellings (generated "
+                     "here, CC BY-SA 3.0: not for committing)")
+  s.add_argument("out_dir")
+  s.add_argument("--dictionary", default=None,
+                 help="a dictionary.txt (default: the installed codespell's)")
+  args = p.parse_args(argv)
+  try:
+    if args.source == "cmudict":
+      _report(write_cmudict(args.out_dir, args.direction, args.stress))
+    elif args.source == "gym":
+      tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+      for task, paths in verifiable.write_gym(args.out_dir, tasks, args.size,
+                                              args.seed).items():
+        _report(paths, f"{task} ")
+        print(f"{task}: rl.rewards={verifiable.REWARDS[task]}")
+    else:
+      _report(verifiable.write_codespell(args.out_dir, args.dictionary))
+  except (RuntimeError, ValueError) as e:
+    print(f"error: {e}", file=__import__("sys").stderr)
+    return 1
   return 0
 
 
