@@ -10,7 +10,7 @@ number, so the definition is fixed here.
 import os
 import sys
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -198,7 +198,8 @@ def summary(record: Dict[str, Any]) -> str:
   """One line of an eval record: `dev: PER 9.81%  WER 38.64%  (...)`
   (text tasks add exact match, CER and TER)."""
   extra = "".join(f"  {name} {100 * record[k]:.2f}%" for k, name in (
-      ("exact_match", "exact"), ("cer", "CER"), ("ter", "TER"))
+      ("exact_match", "exact"), ("cer", "CER"), ("ter", "TER"),
+      ("task_score", "task score"))
       if k in record)
   return (f"{record['split']}: PER {100 * record['per']:.2f}%  "
           f"WER {100 * record['wer']:.2f}%{extra}  ({record['words']} items, "
@@ -231,15 +232,27 @@ def text_scores(vocab, outputs: Sequence[Seq],
 
 
 def split_scores(task, outputs: Sequence[Seq],
-                 references: Sequence[Sequence[Seq]]) -> Dict[str, Any]:
+                 references: Sequence[Sequence[Seq]],
+                 items: Optional[Sequence[Dict]] = None) -> Dict[str, Any]:
   """{per, wer, words} of a split's outputs; for task="text" per / wer are
   the text's (`text_scores`: units split at whitespace,
-  1 - exact match), plus exact_match, cer and ter (over tokens)."""
+  1 - exact match), plus exact_match, cer and ter (over tokens), and
+  `task_score`, the mean of a reasoning-gym task's own `score_answer` over
+  the kept `items` (host Python, eval only; absent for other items or
+  without reasoning-gym)."""
   rates = error_rates(outputs, references)
   if task.name != "text":
     return {"per": rates["per"], "wer": rates["wer"], "words": rates["words"]}
-  return {**text_scores(task.vocab, outputs, references),
-          "ter": rates["per"], "words": rates["words"]}
+  scores = {**text_scores(task.vocab, outputs, references),
+            "ter": rates["per"], "words": rates["words"]}
+  if items:
+    from ir_jax.data import verifiable
+    checked = [verifiable.score_answer(item, task.vocab.text(o))
+               for item, o in zip(items, outputs)]
+    checked = [c for c in checked if c is not None]
+    if checked:
+      scores["task_score"] = float(np.mean(checked))
+  return scores
 
 
 def output_line(key: str, symbols: Seq, task_name: str = "g2p",
@@ -296,7 +309,8 @@ def evaluate_and_log(model, params, task, splits: Sequence[str],
     outputs = generate_symbols(model, {"params": params}, task, data.source,
                                batch_size, data.direction, beam=beam,
                                length_penalty=length_penalty)
-    rates = split_scores(task, outputs, data.references)
+    rates = split_scores(task, outputs, data.references,
+                         getattr(data, "items", None))
     record = {"step": step, "split": split, **rates,
               "eval_seconds": time.time() - t0, **extra}
     if beam > 1:

@@ -137,3 +137,26 @@ def test_paired_outputs_tests_two_outputs_files(tmp_path):
   assert worse["only_a_right"] == 40 and worse["only_b_right"] == 0
   with pytest.raises(ValueError, match="no output for 40"):
     paired_outputs.compare(task, "dev", right, empty)
+
+
+def test_split_scores_add_reasoning_gyms_own_checker(tmp_path):
+  pytest.importorskip("reasoning_gym")
+  pytest.importorskip("gguf")
+  import dataclasses
+  import gguf_files
+  from ir_jax.data import text
+  path = str(tmp_path / "t.gguf")
+  gguf_files.write(path)
+  vocab = text.TextVocab.load(path)
+  items = text.read_jsonl(os.path.join(ROOT, "data", "gym", "spell_backward",
+                                       "dev.jsonl"))[:6]
+  encode = lambda s: tuple(vocab.decode(vocab.tokenizer.encode(
+      s, add_special_tokens=False)))
+  outputs = [encode(it["target"]) for it in items[:3]] + [
+      encode("wrong") for _ in items[3:]]
+  refs = [[encode(r) for r in it["references"]] for it in items]
+  task = dataclasses.make_dataclass("T", ["name", "vocab"])("text", vocab)
+  scores = evaluate.split_scores(task, outputs, refs, items)
+  assert scores["task_score"] == pytest.approx(0.5)
+  assert scores["exact_match"] == pytest.approx(0.5)
+  assert "task_score" not in evaluate.split_scores(task, outputs, refs)

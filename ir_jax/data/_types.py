@@ -2,7 +2,7 @@
 `ir_jax.data.text`): a task's training arrays, eval sets and vocabulary."""
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,6 +16,9 @@ class EvalSet:
   source: np.ndarray                    # int32[W, P]
   references: List[List[Tuple[str, ...]]]
   direction: str = ""                   # Key of Task.target_ids.
+  # task="text": the JSONL items (their task and metadata, for a task's
+  # own checker at eval time).
+  items: Optional[List[Dict]] = None
 
 
 @dataclasses.dataclass

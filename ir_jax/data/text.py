@@ -232,7 +232,7 @@ def task(train_path: str, eval_path: str, tokenizer_path: str,
     eval_sets[split] = types.EvalSet(
         keys=[it["prompt"] for it in items],
         source=np.stack([left_pad(s, source_len, vocab.pad_id) for s in sources]),
-        references=refs, direction="text")
+        references=refs, direction="text", items=items)
     eval_targets[split] = _arrays(
         vocab, [(s, _target_ids(vocab, it["target"]))
                 for s, it in zip(sources, items)], source_len, target_len)
