@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +100,7 @@ def save_checkpoint(manager, step: int, state, iterator) -> None:
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(iterator.get_state())), force=True)
     manager.wait_until_finished()
+    write_manifest(step_path(manager, step))
   except Exception as e:  # OSError, or orbax/tensorstore wrapping one.
     manager.reload()
     previous = [s for s in manager.all_steps() if s < step]
@@ -118,6 +119,120 @@ def _reason(e: BaseException) -> str:
   return f"{type(e).__name__}: {lines[0][:300]}"
 
 
+# ------------------------------------------------- checkpoint manifests
+#
+# After orbax has committed a step, each process writes the checksums of
+# the files it wrote (its `ocdbt.process_<i>` folders; process 0 also
+# every file outside them) to `ir_jax_manifest.process_<i>.json` in the
+# step, atomically (temp file + rename), through etils.epath as orbax
+# does, so gs:// workdirs work the same way. A restore verifies the
+# manifests before any array is read.
+
+MANIFEST = "ir_jax_manifest"
+_CHUNK = 1 << 22
+
+
+def step_path(manager, step: int):
+  """The epath.Path of a step's folder (local or gs://)."""
+  from etils import epath
+  return epath.Path(str(manager.directory)) / str(step)
+
+
+def _step_files(step_dir) -> Dict[str, Any]:
+  """{relative posix path: epath.Path} of every file of a step, manifests
+  and their temp files excluded."""
+  out = {}
+  stack = [step_dir]
+  while stack:
+    folder = stack.pop()
+    for child in folder.iterdir():
+      if child.is_dir():
+        stack.append(child)
+        continue
+      rel = child.relative_to(step_dir).as_posix()
+      if not child.name.lstrip(".").startswith(MANIFEST):
+        out[rel] = child
+  return out
+
+
+def _owner(rel: str) -> int:
+  """The process that wrote a file: its `ocdbt.process_<i>` folder's, else
+  process 0 (metadata, commit markers, the data iterator)."""
+  for part in rel.split("/"):
+    if part.startswith("ocdbt.process_"):
+      return int(part[len("ocdbt.process_"):])
+  return 0
+
+
+def _digest(path) -> Dict[str, Any]:
+  digest, size = hashlib.sha256(), 0
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(_CHUNK), b""):
+      digest.update(block)
+      size += len(block)
+  return {"size": size, "sha256": digest.hexdigest()}
+
+
+def write_manifest(step_dir, process: Optional[int] = None) -> None:
+  """Writes this process's manifest of a committed step (see above)."""
+  process = jax.process_index() if process is None else process
+  files = {rel: _digest(path) for rel, path in sorted(
+      _step_files(step_dir).items()) if _owner(rel) == process}
+  name = f"{MANIFEST}.process_{process}.json"
+  temp = step_dir / f".{name}.tmp"
+  temp.write_text(json.dumps({"version": 1, "algorithm": "sha256",
+                              "process": process, "files": files},
+                             indent=0, sort_keys=True))
+  temp.rename(step_dir / name)
+
+
+def verify_manifest(step_dir, process: Optional[int] = None
+                    ) -> Tuple[str, str]:
+  """("verified" | "absent" | "mismatch", what): checks the files this
+  process wrote against its manifest; process 0 also refuses files no
+  manifest lists. "absent": the step has no manifest at all (written
+  before checksums, or a crash between orbax's commit and the manifest).
+  A mismatch names the file: changed bytes, another size, missing, extra,
+  or an unreadable manifest."""
+  process = jax.process_index() if process is None else process
+  manifests = sorted(p for p in step_dir.iterdir()
+                     if p.name.startswith(MANIFEST + ".process_"))
+  if not manifests:
+    return "absent", "no checksum manifest"
+  listed: Dict[str, Dict[str, Any]] = {}
+  for path in manifests:
+    try:
+      listed.update(json.loads(path.read_text())["files"])
+    except (ValueError, KeyError) as e:
+      return "mismatch", f"{path.name} is not a readable manifest ({e})"
+  present = _step_files(step_dir)
+  for rel, want in sorted(listed.items()):
+    if _owner(rel) != process:
+      continue
+    if rel not in present:
+      return "mismatch", f"{rel} is missing"
+    got = _digest(present[rel])
+    if got != want:
+      what = ("size" if got["size"] != want["size"] else "checksum")
+      return "mismatch", f"{rel} has another {what} than when it was saved"
+  if process == 0:
+    extra = sorted(set(present) - set(listed))
+    if extra:
+      return "mismatch", f"{extra[0]} is not in the manifest (extra file)"
+  return "verified", ""
+
+
+def _agreed(status: str) -> str:
+  """Every process's verdict on a step, so that all of them restore (or
+  skip) the same one: "mismatch" if any found one."""
+  if jax.process_count() == 1:
+    return status
+  from jax.experimental import multihost_utils
+  codes = {"verified": 0, "absent": 1, "mismatch": 2}
+  got = multihost_utils.process_allgather(np.asarray(codes[status]))
+  return {v: k for k, v in codes.items()}[int(np.max(got))]
+
+
 def _unfinished(step_dir: str) -> str:
   """Why a local step folder is not a finished checkpoint ("" if it is):
   orbax writes commit_success.txt into it and each item last."""
@@ -134,38 +249,79 @@ def _unfinished(step_dir: str) -> str:
 def _readable_steps(manager, restore, move_aside: bool):
   """(value, step) of `restore(step)` at the newest step that reads.
 
-  An unreadable step (corrupt array data, a missing commit marker) is
-  reported in one line and, with `move_aside`, renamed to STEP.unreadable
-  (never deleted) so that training continues from the step before it.
-  Returns (None, None) when no step exists; raises when none reads.
+  The order matters: 1. a step without orbax's commit markers, or whose
+  files do not match their checksum manifest (changed, truncated, missing
+  or extra files), is unreadable before any array is read; 2. a verified
+  step is restored, and anything raised then (EIO, ENOSPC, EACCES,
+  MemoryError, a device error) stops the run with the reason and moves
+  nothing: the checkpoint is good, the machine is not; 3. a committed step
+  with no manifest (written before checksums, or a crash between the
+  commit and the manifest) is trusted as orbax reads it, with a one-line
+  note, and an error restoring it makes it unreadable. An unreadable step
+  is reported in one line naming the file and, with `move_aside`, renamed
+  to STEP.unreadable (never deleted), so training continues from the step
+  before it. Returns (value, step, "verified" | "absent"), or (None, None,
+  None) when no step exists; raises when none reads.
   """
   manager.reload()
   steps = sorted(manager.all_steps(), reverse=True)
   unreadable: List[int] = []
+  lead = jax.process_index() == 0
   for step in steps:
     step_dir = os.path.join(str(manager.directory), str(step))
     try:
       problem = _unfinished(step_dir)
       if problem:
         raise ValueError(problem)
-      return restore(step), step
-    except Exception as e:  # Whatever orbax or tensorstore raise.
+      status, problem = verify_manifest(step_path(manager, step))
+      status = _agreed(status)
+      if status == "mismatch":
+        raise ValueError(problem or "a checksum mismatch on another process")
+      if status == "absent" and lead:
+        print(f"Checkpoint step {step} in {manager.directory} has no checksum "
+              "manifest (saved before checksums, or a crash right after the "
+              "save): trusting it as orbax reads it.", file=sys.stderr)
+    except Exception as e:  # A bad step, found before any array is read.
+      _unreadable(manager, step, step_dir, e, move_aside)
       unreadable.append(step)
-      where = ""
-      if move_aside and jax.process_index() == 0:
-        where = f"; moved aside to {_move_aside(step_dir)}"
-      if move_aside:
-        manager.reload()  # Forget the moved step.
-      if jax.process_index() == 0:
-        print(f"Checkpoint step {step} in {manager.directory} is unreadable "
-              f"({_reason(e)}){where}.", file=sys.stderr)
+      continue
+    if status == "verified":
+      try:
+        return restore(step), step, status
+      except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+          raise
+        raise RuntimeError(
+            f"Checkpoint step {step} in {manager.directory} matches its "
+            f"checksums, but restoring it failed ({_reason(e)}). Nothing was "
+            "moved: fix the cause (disk, memory, device) and rerun the same "
+            "command.") from e
+    try:
+      return restore(step), step, status
+    except Exception as e:  # Whatever orbax or tensorstore raise.
+      _unreadable(manager, step, step_dir, e, move_aside)
+      unreadable.append(step)
   if unreadable:
     raise RuntimeError(
         f"No readable checkpoint in {manager.directory} (unreadable steps: "
         f"{unreadable}{', moved aside as STEP.unreadable' if move_aside else ''}"
         "). Start afresh with a new --workdir, or move a good checkpoint "
         "back in place.")
-  return None, None
+  return None, None, None
+
+
+def _unreadable(manager, step: int, step_dir: str, e: BaseException,
+                move_aside: bool) -> None:
+  """Reports an unreadable step in one line and, with `move_aside`,
+  renames it to STEP.unreadable (process 0)."""
+  where = ""
+  if move_aside and jax.process_index() == 0:
+    where = f"; moved aside to {_move_aside(step_dir)}"
+  if move_aside:
+    manager.reload()  # Forget the moved step.
+  if jax.process_index() == 0:
+    print(f"Checkpoint step {step} in {manager.directory} is unreadable "
+          f"({_reason(e)}){where}.", file=sys.stderr)
 
 
 def _move_aside(step_dir: str) -> str:
@@ -187,7 +343,7 @@ def restore_checkpoint(manager, state, iterator):
     iterator.set_state(restored["data"])
     return restored["state"]
 
-  restored, step = _readable_steps(manager, restore, move_aside=True)
+  restored, step, _ = _readable_steps(manager, restore, move_aside=True)
   return (state, None) if step is None else (restored, step)
 
 
@@ -207,12 +363,17 @@ def readable_params(workdir: str, target_params):
       return manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]["params"]
 
-    params, step = _readable_steps(manager, restore, move_aside=False)
+    params, step, status = _readable_steps(manager, restore,
+                                           move_aside=False)
     newest = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  if step != newest and jax.process_index() == 0:
-    print(f"Using checkpoint step {step} of {workdir}.", file=sys.stderr)
+  if jax.process_index() == 0:
+    how = ("checksums verified" if status == "verified" else
+           "no checksum manifest")
+    older = "" if step == newest else f"; the newest, {newest}, is unreadable"
+    print(f"Using checkpoint step {step} of {workdir} ({how}{older}).",
+          file=sys.stderr)
   want = jax.tree.map(jnp.shape, target_params)
   got = jax.tree.map(jnp.shape, params)
   if want != got:

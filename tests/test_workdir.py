@@ -182,3 +182,164 @@ def test_a_failed_save_stops_and_keeps_the_previous_checkpoint(
                              old_workdir)
   monkeypatch.setattr(ocp.CheckpointManager, "save", real)
   assert workdir_lib.load_run_with_step(old_workdir)[4] == 10
+
+
+# ------------------------------------------- checksums (manifests) of steps
+
+
+@pytest.fixture(scope="module")
+def fresh_run(tmp_path_factory):
+  """A tiny run from scratch: checkpoints 10 and 20, both with manifests."""
+  wd = str(tmp_path_factory.mktemp("fresh") / "run")
+  train.train_and_evaluate(tiny(keep_checkpoints=3, eval_every=100), wd)
+  return wd
+
+
+def _corrupt(step_dir, seed):
+  """One seeded corruption of a step: (kind, changed?)."""
+  rng = np.random.default_rng(seed)
+  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(step_dir)
+                 for f in fs if not f.startswith(workdir_lib.MANIFEST))
+  path = files[rng.integers(len(files))]
+  before = open(path, "rb").read()
+  kind = ("overwrite", "truncate", "delete", "extra", "flip")[seed % 5]
+  if kind == "overwrite":
+    size = max(1, len(before))
+    start = int(rng.integers(size))
+    junk = rng.integers(0, 256, int(rng.integers(1, 4097)), np.uint8)
+    data = bytearray(before)
+    data[start:start + len(junk)] = junk.tobytes()[:max(0, size - start)]
+    open(path, "wb").write(bytes(data))
+  elif kind == "truncate":
+    open(path, "wb").write(before[:int(rng.integers(len(before) + 1)) - 1]
+                           if before else b"")
+  elif kind == "delete":
+    os.remove(path)
+  elif kind == "extra":
+    with open(os.path.join(os.path.dirname(path), "stray.bin"), "wb") as f:
+      f.write(b"x")
+  else:
+    small = [f for f in files if os.path.getsize(f) < 4096] or files
+    path = small[rng.integers(len(small))]
+    data = bytearray(open(path, "rb").read())
+    data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
+    open(path, "wb").write(bytes(data))
+  changed = kind in ("delete", "extra") or open(path, "rb").read() != before
+  return kind, changed
+
+
+def test_every_corruption_of_the_newest_step_is_detected(fresh_run, tmp_path):
+  """20 seeded corruptions (random file, offset and length; truncation;
+  deletion; an extra file; a flipped byte in a small file): each is
+  refused before any array is read and the previous step is read, or it
+  changed nothing and the arrays restore bit-equal to the saved ones."""
+  step20 = os.path.join(fresh_run, "checkpoints", "20")
+  assert os.path.exists(os.path.join(step20, workdir_lib.MANIFEST +
+                                     ".process_0.json"))
+  template = jax.tree.map(np.asarray, workdir_lib.readable_params(
+      fresh_run, _params_like(fresh_run))[0])
+  kinds = set()
+  for seed in range(20):
+    wd = str(tmp_path / f"c{seed}")
+    shutil.copytree(fresh_run, wd)
+    kind, changed = _corrupt(os.path.join(wd, "checkpoints", "20"), seed)
+    kinds.add(kind)
+    params, step = workdir_lib.readable_params(wd, template)
+    if changed:
+      assert step == 10, (seed, kind)
+    else:
+      assert step == 20
+      jax.tree.map(np.testing.assert_array_equal,
+                   jax.tree.map(np.asarray, params), template)
+    shutil.rmtree(wd)
+  assert len(kinds) == 5
+
+
+def _params_like(wd):
+  with workdir_lib.checkpoint_manager(wd) as manager:
+    meta = manager.item_metadata(manager.latest_step())["state"]
+  return jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta["params"])
+
+
+def test_verify_manifest_names_the_file(fresh_run, tmp_path):
+  from etils import epath
+  wd = str(tmp_path / "v")
+  shutil.copytree(fresh_run, wd)
+  step = epath.Path(wd) / "checkpoints" / "20"
+  assert workdir_lib.verify_manifest(step) == ("verified", "")
+  (step / "state" / "stray.bin").write_bytes(b"1")
+  assert workdir_lib.verify_manifest(step) == (
+      "mismatch", "state/stray.bin is not in the manifest (extra file)")
+  (step / "state" / "stray.bin").unlink()
+  target = sorted(p for p in (step / "data").iterdir() if p.is_file())[0]
+  target.write_bytes(target.read_bytes() + b" ")
+  status, what = workdir_lib.verify_manifest(step)
+  assert status == "mismatch" and "another size" in what
+  for manifest in step.glob(workdir_lib.MANIFEST + "*"):
+    manifest.unlink()
+  assert workdir_lib.verify_manifest(step)[0] == "absent"
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"),
+                                   MemoryError("out of memory")])
+def test_errors_after_verification_stop_and_move_nothing(fresh_run, tmp_path,
+                                                         monkeypatch, error):
+  wd = str(tmp_path / "e")
+  shutil.copytree(fresh_run, wd)
+
+  def failing(self, *args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", failing)
+  with pytest.raises(RuntimeError, match="matches its checksums, but "
+                     f"restoring it failed \\({type(error).__name__}.*"
+                     "Nothing was moved"):
+    train.train_and_evaluate(tiny(keep_checkpoints=3, eval_every=100,
+                                  total_steps=30), wd)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "20"]
+
+
+@pytest.mark.slow
+def test_kill_corrupt_rerun_equals_an_uninterrupted_run(tmp_path):
+  """kill -9 mid-run, 4 KB overwritten in the largest array file of the
+  newest committed step, the same command again: the later losses equal an
+  uninterrupted run's bit for bit."""
+  import subprocess
+  import sys
+  import time
+  from helpers import CONFIG
+  flags = ["--config.total_steps=60", "--config.keep_checkpoints=3",
+           "--config.eval_every=1000", "--config.log_every=5"]
+  cmd = lambda wd: [sys.executable, "-m", "ir_jax.cli", "train", "--config",
+                    CONFIG, "--workdir", wd] + flags
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  subprocess.run(cmd(full), env=env, check=True, capture_output=True)
+  proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  manifest = os.path.join(cut, "checkpoints", "30",
+                          workdir_lib.MANIFEST + ".process_0.json")
+  deadline = time.time() + 600
+  while not os.path.exists(manifest) and time.time() < deadline:
+    time.sleep(0.02)
+  proc.kill()
+  proc.wait()
+  steps = sorted(int(s) for s in os.listdir(os.path.join(cut, "checkpoints"))
+                 if s.isdigit())
+  newest = os.path.join(cut, "checkpoints", str(steps[-1]), "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(newest) for f in fs
+           if "/d" in d]
+  largest = max(files, key=os.path.getsize)
+  data = bytearray(open(largest, "rb").read())
+  mid = len(data) // 2
+  data[mid:mid + 4096] = os.urandom(len(data[mid:mid + 4096]))
+  open(largest, "wb").write(bytes(data))
+  rerun = subprocess.run(cmd(cut), env=env, capture_output=True, text=True)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert f"Checkpoint step {steps[-1]}" in rerun.stderr
+  assert f"Resumed from step {steps[-2]}" in rerun.stderr
+  losses = lambda wd: {r["step"]: r["loss"] for r in read(
+      os.path.join(wd, "metrics.jsonl")) if "split" not in r}
+  want, got = losses(full), losses(cut)
+  later = [s for s in want if s > steps[-2]]
+  assert later and all(got[s] == want[s] for s in later)
