@@ -317,6 +317,34 @@ def write_cmudict(out_dir: str, direction: str = "g2p", stress: bool = False,
   return paths
 
 
+def write_splits(out_dir: str, splits: Dict[str, List[Dict]]
+                 ) -> Dict[str, str]:
+  """<out_dir>/<split>.jsonl for {split: items}; returns the paths."""
+  paths = {}
+  for split, items in splits.items():
+    paths[split] = os.path.join(out_dir, f"{split}.jsonl")
+    write_jsonl(paths[split], items)
+  return paths
+
+
+def write_gym(out_dir: str, tasks=None, size: int = 4000, seed: int = 0,
+              create=None) -> Dict[str, Dict[str, str]]:
+  """<out_dir>/<task>/{train,dev,test}.jsonl of reasoning-gym tasks
+  (`ir_jax.data.verifiable.gym_splits`); returns the paths."""
+  from ir_jax.data import verifiable
+  tasks = tuple(tasks or verifiable.GYM_TASKS)
+  return {task: write_splits(os.path.join(out_dir, task), splits)
+          for task, splits in verifiable.gym_splits(tasks, size, seed,
+                                                    create).items()}
+
+
+def write_codespell(out_dir: str, path: Optional[str] = None
+                    ) -> Dict[str, str]:
+  """<out_dir>/{train,dev,test}.jsonl of codespell's dictionary."""
+  from ir_jax.data import verifiable
+  return write_splits(out_dir, verifiable.codespell_splits(path))
+
+
 def _report(paths: Dict[str, str], prefix: str = "") -> None:
   for split, path in paths.items():
     with open(path, encoding="utf-8") as f:
@@ -356,12 +384,12 @@ def main(argv=None) -> int:
       _report(write_cmudict(args.out_dir, args.direction, args.stress))
     elif args.source == "gym":
       tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-      for task, paths in verifiable.write_gym(args.out_dir, tasks, args.size,
-                                              args.seed).items():
+      for task, paths in write_gym(args.out_dir, tasks, args.size,
+                                   args.seed).items():
         _report(paths, f"{task} ")
         print(f"{task}: rl.rewards={verifiable.REWARDS[task]}")
     else:
-      _report(verifiable.write_codespell(args.out_dir, args.dictionary))
+      _report(write_codespell(args.out_dir, args.dictionary))
   except (RuntimeError, ValueError) as e:
     print(f"error: {e}", file=__import__("sys").stderr)
     return 1

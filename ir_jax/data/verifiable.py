@@ -2,6 +2,7 @@
 generators and codespell's dictionary of misspellings.
 
   python -m ir_jax.data.text gym data/gym          # the five tasks below
+  (ir_jax.data.text.write_gym / write_codespell write the files)
   python -m ir_jax.data.text codespell data/codespell
 
 Each line: {"prompt", "target", "references", "task", "metadata"} (the
@@ -109,26 +110,14 @@ def gym_items(task: str, size: int, seed: int,
           for e in (data[i] for i in range(size))]
 
 
-def write_splits(out_dir: str, splits: Dict[str, List[dict]]
-                 ) -> Dict[str, str]:
-  from ir_jax.data import text
-  paths = {}
-  for split, items in splits.items():
-    paths[split] = os.path.join(out_dir, f"{split}.jsonl")
-    text.write_jsonl(paths[split], items)
-  return paths
-
-
-def write_gym(out_dir: str, tasks: Sequence[str] = tuple(GYM_TASKS),
-              size: int = 4000, seed: int = 0, create=None
-              ) -> Dict[str, Dict[str, str]]:
-  """<out_dir>/<task>/{train,dev,test}.jsonl for each task; returns the
-  paths."""
+def gym_splits(tasks: Sequence[str] = tuple(GYM_TASKS), size: int = 4000,
+               seed: int = 0, create=None) -> Dict[str, Dict[str, List]]:
+  """{task: {split: items}} of reasoning-gym tasks, split by content
+  (`ir_jax.data.text.write_gym` writes them)."""
   out = {}
   for task in tasks:
     content = lambda item, task=task: GYM_TASKS[task][0](item["metadata"])
-    splits = split_by_content(gym_items(task, size, seed, create), content)
-    out[task] = write_splits(os.path.join(out_dir, task), splits)
+    out[task] = split_by_content(gym_items(task, size, seed, create), content)
   return out
 
 
@@ -170,13 +159,12 @@ def codespell_items(path: str) -> List[dict]:
   return items
 
 
-def write_codespell(out_dir: str, path: Optional[str] = None
-                    ) -> Dict[str, str]:
-  """<out_dir>/{train,dev,test}.jsonl of codespell's dictionary, split by a
-  hash of the misspelling."""
+def codespell_splits(path: Optional[str] = None) -> Dict[str, List]:
+  """{split: items} of codespell's dictionary (default: the installed
+  one's), split by a hash of the misspelling."""
   items = codespell_items(path or codespell_dictionary())
-  return write_splits(out_dir, split_by_content(
-      items, lambda item: item["metadata"]["misspelling"]))
+  return split_by_content(items,
+                          lambda item: item["metadata"]["misspelling"])
 
 
 def score_answer(item: dict, output: str) -> Optional[float]:
@@ -196,6 +184,6 @@ def score_answer(item: dict, output: str) -> Optional[float]:
 
 
 __all__ = ["CHAR", "EXACT", "GYM_TASKS", "REWARDS", "SPLITS",
-           "codespell_dictionary", "codespell_items", "gym_items",
-           "score_answer", "split_by_content", "split_of", "write_codespell",
-           "write_gym", "write_splits"]
+           "codespell_dictionary", "codespell_items", "codespell_splits",
+           "gym_items", "gym_splits", "score_answer", "split_by_content",
+           "split_of"]

@@ -35,9 +35,9 @@ def _contents(splits, key):
 
 
 def test_gym_split_is_deterministic_and_disjoint_by_content(tmp_path):
-  a = verifiable.write_gym(str(tmp_path / "a"), ["spell_backward"], 200, 0,
+  a = text.write_gym(str(tmp_path / "a"), ["spell_backward"], 200, 0,
                            create=fake_create)
-  b = verifiable.write_gym(str(tmp_path / "b"), ["spell_backward"], 200, 0,
+  b = text.write_gym(str(tmp_path / "b"), ["spell_backward"], 200, 0,
                            create=fake_create)
   for split in verifiable.SPLITS:
     assert open(a["spell_backward"][split]).read() == open(
@@ -68,7 +68,7 @@ def test_codespell_dictionary_format_and_split(tmp_path):
       ["abandoned"], ["cache", "ache"], ["class"], ["the"]]
   assert items[1]["target"] == "cache"
   assert items[0]["prompt"].endswith(": abandonned")
-  paths = verifiable.write_codespell(str(tmp_path / "out"), str(path))
+  paths = text.write_codespell(str(tmp_path / "out"), str(path))
   seen = [it["metadata"]["misspelling"] for p in paths.values()
           for it in (text.read_jsonl(p) if os.path.getsize(p) else [])]
   assert sorted(seen) == sorted(["abandonned", "aache", "clas", "teh"])
