@@ -22,7 +22,25 @@ fi
 # others check interpret mode and lowering, already done on CPU in CI).
 timeout 110 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_soft_edit_distance.py \
   -k "pallas_matches_xla or pallas_bfloat16" \
-  > "$OUT/kernel_tests.log" 2>&1; echo "kernel tests exit $?" >> "$OUT/device.txt"
+  > "$OUT/kernel_tests.log" 2>&1
+status=$?; echo "kernel tests exit $status" >> "$OUT/device.txt"
+# Kernel tests passed on this GPU: its record for ir_jax/kernels/
+# verified_gpu.json (copy $OUT/verified_gpu.json there and commit it), so
+# implementation="auto" uses the Mosaic GPU kernels on this kind.
+if [ "$status" = 0 ] && grep -q " passed" "$OUT/kernel_tests.log"; then
+  python3 - "$OUT/verified_gpu.json" <<'PY'
+import datetime, json, sys, jax
+path = "ir_jax/kernels/verified_gpu.json"
+record = json.load(open(path))
+kind = jax.devices()[0].device_kind
+record["kinds"][kind] = {"date": datetime.date.today().isoformat(),
+                         "jax": jax.__version__,
+                         "checked": "tests/kernels/test_soft_edit_distance.py "
+                                    "pallas_matches_xla, pallas_bfloat16"}
+json.dump(record, open(sys.argv[1], "w"), indent=2)
+print("verified:", kind)
+PY
+fi
 # Timings plus kernel-vs-XLA checks (max |grad| difference, exact equality).
 timeout 150 python3 benchmarks/device_bench.py --out "$OUT/device_bench.json" \
   > "$OUT/device_bench.log" 2>&1; echo "bench exit $?" >> "$OUT/device.txt"

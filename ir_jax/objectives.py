@@ -210,9 +210,11 @@ def ocd_loss(logits: jax.Array, optimal: jax.Array, lengths: jax.Array
 
 
 def kl_to_reference(logits: jax.Array, ref_logits: jax.Array,
-                    lengths: jax.Array) -> jax.Array:
-  """Mean over valid positions of KL(pi || pi_ref), exact over the vocab."""
-  kl = exact_kl(logits, ref_logits)
+                    lengths: jax.Array, pad_id: Optional[int] = None,
+                    eos_id: Optional[int] = None) -> jax.Array:
+  """Mean over valid positions of KL(pi || pi_ref), exact over the vocab
+  the sampler draws from (PAD excluded with `pad_id`: `exact_kl`)."""
+  kl = exact_kl(logits, ref_logits, pad_id=pad_id, eos_id=eos_id)
   mask = token_mask(lengths, logits.shape[1])
   return jnp.sum(jnp.where(mask, kl, 0.0)) / jnp.maximum(mask.sum(), 1)
 
@@ -411,9 +413,12 @@ def reward_metrics(config, scored: Dict[str, jax.Array]) -> Metrics:
 
 
 def _ce_term(config, model, params, batch, alpha):
-  """The CE mixed into RL objectives; skipped (0) when alpha is fixed at 1."""
+  """The CE mixed into RL objectives; skipped (0) only when alpha is fixed
+  at 1 (`alpha_schedule="constant"`): a warm-up ramps alpha from 0, and the
+  adaptive controller moves it, so CE weighs (1 - alpha) > 0 there."""
+  del alpha  # Traced: whether CE is needed is decided by the config.
   obj = config.objective
-  if float(obj.alpha) >= 1.0 and obj.alpha_schedule != "adaptive":
+  if float(obj.alpha) >= 1.0 and obj.alpha_schedule == "constant":
     return jnp.zeros(())
   logits = models.target_logits(model, params, batch)
   return masked_cross_entropy(logits, batch["target"], batch["target_lengths"],
@@ -470,7 +475,8 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
   kl = jnp.zeros(())
   if rl.kl_weight:
     ref_logits = models.target_logits(model, ref_params, samples)
-    kl = kl_to_reference(logits, ref_logits, lengths)
+    kl = kl_to_reference(logits, ref_logits, lengths,
+                         *models.special_ids(model))
   ce = _ce_term(config, model, params, batch, alpha)
   loss = (1.0 - alpha) * ce + alpha * (rl_term + rl.kl_weight * kl)
   metrics = {"ce": ce, "rl_loss": rl_term, "kl": kl, "alpha": alpha,
@@ -566,7 +572,8 @@ def mwer_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
   kl = jnp.zeros(())
   if rl.kl_weight:
     ref_logits = models.target_logits(model, ref_params, samples)
-    kl = kl_to_reference(logits, ref_logits, lengths)
+    kl = kl_to_reference(logits, ref_logits, lengths,
+                         *models.special_ids(model))
   ce = _ce_term(config, model, params, batch, alpha)
   loss = (1.0 - alpha) * ce + alpha * (risk + rl.kl_weight * kl)
   metrics = {"ce": ce, "mwer": risk, "kl": kl, "alpha": alpha,
@@ -636,15 +643,17 @@ def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
 AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 
 
-def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str
-                     ) -> jax.Array:
+def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
+                     budget: Optional[int] = None) -> jax.Array:
   """Reduces per-token values float[B, T] over a mask bool[B, T].
 
   * `token_mean` (DAPO): sum over all valid tokens / their count;
   * `sequence_mean` (GRPO): per-sequence token mean, averaged over the
     sequences with at least one valid token;
-  * `constant` (Dr.GRPO): per-sequence sum / T (the length budget), averaged
-    the same way, so long and short samples weigh each token alike.
+  * `constant` (Dr.GRPO): per-sequence sum / `budget` (the generation
+    length budget, fixed for a run: `data.target_len`; default T, the
+    padded width, which varies with length buckets), averaged the same
+    way, so long and short samples weigh each token alike.
 
   Tunix's `token-mean`, `sequence-mean-token-mean` and
   `sequence-mean-token-scale` (norm = T).
@@ -658,24 +667,39 @@ def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str
   if mode == "sequence_mean":
     return (sums / jnp.maximum(counts, 1)).sum() / rows
   if mode == "constant":
-    return (sums / values.shape[-1]).sum() / rows
+    return (sums / float(budget or values.shape[-1])).sum() / rows
   raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}.")
 
 
 def k3_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
   """Per-token KL(pi || pi_ref) estimate on the sampled tokens (Schulman's
   k3, Tunix's `low_var_kl`): `exp(d) - d - 1` with `d = log pi_ref - log pi`.
-  Unbiased and >= 0."""
+  Always >= 0. Unbiased only when the tokens are drawn from pi itself
+  (on-policy) from its full distribution: with top-k / top-p truncation,
+  or after inner updates have moved pi away from the sampler, it is a
+  biased estimate."""
   d = ref_logprobs.astype(jnp.float32) - logprobs.astype(jnp.float32)
   return jnp.exp(d) - d - 1.0
 
 
 def exact_kl(logits: jax.Array, ref_logits: jax.Array,
-             temperature: float = 1.0) -> jax.Array:
-  """Per-token KL(pi || pi_ref) summed over the vocabulary: float32[B, T]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, -1)
-  logq = jax.nn.log_softmax(
-      jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature, -1)
+             temperature: float = 1.0, pad_id: Optional[int] = None,
+             eos_id: Optional[int] = None) -> jax.Array:
+  """Per-token KL(pi || pi_ref) summed over the vocabulary: float32[B, T].
+
+  With `pad_id` the sum runs over the support the sampler draws from:
+  PAD is never sampled (`decode.without_pad`; unless it is EOS), so both
+  distributions are renormalised without it, as the sampled log-probs
+  are. PAD gets a large finite negative logit, not -inf, so the gradient
+  stays finite."""
+  logits = logits.astype(jnp.float32) / temperature
+  ref = jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature
+  if pad_id is not None and pad_id != eos_id:
+    drop = jnp.arange(logits.shape[-1]) == pad_id
+    logits = jnp.where(drop, -1e9, logits)
+    ref = jnp.where(drop, -1e9, ref)
+  logp = jax.nn.log_softmax(logits, -1)
+  logq = jax.nn.log_softmax(ref, -1)
   return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
 
 
@@ -683,8 +707,8 @@ def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array,
               advantages: jax.Array, mask: jax.Array, *, epsilon: float,
               epsilon_high: Optional[float] = None,
               aggregation: str = "sequence_mean", kl_weight: float = 0.0,
-              kl_per_token: Optional[jax.Array] = None
-              ) -> Tuple[jax.Array, Metrics]:
+              kl_per_token: Optional[jax.Array] = None,
+              budget: Optional[int] = None) -> Tuple[jax.Array, Metrics]:
   r"""The clipped GRPO surrogate (Shao et al. 2024; PPO's clip, Schulman et
   al. 2017) with DAPO's asymmetric clip (Yu et al. 2025).
 
@@ -725,11 +749,12 @@ def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array,
     adv = adv[:, None]
   unclipped = -adv * ratio
   clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + eps_high)
-  pg = aggregate_tokens(jnp.maximum(unclipped, clipped), mask, aggregation)
+  pg = aggregate_tokens(jnp.maximum(unclipped, clipped), mask, aggregation,
+                        budget)
   kl = jnp.zeros(())
   loss = pg
   if kl_per_token is not None:
-    kl = aggregate_tokens(kl_per_token, mask, aggregation)
+    kl = aggregate_tokens(kl_per_token, mask, aggregation, budget)
     loss = loss + kl_weight * kl
   m = mask.astype(jnp.float32)
   count = jnp.maximum(m.sum(), 1)
@@ -806,14 +831,15 @@ def grpo_update_loss(config, model, params, batch, rollout, rng, *, alpha
   mask = token_mask(samples["target_lengths"], logp.shape[1])
   kl_tok = None
   if rl.kl_weight:
-    kl_tok = (exact_kl(logits, rollout["ref_logits"], rl.temperature)
+    kl_tok = (exact_kl(logits, rollout["ref_logits"], rl.temperature,
+                       *models.special_ids(model))
               if rl.kl_estimator == "exact" else
               k3_kl(logp, rollout["ref_logprobs"]))
   term, metrics = grpo_loss(
       logp, rollout["old_logprobs"], rollout["advantages"], mask,
       epsilon=rl.epsilon, epsilon_high=rl.epsilon_high or None,
       aggregation=rl.loss_aggregation, kl_weight=rl.kl_weight,
-      kl_per_token=kl_tok)
+      kl_per_token=kl_tok, budget=int(config.data.target_len))
   ce = _ce_term(config, model, params, batch, alpha)
   loss = (1.0 - alpha) * ce + alpha * term
   return loss, dict(metrics, ce=ce, rl_loss=metrics["pg_loss"], alpha=alpha)

@@ -51,6 +51,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lead = jax.process_index() == 0
   if lead:
     workdir_lib.write_run_files(workdir, config, task)
+    from ir_jax.kernels import dispatch
+    with jax.set_mesh(mesh):  # The platform the step compiles for.
+      print(dispatch.describe(config.objective.soft_ed_implementation),
+            file=sys.stderr)
     if any(task.report.values()):
       print(f"Data report (skipped / replaced, never silent): {task.report}",
             file=sys.stderr)

@@ -444,3 +444,72 @@ def test_mwer_risk_is_minus_the_reward_and_beam_lists_are_distinct():
   symbols = np.asarray(jnp.repeat(batch_["target_lengths"], 3)) - 1  # No EOS.
   np.testing.assert_allclose(np.asarray(scored["returns"]),
                              -np.asarray(ed) / symbols, rtol=1e-6)
+
+
+# ------------------------------------------- numeric defects (issue #29)
+
+
+def test_ce_is_kept_while_a_warmup_ramps_alpha():
+  """alpha=1 with a warm-up: at alpha 0 the loss is the CE (it was 0: the
+  CE term was dropped whenever the target alpha was 1)."""
+  c, model, params, batch_ = _tiny_mwer("samples")
+  c.rl.update(mode="seq", num_samples=2)
+  c.objective.update(alpha=1.0, alpha_schedule="warmup",
+                     alpha_warmup_steps=10)
+  loss, m = objectives.rl_loss(c, model, params, batch_, jax.random.key(1),
+                               alpha=jnp.float32(0.0), reward_embeddings=None)
+  assert float(m["ce"]) > 0.1
+  np.testing.assert_allclose(loss, m["ce"], rtol=1e-6)
+  c.objective.alpha_schedule = "constant"       # Fixed at 1: CE skipped.
+  _, m = objectives.rl_loss(c, model, params, batch_, jax.random.key(1),
+                            alpha=jnp.float32(1.0), reward_embeddings=None)
+  assert float(m["ce"]) == 0.0
+
+
+def test_constant_aggregation_does_not_depend_on_the_padded_width():
+  """Dr.GRPO's constant divides by a fixed budget, so the same samples
+  padded to another width (length buckets, the sampler's max_len) give
+  the same loss (they did not: it divided by the padded width)."""
+  rng = np.random.default_rng(0)
+  values = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  mask = jnp.asarray(np.arange(5)[None] < np.array([[5], [2], [3], [1]]))
+  wide_v = jnp.pad(values, ((0, 0), (0, 7)))
+  wide_m = jnp.pad(mask, ((0, 0), (0, 7)))
+  a = objectives.aggregate_tokens(values, mask, "constant", budget=16)
+  b = objectives.aggregate_tokens(wide_v, wide_m, "constant", budget=16)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  want = float((np.asarray(values) * np.asarray(mask)).sum(1).sum() / 16 / 4)
+  np.testing.assert_allclose(a, want, rtol=1e-6)
+  assert not np.isclose(objectives.aggregate_tokens(values, mask, "constant"),
+                        objectives.aggregate_tokens(wide_v, wide_m,
+                                                    "constant"))
+
+
+def test_exact_kl_runs_over_the_support_the_sampler_draws_from():
+  """PAD is never sampled: the exact KL is that of the two distributions
+  renormalised without it (it summed over PAD too)."""
+  rng = np.random.default_rng(1)
+  p_logits = rng.normal(size=(2, 3, 7)).astype(np.float32)
+  q_logits = rng.normal(size=(2, 3, 7)).astype(np.float32)
+  p_logits[..., 0] += 3.0                     # Much mass on PAD (id 0).
+  keep = np.arange(7) != 0
+
+  def kl(a, b):
+    a, b = a[..., keep], b[..., keep]
+    la = a - np.log(np.exp(a).sum(-1, keepdims=True))
+    lb = b - np.log(np.exp(b).sum(-1, keepdims=True))
+    return (np.exp(la) * (la - lb)).sum(-1)
+
+  got = objectives.exact_kl(jnp.asarray(p_logits), jnp.asarray(q_logits),
+                            pad_id=0, eos_id=3)
+  np.testing.assert_allclose(got, kl(p_logits, q_logits), rtol=1e-5)
+  full = objectives.exact_kl(jnp.asarray(p_logits), jnp.asarray(q_logits))
+  assert not np.allclose(full, got, rtol=1e-2)
+  grad = jax.grad(lambda l: objectives.exact_kl(
+      l, jnp.asarray(q_logits), pad_id=0, eos_id=3).sum())(
+          jnp.asarray(p_logits))
+  assert np.isfinite(np.asarray(grad)).all()
+  # pad == eos: EOS is sampled, nothing is dropped.
+  np.testing.assert_allclose(objectives.exact_kl(
+      jnp.asarray(p_logits), jnp.asarray(q_logits), pad_id=0, eos_id=0),
+      full, rtol=1e-6)

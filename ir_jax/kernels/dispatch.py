@@ -4,8 +4,11 @@
 
 * "pallas" runs the target platform's kernel (interpret mode on CPU) and
   raises, saying why, when the kernel cannot take the problem;
-* "auto" runs the kernel on TPU and GPU where it can take the problem, and
-  XLA everywhere else (CPU, GPUs older than Hopper, past the on-chip bounds);
+* "auto" runs the kernel on TPU, and on a GPU whose kind is in
+  `platform.VERIFIED_GPU_KINDS` (the Mosaic GPU kernels passed their tests
+  there), where it can take the problem; XLA everywhere else (CPU, GPUs
+  not verified or older than Hopper, past the on-chip bounds), saying so
+  once when it falls back on an accelerator;
 * "xla" never runs a kernel.
 
 The platform is `platform.target_platform()` at trace time, so the forward
@@ -13,6 +16,7 @@ and backward of a custom VJP agree and a cross-lowering picks the kernels
 of the platform it lowers for.
 """
 
+import sys
 from typing import Optional, Tuple
 
 from ir_jax.config import IMPLEMENTATIONS
@@ -38,16 +42,55 @@ def _select(implementation: str, name: str, kernel, problem: str):
                        f"{problem}; use implementation='xla' (or 'auto', "
                        "which falls back to it).")
     return kernel
-  if (implementation == "auto" and not problem and
-      platform.target_platform() in ("tpu", "gpu")):
+  on_chip = platform.target_platform() in ("tpu", "gpu")
+  if implementation == "auto" and on_chip and not problem:
     return kernel
+  if implementation == "auto" and on_chip:
+    _note_once(f"The Pallas {name} kernel is not used ({problem}): XLA "
+               "computes it.")
   return None
 
 
-def _hopper_problem() -> str:
+_NOTED = set()
+
+
+def _note_once(message: str) -> None:
+  if message not in _NOTED:
+    _NOTED.add(message)
+    print(message, file=sys.stderr)
+
+
+def _hopper_problem(forced: bool = True) -> str:
+  """Why the Mosaic GPU kernels cannot run ("" if they can); `auto`
+  (not forced) also needs a verified GPU kind."""
   if not platform.gpu_is_hopper():
     return "Mosaic GPU needs compute capability >= 9.0 (Hopper)"
+  if not forced and not platform.gpu_verified():
+    return (f"its Mosaic GPU kernel has not been verified on "
+            f"{platform.gpu_kind()} (ir_jax/kernels/verified_gpu.json, "
+            "written by benchmarks/device_check.sh; "
+            "implementation='pallas' runs it anyway)")
   return ""
+
+
+def describe(implementation: str) -> str:
+  """One line: which code computes the reward kernels of a run, and why."""
+  target = platform.target_platform()
+  if implementation == "xla":
+    return "Reward kernels: XLA (implementation='xla')."
+  if target == "gpu":
+    problem = _hopper_problem(forced=implementation == "pallas")
+    if problem:
+      return f"Reward kernels: XLA on this GPU ({problem})."
+    return (f"Reward kernels: Mosaic GPU (Pallas) where a problem fits, XLA "
+            f"past the bounds (implementation={implementation!r}, "
+            f"{platform.gpu_kind() or 'cross-lowering'}).")
+  if target == "tpu":
+    return ("Reward kernels: Mosaic TPU (Pallas) where a problem fits, XLA "
+            f"past the bounds (implementation={implementation!r}).")
+  if implementation == "pallas":
+    return "Reward kernels: Pallas in interpret mode on the CPU (slow)."
+  return "Reward kernels: XLA (no Pallas kernels on the CPU)."
 
 
 def levenshtein_kernel(implementation: str, num_target: int
@@ -55,7 +98,8 @@ def levenshtein_kernel(implementation: str, num_target: int
   """None (XLA) or the exact kernel's (platform "tpu" | "gpu", interpret)
   for targets of `num_target` tokens."""
   kind = "gpu" if platform.target_platform() == "gpu" else "tpu"
-  problem = _hopper_problem() if kind == "gpu" else ""
+  problem = _hopper_problem(implementation == "pallas") if kind == "gpu" \
+      else ""
   limit = levenshtein_kernels.max_target_length(kind)
   if not problem and num_target > limit:
     problem = (f"targets of {num_target} tokens exceed the {kind.upper()} "
@@ -72,7 +116,7 @@ def soft_edit_distance_kernel(implementation: str, num_pred: int,
   target = platform.target_platform()
   problem = ""
   if target == "gpu":
-    problem = _hopper_problem()
+    problem = _hopper_problem(implementation == "pallas")
     if not problem and num_pred > soft_gpu.max_pred_length():
       problem = (f"{num_pred} tokens (the shorter side) do not fit shared "
                  f"memory (at most {soft_gpu.max_pred_length()})")

@@ -7,6 +7,9 @@ overrides it for cross-lowering from a host without that accelerator.
 
 import contextlib
 import contextvars
+import json
+import os
+from typing import Optional
 
 import jax
 
@@ -65,3 +68,32 @@ def gpu_is_hopper() -> bool:
     return True
   capability = getattr(jax.devices()[0], "compute_capability", "9.0")
   return float(capability) >= 9.0
+
+
+def _verified_kinds() -> dict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "verified_gpu.json")
+  with open(path) as f:
+    return dict(json.load(f)["kinds"])
+
+
+# GPU kinds where the Mosaic GPU kernels passed their tests against XLA on
+# the device ({kind: {"date", "jax", ...}}; kernels/verified_gpu.json,
+# written by benchmarks/device_check.sh). Empty: none has been run yet.
+VERIFIED_GPU_KINDS = _verified_kinds()
+
+
+def gpu_kind() -> Optional[str]:
+  """The GPU's `device_kind` ("NVIDIA H100 80GB HBM3"); None off a GPU
+  backend (a cross-lowering from a host without one)."""
+  if jax.default_backend() != "gpu":
+    return None
+  return str(jax.devices()[0].device_kind)
+
+
+def gpu_verified() -> bool:
+  """Whether `auto` may run the Mosaic GPU kernels: the GPU's kind is in
+  `VERIFIED_GPU_KINDS`. Cross-lowering for a GPU from another host
+  (`lowering_for("gpu")`) is an explicit request for its kernels: True."""
+  kind = gpu_kind()
+  return kind is None or kind in VERIFIED_GPU_KINDS

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ir_jax.data.vocab import EOS, PAD
 from ir_jax.models import prompting
@@ -30,26 +31,48 @@ Cache = Dict[str, jax.Array]
 
 
 def rope_frequencies(head_dim: int, base: float = 10_000.0,
-                     scaling: tuple = ()) -> jax.Array:
+                     scaling: tuple = ()) -> np.ndarray:
   """float32[head_dim // 2]: theta_i = base^(-2i / head_dim), rescaled as
   Llama 3.1 does when `scaling` (sorted (key, value) pairs) has
   rope_type "llama3": wavelengths above original_max_position_embeddings /
   low_freq_factor are divided by `factor`, those below .. / high_freq_factor
-  kept, and those between interpolated linearly in 1 / wavelength."""
+  kept, and those between interpolated linearly in 1 / wavelength.
+
+  Computed in float64 on the host (every argument is static) and rounded
+  once to float32: an f32 `pow` on the device is off by several ulps, and
+  the error of the angle `position x theta` grows with the position."""
   half = head_dim // 2
-  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = float(base) ** (-np.arange(half, dtype=np.float64) / half)
   s = dict(scaling)
-  if s.get("rope_type", "default") == "default":
-    return freqs
-  factor, low, high = (float(s["factor"]), float(s["low_freq_factor"]),
-                       float(s["high_freq_factor"]))
-  old = float(s["original_max_position_embeddings"])
-  wavelen = 2 * jnp.pi / freqs
-  scaled = jnp.where(wavelen > old / low, freqs / factor, freqs)
-  smooth = (old / wavelen - low) / (high - low)
-  mixed = (1 - smooth) * scaled / factor + smooth * scaled
-  medium = (wavelen >= old / high) & (wavelen <= old / low)
-  return jnp.where(medium, mixed, scaled)
+  if s.get("rope_type", "default") != "default":
+    factor, low, high = (float(s["factor"]), float(s["low_freq_factor"]),
+                         float(s["high_freq_factor"]))
+    old = float(s["original_max_position_embeddings"])
+    wavelen = 2 * np.pi / freqs
+    scaled = np.where(wavelen > old / low, freqs / factor, freqs)
+    smooth = (old / wavelen - low) / (high - low)
+    mixed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old / high) & (wavelen <= old / low)
+    freqs = np.where(medium, mixed, scaled)
+  return freqs.astype(np.float32)
+
+
+# 2 pi as three float32 parts, the first two of 8 significant bits, so that
+# k * part is exact for |k| < 2^16 (Cody & Waite's reduction).
+_TWO_PI = (6.28125, 0.00193023681640625, 5.070363386039389e-06)
+
+
+def reduce_angle(angles: jax.Array) -> jax.Array:
+  """float32 angles reduced to [-pi, pi] with 2 pi carried to ~40 bits.
+
+  XLA's float32 sin/cos lose accuracy on large arguments (at position 2,000
+  the logits of a Llama drift 13x further from a float64 forward than
+  transformers' own float32 ones); reduced first, they are accurate, and
+  the only error left is the float32 rounding of `position x theta`, which
+  transformers has too. Exact for |angle| < 2 pi x 2^16 (~411k rad)."""
+  k = jnp.round(angles / (2 * np.pi))
+  c1, c2, c3 = _TWO_PI
+  return ((angles - k * c1) - k * c2) - k * c3
 
 
 def rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0,
@@ -59,6 +82,7 @@ def rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0,
   half = x.shape[-1] // 2
   freqs = rope_frequencies(x.shape[-1], base, scaling)
   angles = positions[..., None, None].astype(jnp.float32) * freqs  # B L 1 h
+  angles = reduce_angle(angles)
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

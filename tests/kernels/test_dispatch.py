@@ -58,3 +58,35 @@ def test_exact_kernel_dispatch_and_gpu_lowering():
       exported = jax.export.export(
           jax.jit(rewards.levenshtein), platforms=["cuda"])(spec, spec)
       assert exported.mlir_module().count("custom_call @mosaic_gpu") == 1
+
+
+def test_auto_runs_gpu_kernels_only_on_a_verified_kind(monkeypatch, capsys):
+  """On a real GPU, auto takes the Mosaic GPU kernel only when the GPU's
+  kind is in VERIFIED_GPU_KINDS (it took it on any Hopper); 'pallas' runs
+  it anyway; the fallback is said once."""
+  from ir_jax.kernels import platform
+  monkeypatch.setattr(platform, "gpu_kind", lambda: "NVIDIA H100 80GB HBM3")
+  monkeypatch.setattr(platform, "target_platform", lambda: "gpu")
+  monkeypatch.setattr(platform, "pallas_interpret", lambda: False)
+  monkeypatch.setattr(platform, "VERIFIED_GPU_KINDS", {})
+  assert dispatch.levenshtein_kernel("auto", 64) is None
+  assert dispatch.levenshtein_kernel("auto", 64) is None
+  err = capsys.readouterr().err
+  assert err.count("not been verified on NVIDIA H100 80GB HBM3") == 1
+  assert dispatch.levenshtein_kernel("pallas", 64) == ("gpu", False)
+  assert dispatch.soft_edit_distance_kernel("auto", 64) is None
+  assert "XLA on this GPU" in dispatch.describe("auto")
+  monkeypatch.setattr(platform, "VERIFIED_GPU_KINDS",
+                      {"NVIDIA H100 80GB HBM3": {"date": "2026-12-06"}})
+  assert dispatch.levenshtein_kernel("auto", 64) == ("gpu", False)
+  assert dispatch.soft_edit_distance_kernel("auto", 64) == ("pallas_gpu",
+                                                            False)
+  assert "Mosaic GPU" in dispatch.describe("auto")
+
+
+def test_the_shipped_record_is_empty_and_cpu_says_xla():
+  from ir_jax.kernels import platform
+  assert platform.VERIFIED_GPU_KINDS == {}
+  if jax.default_backend() == "cpu":
+    assert dispatch.describe("auto") == (
+        "Reward kernels: XLA (no Pallas kernels on the CPU).")

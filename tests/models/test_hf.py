@@ -329,3 +329,38 @@ def test_pickled_weights_are_refused_with_the_conversion_command(tmp_path):
   (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
   with pytest.raises(hf.CheckpointError, match="safe_serialization=True"):
     hf.load(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_rope_error_does_not_grow_with_position(tmp_path):
+  """Llama with llama3 rope scaling at 2,100 positions against a true
+  float64 forward (transformers in float64 with inv_freq computed in
+  float64, not its float32 buffer cast up): our float32 error stays flat
+  with position and is no worse than transformers' own float32 error.
+  (Against transformers' float32 inv_freq cast to float64, the reference
+  the old check used, any other rounding of theta looks like error.)"""
+  scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+             "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
+  theirs = make_hf("llama", tmp_path, rope_scaling=scaling,
+                   max_position_embeddings=4096, rope_theta=500_000.0)
+  model, params = hf.load(str(tmp_path))
+  ids = np.random.default_rng(0).integers(1, VOCAB, (1, 2100))
+  with torch.no_grad():
+    f32 = theirs(torch.tensor(ids)).logits[0].numpy()
+    f64_model = theirs.double()
+    half = f64_model.config.head_dim // 2
+    freqs = 500_000.0 ** (-np.arange(half, dtype=np.float64) / half)
+    wavelen = 2 * np.pi / freqs
+    scaled = np.where(wavelen > 256.0, freqs / 8.0, freqs)
+    smooth = (256.0 / wavelen - 1.0) / 3.0
+    mixed = (1 - smooth) * scaled / 8.0 + smooth * scaled
+    freqs = np.where((wavelen >= 64.0) & (wavelen <= 256.0), mixed, scaled)
+    f64_model.model.rotary_emb.inv_freq = torch.tensor(freqs)
+    f64 = f64_model(torch.tensor(ids)).logits[0].numpy()
+  ours = np.asarray(hf.logits(model, params, ids))[0]
+  err = lambda a, lo, hi: float(np.abs(a[lo:hi] - f64[lo:hi]).max())
+  short, long_ = err(ours, 0, 300), err(ours, 1000, 2100)
+  print(f"ours {short:.2e} -> {long_:.2e}; transformers f32 "
+        f"{err(f32, 0, 300):.2e} -> {err(f32, 1000, 2100):.2e}")
+  assert long_ <= err(f32, 1000, 2100)
+  assert long_ <= 1.25 * short
