@@ -13,12 +13,13 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ir_jax import config as config_lib
 from ir_jax import models, objectives, parallel, rewards
 from ir_jax.data import tasks
-from ir_jax.data.vocab import Vocab
+from ir_jax.data.vocab import SPECIALS, Vocab
 
 
 @flax.struct.dataclass
@@ -43,9 +44,10 @@ def make_model(config, task) -> nn.Module:
   prefix_lm = model_config.pop("prefix_lm", False)
   if hf_path:  # The checkpoint's architecture and vocabulary.
     from ir_jax import pretrained
-    model = pretrained.build(hf_path, dtype=model_config.get("dtype", "float32"),
-                     scan_layers=bool(model_config.get("scan_layers")),
-                     remat=bool(model_config.get("remat")))
+    model = pretrained.build(
+        hf_path, dtype=model_config.get("dtype", "float32"),
+        scan_layers=bool(model_config.get("scan_layers")),
+        remat=bool(model_config.get("remat")))
     if model.vocab_size < task.vocab.size:
       raise ValueError(
           f"{hf_path}: the model's vocab_size={model.vocab_size} is smaller "
@@ -121,10 +123,8 @@ def init_state(config, model, tx, task, boxed: bool = False,
   `base` (a pretrained checkpoint's params, `pretrained.load_params`)
   replaces every non-adapter param: under `jax.jit` the random init of
   those is dead code, so no second copy of the weights is ever made (LoRA
-  adapters keep their fresh, no-op init). `rng` (default
-  `PRNGKey(config.seed)`) passed as an argument keeps XLA from constant-
-  folding the dead random init at compile time (~0.8x the params' bytes
-  of compile memory for SmolLM2)."""
+  adapters keep their fresh, no-op init). `rng`: the init key (default
+  `PRNGKey(config.seed)`; a jit argument when the caller traces it)."""
   if rng is None:
     rng = jax.random.PRNGKey(config.seed)  # Raw uint32 key: checkpointable.
   init_rng, train_rng = jax.random.split(rng)
@@ -161,12 +161,11 @@ def reward_table(config, embedding: jax.Array) -> jax.Array:
 def byte_table(config, task, model):
   """A `rewards.ByteTable` (token_bytes int32[V, L], token_byte_lengths
   int32[V], static max_target_bytes) when `rl.rewards` names a byte-level
-  reward (`char_*`), else None: the bytes
-  each token id spells (`ir_jax.data.hf_tokenizer.token_byte_table` for a
-  checkpoint's tokenizer; the project vocabulary's symbols as UTF-8, its
-  specials spelling nothing), with V = `model.vocab_size` (padding rows
-  spell nothing). An argument of the train step, not a constant."""
-  import numpy as np
+  reward (`char_*`), else None: the bytes each token id spells
+  (`ir_jax.data.hf_tokenizer.token_byte_table` for a checkpoint's
+  tokenizer; the project vocabulary's symbols as UTF-8, its specials
+  spelling nothing), with V = `model.vocab_size` (padding rows spell
+  nothing). An argument of the train step, not a constant."""
   if not config.rl.mode:
     return None
   spec = rewards.parse_rewards(config.rl.rewards)
@@ -177,7 +176,6 @@ def byte_table(config, task, model):
     from ir_jax.data import hf_tokenizer
     table, lengths = hf_tokenizer.token_byte_table(vocab.tokenizer)
   else:
-    from ir_jax.data.vocab import SPECIALS
     spelled = [b"" if (isinstance(vocab, Vocab) and i < len(SPECIALS)) else
                s.encode("utf-8") for i, s in enumerate(vocab.symbols)]
     table = np.zeros((len(spelled), max(1, max(map(len, spelled)))),

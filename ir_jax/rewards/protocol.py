@@ -42,7 +42,7 @@ token at that position)::
 """
 
 import importlib
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple  # noqa: F401
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
