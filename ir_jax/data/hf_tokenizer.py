@@ -306,8 +306,12 @@ def load(path: str) -> Tokenizer:
     eos_ids = (eos,) + eos_ids
   names = tuple((f"{k}_token", fast.id_to_token(v)) for k, v in
                 (("bos", bos), ("eos", eos), ("pad", pad)) if v is not None)
+  template = tok_config.get("chat_template")
+  if isinstance(template, list):  # Named templates: the default one.
+    template = {t.get("name"): t.get("template") for t in template}.get(
+        "default")
   return Tokenizer(fast, bos, eos, pad if pad is not None else eos, eos_ids,
-                   tok_config.get("chat_template"), names)
+                   template, names)
 
 
 def _bytes_of_unicode():

@@ -109,3 +109,15 @@ def test_token_byte_table_spells_the_decoded_text(tmp_path):
   spelled = b"".join(bytes(table[i, :lengths[i]].tolist()) for i in ids)
   assert spelled == chat.replace("<|im_start|>", "").replace(
       "<|im_end|>", "").encode()
+
+
+def test_named_chat_templates_use_the_default(tmp_path):
+  make_tokenizer(tmp_path)
+  config = json.loads((tmp_path / "tokenizer_config.json").read_text()) if (
+      tmp_path / "tokenizer_config.json").exists() else {}
+  config["chat_template"] = [
+      {"name": "tool_use", "template": "TOOLS"},
+      {"name": "default", "template": "{{ messages[0]['content'] }}!"}]
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+  tok = hf_tokenizer.load(str(tmp_path))
+  assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "hi!"
