@@ -274,8 +274,8 @@ def _export(args) -> int:
                      "Face checkpoint; export the frozen run (init_from).")
   hf.save(args.out, model, params, dtype=args.dtype)
   source = config.data.get("tokenizer") or config.model.get("hf_path", "")
-  if config.task == "text" and source.lower().endswith(".gguf"):
-    from ir_jax import pretrained
+  from ir_jax import pretrained
+  if config.task == "text" and pretrained.is_gguf(source):
     pretrained.tokenizer(source).save(args.out)
   elif config.task == "text":
     for name in hf_tokenizer.TOKENIZER_FILES:

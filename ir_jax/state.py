@@ -171,18 +171,14 @@ def byte_table(config, task, model):
   spec = rewards.parse_rewards(config.rl.rewards)
   if not any(n in rewards.NEEDS_BYTE_TABLE for n, _ in spec.instant):
     return None
+  from ir_jax.data import hf_tokenizer
   vocab = task.vocab
   if getattr(vocab, "tokenizer", None) is not None:
-    from ir_jax.data import hf_tokenizer
     table, lengths = hf_tokenizer.token_byte_table(vocab.tokenizer)
   else:
-    spelled = [b"" if (isinstance(vocab, Vocab) and i < len(SPECIALS)) else
-               s.encode("utf-8") for i, s in enumerate(vocab.symbols)]
-    table = np.zeros((len(spelled), max(1, max(map(len, spelled)))),
-                     np.int32)
-    lengths = np.asarray([len(b) for b in spelled], np.int32)
-    for i, b in enumerate(spelled):
-      table[i, :len(b)] = list(b)
+    table, lengths = hf_tokenizer.byte_table_of(
+        [b"" if (isinstance(vocab, Vocab) and i < len(SPECIALS)) else
+         s.encode("utf-8") for i, s in enumerate(vocab.symbols)])
   size = int(model.vocab_size)
   if table.shape[0] < size:
     table = np.pad(table, ((0, size - table.shape[0]), (0, 0)))

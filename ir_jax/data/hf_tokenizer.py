@@ -358,12 +358,17 @@ def token_byte_table(tokenizer: "Tokenizer") -> Tuple[np.ndarray, np.ndarray]:
     else:
       spelled.append(fast.decode([i], skip_special_tokens=False).encode(
           "utf-8"))
-  width = max(1, max(len(b) for b in spelled))
-  table = np.zeros((size, width), np.int32)
-  lengths = np.zeros((size,), np.int32)
+  return byte_table_of(spelled)
+
+
+def byte_table_of(spelled: Sequence[bytes]) -> Tuple[np.ndarray, np.ndarray]:
+  """(int32[V, L] bytes, 0-padded; int32[V] lengths) of one byte string per
+  token id; L is the longest (at least 1)."""
+  width = max([1] + [len(b) for b in spelled])
+  table = np.zeros((len(spelled), width), np.int32)
+  lengths = np.asarray([len(b) for b in spelled], np.int32)
   for i, b in enumerate(spelled):
     table[i, :len(b)] = list(b)
-    lengths[i] = len(b)
   return table, lengths
 
 
@@ -413,5 +418,5 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json",
 
 __all__ = ["PRE_TOKENIZERS", "TOKENIZER_FILES", "Tokenizer",
            "from_gguf_metadata", "load", "render_chat_template",
-           "token_byte_table",
+           "byte_table_of", "token_byte_table",
            "write_symbol_tokenizer"]
