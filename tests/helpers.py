@@ -66,3 +66,25 @@ def read(path):
   """The records of a metrics.jsonl."""
   with open(path) as f:
     return [json.loads(line) for line in f]
+
+
+def tiny_rl_problem(candidates):
+  """A one-layer Transformer, `rl.mode="mwer"` with 3 candidates, two
+  prompts: (config, model, params, batch)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from ir_jax.data.vocab import EOS
+  from ir_jax import config as config_lib
+  from ir_jax.models import Transformer
+  model = Transformer(vocab_size=16, embed_dim=16, num_layers=1, num_heads=2,
+                      mlp_dim=16)
+  c = config_lib.default_config()
+  c.objective.alpha = 0.7
+  c.rl.update(mode="mwer", num_samples=3, candidates=candidates)
+  source = jnp.array([[0, 1, 7, 8, 2], [1, 9, 9, 10, 2]])
+  target = jnp.array([[5, 6, EOS, 0, 0], [7, EOS, 0, 0, 0]])
+  batch_ = {"source": source, "target": target,
+            "target_lengths": jnp.array([3, 2])}
+  params = nn.meta.unbox(model.init(jax.random.key(0), source)["params"])
+  return c, model, params, batch_
