@@ -54,7 +54,8 @@ def main():
       if base is None:
         base = (errors, lengths)
       else:
-        boot = evaluate.paired_bootstrap(errors, base[0], base[1])
+        boot = evaluate.paired_bootstrap(errors, base[0], lengths,
+                                         lengths_b=base[1])
         mc = evaluate.mcnemar(errors == 0, base[0] == 0)
         rec.update(delta_per=boot["delta"], ci95=boot["ci95"],
                    p_per=boot["p_value"], p_wer=mc["p_value"],

@@ -21,12 +21,14 @@ def compare(task, split: str, path_a: str, path_b: str):
   """PER/WER of both outputs files and B - A with its tests."""
   data = task.eval_sets[split]
   scored = [evaluate.outputs_errors(data, path) for path in (path_a, path_b)]
-  (ea, n), (eb, _) = scored
-  boot = evaluate.paired_bootstrap(eb, ea, n)
+  (ea, na), (eb, nb) = scored
+  boot = evaluate.paired_bootstrap(eb, ea, nb, lengths_b=na)
   mc = evaluate.mcnemar(eb == 0, ea == 0)
   return {"split": split, "items": len(data.keys),
-          "a": {"per": float(ea.sum() / n.sum()), "wer": float((ea > 0).mean())},
-          "b": {"per": float(eb.sum() / n.sum()), "wer": float((eb > 0).mean())},
+          "a": {"per": float(ea.sum() / na.sum()),
+                "wer": float((ea > 0).mean())},
+          "b": {"per": float(eb.sum() / nb.sum()),
+                "wer": float((eb > 0).mean())},
           "delta_per": boot["delta"], "ci95": boot["ci95"],
           "p_value": boot["p_value"],
           "delta_wer": float((eb > 0).mean() - (ea > 0).mean()),

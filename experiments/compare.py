@@ -73,6 +73,7 @@ sys.path.insert(0, ROOT)
 
 from ir_jax import config as config_lib  # noqa: E402
 from ir_jax import decode, evaluate, train, workdir as workdir_lib  # noqa: E402
+from ir_jax.data import tasks  # noqa: E402
 
 ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall",
         "ocd_scratch")
@@ -283,7 +284,11 @@ def _errors(task, split, path):
 def statistics(task, out_dir, runs, reference="ce", buckets=_WORD_BUCKETS):
   """Per arm vs `reference`, pooled over the seeds both have: PER delta
   with its bootstrap CI and p, McNemar p of WER, per seed deltas, per
-  reference-length bucket of `buckets` ((name, min, max) rows)."""
+  reference-length bucket of `buckets` ((name, min, max) rows).
+
+  Each system's PER divides its errors by its own closest references'
+  lengths (as eval does); buckets hold items by their shortest reference
+  (`evaluate.item_lengths`), the same for both systems and every arm."""
   scored = {}
   for r in runs:
     path = os.path.join(out_dir, r["arm"], f"seed{r['seed']}", "test.tsv")
@@ -296,22 +301,26 @@ def statistics(task, out_dir, runs, reference="ce", buckets=_WORD_BUCKETS):
       continue
     ea = np.concatenate([scored[(arm, s)][0] for s in seeds])
     eb = np.concatenate([scored[(reference, s)][0] for s in seeds])
-    n = np.concatenate([scored[(arm, s)][1] for s in seeds])
-    boot = evaluate.paired_bootstrap(ea, eb, n)
+    na = np.concatenate([scored[(arm, s)][1] for s in seeds])
+    nb = np.concatenate([scored[(reference, s)][1] for s in seeds])
+    item = np.tile(evaluate.item_lengths(task.eval_sets["test"].references),
+                   len(seeds))
+    boot = evaluate.paired_bootstrap(ea, eb, na, lengths_b=nb)
     mc = evaluate.mcnemar(ea == 0, eb == 0)
     per_seed = []
     for s in seeds:
       a, length = scored[(arm, s)]
-      b = scored[(reference, s)][0]
+      b, length_b = scored[(reference, s)]
       per_seed.append({"seed": s, "delta_per": float(
-          (a.sum() - b.sum()) / length.sum()),
+          a.sum() / length.sum() - b.sum() / length_b.sum()),
           "delta_wer": float(np.mean(a > 0) - np.mean(b > 0))})
     by_bucket = {}
     for name, lo, hi in buckets:
-      keep = (n >= lo) & (n <= hi)
+      keep = (item >= lo) & (item <= hi)
       if keep.sum() < 2:
         continue
-      bb = evaluate.paired_bootstrap(ea[keep], eb[keep], n[keep])
+      bb = evaluate.paired_bootstrap(ea[keep], eb[keep], na[keep],
+                                     lengths_b=nb[keep])
       bm = evaluate.mcnemar(ea[keep] == 0, eb[keep] == 0)
       by_bucket[name] = {"items": int(keep.sum()), "delta_per": bb["delta"],
                          "ci95": bb["ci95"], "p_value": bb["p_value"],
@@ -480,6 +489,31 @@ def plot_curves(runs, runs_dir, out_dir, arms):
          os.path.join(out_dir, f"reward_{'_'.join(arms)}.png"))
 
 
+def restat(task_name, out_dir):
+  """summary.json's `vs_ce` / `vs_ce_wall` and summary.md recomputed from
+  the outputs files already in `out_dir` (the task's data is rebuilt from
+  its config, deterministically)."""
+  summary_path = os.path.join(out_dir, "summary.json")
+  with open(summary_path) as f:
+    summary = json.load(f)
+  c = config_lib.load(os.path.join(EXPERIMENTS, "g2p.py"))
+  _override(c, TASKS[task_name])
+  task = tasks.build(c)
+  summary["vs_ce"] = statistics(task, out_dir, summary["runs"],
+                                buckets=BUCKETS[task_name])
+  if any(r["arm"] == "ce_wall" for r in summary["runs"]):
+    summary["vs_ce_wall"] = statistics(task, out_dir, summary["runs"],
+                                       "ce_wall", BUCKETS[task_name])
+  with open(summary_path, "w") as f:
+    json.dump(summary, f, indent=1)
+  branches = summary.get("branches") or {   # Written before per-seed ones.
+      str(r["seed"]): summary["branch"] for r in summary["runs"]
+      if "branch" in summary}
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(table(dict(summary, branches=branches)))
+  return summary
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--task", choices=sorted(TASKS), default="g2p")
@@ -500,6 +534,9 @@ def main(argv=None):
                  "step at the branch's batch, measured on a 2-core CPU)")
   p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--tiny", action="store_true", help="seconds, for tests")
+  p.add_argument("--restat", action="store_true",
+                 help="recompute summary.json's statistics and summary.md "
+                 "from the committed outputs in --out (no runs needed)")
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "evidence"))
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "evidence"))
@@ -519,6 +556,8 @@ def main(argv=None):
   seeds = [int(s) for s in args.seeds.split(",")]
   runs_dir = os.path.join(args.runs, args.task)
   out_dir = os.path.join(args.out, args.task)
+  if args.restat:
+    return restat(args.task, out_dir)
   os.makedirs(out_dir, exist_ok=True)
   summary_path = os.path.join(out_dir, "summary.json")
   summary = {"task": args.task,

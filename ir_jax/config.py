@@ -640,9 +640,36 @@ def validate(config: ml_collections.ConfigDict, *,
       raise ValueError("config.objective.alpha=0 gives the GRPO term no "
                        "weight (loss = (1 - alpha) CE + alpha GRPO): set "
                        "--config.objective.alpha=1.")
-  elif rl.inner_steps != 1:
-    raise ValueError(f"config.rl.inner_steps={rl.inner_steps} needs "
-                     "rl.mode='grpo' (other modes update once per sample).")
+    if rl.baseline != "group":
+      raise ValueError(f"config.rl.baseline={rl.baseline!r} is not used by "
+                       "rl.mode='grpo' (its advantages are relative to the "
+                       "group, rl.group_std): leave rl.baseline='group'.")
+    if rl.kl_weight and rl.kl_estimator == "k3" and (
+        rl.top_k or rl.top_p < 1.0):
+      raise ValueError(
+          "config.rl.kl_estimator='k3' estimates KL(pi || ref) without bias "
+          "only on samples from pi's full distribution; with rl.top_k="
+          f"{rl.top_k} / rl.top_p={rl.top_p} it estimates something else: "
+          "set --config.rl.kl_estimator=exact, or rl.top_k=0 and "
+          "rl.top_p=1.")
+  else:
+    if rl.inner_steps != 1:
+      raise ValueError(f"config.rl.inner_steps={rl.inner_steps} needs "
+                       "rl.mode='grpo' (other modes update once per sample).")
+    grpo_only = {"rl.epsilon_high": (rl.epsilon_high, 0.0),
+                 "rl.loss_aggregation": (rl.loss_aggregation,
+                                         "sequence_mean"),
+                 "rl.group_std": (rl.group_std, True),
+                 "rl.credit": (rl.credit, "token"),
+                 "rl.kl_estimator": (rl.kl_estimator, "k3")}
+    changed = [f"{k}={v!r}" for k, (v, default) in grpo_only.items()
+               if v != default]
+    if rl.mode and changed:
+      raise ValueError(
+          f"config.{changed[0].split('=')[0]}: {', '.join(changed)} only "
+          f"change rl.mode='grpo'; rl.mode={rl.mode!r} would ignore them "
+          "(seq / instant pick the credit by mode; their KL is exact): "
+          "leave them at their defaults or set rl.mode=grpo.")
   if rl.mode and rl.kl_weight and not (c.init_from or m.get("hf_path")):
     raise ValueError("config.rl.kl_weight > 0 needs --config.init_from=WORKDIR "
                      "or --config.model.hf_path=DIR (the frozen reference "

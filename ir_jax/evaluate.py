@@ -70,14 +70,16 @@ def error_rates(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
 # ------------------------------------------------------------ significance
 
 
-def paired_bootstrap(errors_a, errors_b, lengths, *, resamples: int = 10_000,
-                     seed: int = 0, chunk: int = 256) -> Dict[str, Any]:
+def paired_bootstrap(errors_a, errors_b, lengths, *, lengths_b=None,
+                     resamples: int = 10_000, seed: int = 0,
+                     chunk: int = 256) -> Dict[str, Any]:
   """Paired bootstrap of the PER difference of systems a and b over items.
 
   Each resample draws W items with replacement and recomputes
   PER = sum errors / sum lengths for both systems on the same items
-  (Koehn 2004). `lengths` are the reference lengths (`word_errors`; pass
-  system a's if the closest references differ).
+  (Koehn 2004). `lengths` are the reference lengths of a's errors
+  (`word_errors`); `lengths_b` those of b's where its closest references
+  differ (default: the same), so each PER is that system's own.
 
   Returns delta = PER_a - PER_b on all items, ci95 = the 2.5 and 97.5
   percentiles of the resampled deltas, and p_value: two-sided,
@@ -88,19 +90,23 @@ def paired_bootstrap(errors_a, errors_b, lengths, *, resamples: int = 10_000,
   a = np.asarray(errors_a, np.float64)
   b = np.asarray(errors_b, np.float64)
   n = np.asarray(lengths, np.float64)
-  if not (a.shape == b.shape == n.shape) or a.ndim != 1 or not len(a):
+  nb = n if lengths_b is None else np.asarray(lengths_b, np.float64)
+  if not (a.shape == b.shape == n.shape == nb.shape) or a.ndim != 1 or (
+      not len(a)):
     raise ValueError(f"errors_a, errors_b and lengths must be equal-length "
-                     f"non-empty vectors, got {a.shape}, {b.shape}, {n.shape}.")
+                     f"non-empty vectors, got {a.shape}, {b.shape}, {n.shape}"
+                     f", {nb.shape}.")
   rng = np.random.default_rng(seed)
   deltas = []
   for start in range(0, resamples, chunk):
     idx = rng.integers(0, len(a), (min(chunk, resamples - start), len(a)))
-    total = np.maximum(n[idx].sum(1), 1.0)
-    deltas.append((a[idx].sum(1) - b[idx].sum(1)) / total)
+    deltas.append(a[idx].sum(1) / np.maximum(n[idx].sum(1), 1.0) -
+                  b[idx].sum(1) / np.maximum(nb[idx].sum(1), 1.0))
   deltas = np.concatenate(deltas)
   low = (np.sum(deltas <= 0) + 1) / (resamples + 1)
   high = (np.sum(deltas >= 0) + 1) / (resamples + 1)
-  return {"delta": float((a.sum() - b.sum()) / max(n.sum(), 1.0)),
+  return {"delta": float(a.sum() / max(n.sum(), 1.0) -
+                         b.sum() / max(nb.sum(), 1.0)),
           "ci95": [float(np.percentile(deltas, 2.5)),
                    float(np.percentile(deltas, 97.5))],
           "p_value": float(min(1.0, 2 * min(low, high))),
@@ -277,6 +283,14 @@ def read_outputs(path: str) -> Dict[str, Seq]:
       key, _, text = line.rstrip("\n").partition("\t")
       out[key] = tuple(text.split())
   return out
+
+
+def item_lengths(references: Sequence[Sequence[Seq]]) -> np.ndarray:
+  """int[N]: each item's shortest reference length, a property of the item
+  alone (the same for every system: bucket items by it, not by the
+  length of a system's closest reference)."""
+  return np.array([min(len(r) for r in refs) for refs in references],
+                  np.int64)
 
 
 def outputs_errors(data, path: str):

@@ -5,7 +5,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import pytest
 
 from helpers import ROOT
@@ -52,17 +51,38 @@ def test_compare_runs_end_to_end_and_writes_the_results_format(tmp_path):
     rates = evaluate.error_rates([outputs[k] for k in test.keys],
                                  test.references)
     assert rates["per"] == pytest.approx(r["test_per"])
+  def pooled_per(arm, seeds):
+    """PER over the seeds' test.tsv files together, from scratch."""
+    outs, refs = [], []
+    for s in seeds:
+      got = evaluate.read_outputs(str(out / "g2p" / arm / f"seed{s}" /
+                                      "test.tsv"))
+      outs += [got[k] for k in test.keys]
+      refs += list(test.references)
+    return evaluate.error_rates(outs, refs)["per"]
+
+  item = evaluate.item_lengths(test.references)
+  per_bucket = {n: int(((item >= lo) & (item <= hi)).sum())
+                for n, lo, hi in compare.BUCKETS["g2p"]}
   for arm in ("mwer", "ocd_scratch"):
     v = disk["vs_ce"][arm]
     assert {"delta_per", "ci95", "p_value", "mcnemar_p"} <= set(v)
     assert v["ci95"][0] <= v["delta_per"] <= v["ci95"][1]
     assert 0 < v["p_value"] <= 1 and 0 < v["mcnemar_p"] <= 1
-    mean_delta = np.mean([s["delta_per"] for s in v["per_seed"]])
-    assert abs(mean_delta - v["delta_per"]) < 0.5  # Pooled ~ mean of seeds.
-    # Every pooled test item sits in one length bucket.
-    assert list(v["buckets"]) == [n for n, _, _ in compare.BUCKETS["g2p"]]
-    assert sum(x["items"] for x in v["buckets"].values()) == (
-        len(v["seeds"]) * len(test.keys))
+    # The pooled and per-seed deltas are the PER differences of the files
+    # (planted bug this catches: the arm's seed 0 paired with ce's seed 1,
+    # or ce's errors over the arm's reference lengths).
+    assert v["delta_per"] == pytest.approx(
+        pooled_per(arm, v["seeds"]) - pooled_per("ce", v["seeds"]), abs=1e-12)
+    for s in v["per_seed"]:
+      assert s["delta_per"] == pytest.approx(
+          pooled_per(arm, [s["seed"]]) - pooled_per("ce", [s["seed"]]),
+          abs=1e-12)
+    # Buckets hold items by their own shortest reference: the same counts
+    # for every arm, every pooled item in one bucket.
+    assert {n: x["items"] for n, x in v["buckets"].items()} == {
+        n: len(v["seeds"]) * c for n, c in per_bucket.items()
+        if len(v["seeds"]) * c >= 2}
   b = disk["branch"]
   assert 0 <= b["oracle_test_wer"] <= b["test_wer"] <= 1
   assert disk["branches"] == {"0": b, "1": b}

@@ -1,6 +1,7 @@
 """ir_jax.config: loading, overrides, the schema and every check."""
 
 import os
+import re
 
 import hypothesis
 import hypothesis.strategies as st
@@ -110,6 +111,16 @@ BAD = [
     ({"rl.mode": "mwer", "rl.candidates": "nbest"}, "config.rl.candidates",
      "beam"),
     ({"optim.schedule": "linear"}, "config.optim.schedule", "constant"),
+    # Combinations that would silently change the objective (#29).
+    ({"rl.mode": "instant", "rl.credit": "sequence"}, "config.rl.credit",
+     "rl.mode=grpo"),
+    ({"rl.mode": "seq", "rl.loss_aggregation": "constant"},
+     "config.rl.loss_aggregation", "defaults"),
+    ({"rl.mode": "grpo", "objective.alpha": 1.0, "rl.baseline": "greedy"},
+     "config.rl.baseline", "'group'"),
+    ({"rl.mode": "grpo", "objective.alpha": 1.0, "rl.kl_weight": 0.1,
+      "init_from": "runs/x", "rl.top_k": 5}, "config.rl.kl_estimator",
+     "kl_estimator=exact"),
     ({"data.length_buckets": -1}, "config.data.length_buckets", ">= 0"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "config.mesh", "-1"),
     ({"mesh.tensor": 0}, "config.mesh", "positive"),
@@ -191,39 +202,87 @@ def test_length_buckets_refuse_the_prefix_lm():
     config_lib.validate(c)
 
 
-_OVERRIDES = st.lists(st.tuples(
-    st.sampled_from(_KEYS + ["optim.learnign_rate", "model.hidden_dim",
-                             "bogus"]), _VALUES), max_size=4)
-_TRACED = []
 
 
-@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
-                     suppress_health_check=list(hypothesis.HealthCheck))
-@hypothesis.given(_OVERRIDES, st.sampled_from([1, 8]))
-def test_fuzzed_configs_validate_or_name_the_field(overrides, devices):
-  """Random override sets: each is refused with a message whose first line
-  names a config field, or it validates; the first valid ones (on one
-  device) trace their train step from shapes without error."""
-  c = tiny()
-  try:
-    config_lib.apply_overrides(c, [f"--config.{k}={v}" for k, v in overrides])
-    config_lib.validate(c, num_devices=devices)
-    if devices == 1 and len(_TRACED) < 4:
-      _TRACED.append(overrides)
+def _typed(key):
+  """Values of the default's type for `key` (its default among them), so
+  about half of the override sets are valid; others come from `_VALUES`."""
+  if key not in _KEYS:
+    return _VALUES
+  default = _DEFAULTS
+  for part in key.split("."):
+    default = default[part]
+  if isinstance(default, bool):
+    typed = st.booleans()
+  elif isinstance(default, int):
+    typed = st.sampled_from([0, 1, 2, 4, 8, 16])
+  elif isinstance(default, float):
+    typed = st.sampled_from([0.0, 1e-3, 0.1, 0.5, 1.0])
+  elif isinstance(default, str):
+    typed = st.sampled_from(_WORDS)
+  else:
+    return st.just(default)
+  return st.one_of(st.just(default), typed, _VALUES)
+
+
+_OVERRIDES = st.lists(st.sampled_from(
+    _KEYS + ["optim.learnign_rate", "model.hidden_dim", "bogus"]).flatmap(
+        lambda k: st.tuples(st.just(k), _typed(k))), max_size=4)
+_FIELD = re.compile(r"(?:config\.|')([A-Za-z_][\w.]*[\w])")
+_SECTIONS = {k.split(".")[0] for k in _KEYS}
+
+
+def _named_fields(line: str, overrides):
+  """The config keys a message's first line names (after `config.` or in
+  quotes) that are real fields or sections, or keys the overrides set."""
+  asked = {k for k, _ in overrides}
+  return {n for n in _FIELD.findall(line)
+          if n in asked or n in _KEYS or n in _SECTIONS}
+
+
+def _trace_step(c, setup):
+  task, model, tx, _, _ = setup
+  state = jax.eval_shape(lambda: state_lib.init_state(c, model, tx, task))
+  batch = {k: jax.ShapeDtypeStruct((c.batch_size,) + v.shape[1:], v.dtype)
+           for k, v in task.train.items()}
+  ref = state.params if c.rl.mode and c.rl.kl_weight else None
+  _, metrics = jax.eval_shape(step_lib.make_train_step(c, model, tx),
+                              state, batch, ref)
+  assert metrics["loss"].shape == ()
+
+
+@pytest.mark.slow
+def test_fuzzed_configs_validate_or_name_the_field():
+  """200 random override sets: each is refused with a message whose first
+  line names a config field (one it set, or a real field it conflicts
+  with), or it validates; at least 25 valid ones (one device) trace their
+  train step from shapes without error. (Planted bug this catches: the
+  unknown-key refusal worded without the key, "Unknown config key.")"""
+  traced, refused = [], []
+
+  @hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+                       suppress_health_check=list(hypothesis.HealthCheck))
+  @hypothesis.given(_OVERRIDES, st.sampled_from([1, 8]))
+  def one(overrides, devices):
+    c = tiny()
+    try:
+      config_lib.apply_overrides(
+          c, [f"--config.{k}={v}" for k, v in overrides])
+      config_lib.validate(c, num_devices=devices)
+      if devices != 1 or len(traced) >= 30:
+        return
       setup = state_lib.setup(c)   # The data may still refuse (no pairs).
-  except ValueError as e:
-    first = str(e).splitlines()[0]
-    assert "config" in first.lower(), first
-    return
-  if devices == 1 and _TRACED and _TRACED[-1] is overrides:
-    task, model, tx, _, _ = setup
-    state = jax.eval_shape(lambda: state_lib.init_state(c, model, tx, task))
-    batch = {k: jax.ShapeDtypeStruct((c.batch_size,) + v.shape[1:], v.dtype)
-             for k, v in task.train.items()}
-    ref = state.params if c.rl.mode and c.rl.kl_weight else None
-    out, metrics = jax.eval_shape(step_lib.make_train_step(c, model, tx),
-                                  state, batch, ref)
-    assert metrics["loss"].shape == ()
+    except ValueError as e:
+      first = str(e).splitlines()[0]
+      assert _named_fields(first, overrides), (overrides, first)
+      refused.append(overrides)
+      return
+    _trace_step(c, setup)
+    traced.append(overrides)
+
+  one()
+  assert len(traced) >= 25 and len(refused) >= 25, (len(traced),
+                                                   len(refused))
 
 
 def _hf(**overrides):

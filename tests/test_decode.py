@@ -9,6 +9,7 @@ import pytest
 from ir_jax import decode, rewards
 from ir_jax.data.vocab import EOS, PAD
 from ir_jax.models import LSTM, Transformer
+import helpers
 
 
 VOCAB = 12
@@ -278,17 +279,25 @@ def test_a_checkpoints_own_pad_and_eos_ids(model_params, pad_id, eos_id):
 
 def test_nbest_mbr_is_the_weighted_medoid_of_the_beam(model_params):
   """MBR over the beam's N-best, weighted by the renormalised sequence
-  probabilities: the same choice as mbr_select on beam_search's list."""
+  probabilities: the output is the candidate of least expected edit
+  distance to the list, computed here in float64 with the textbook
+  Python DP (lowest index among ties). Planted bug this catches: the
+  candidates weighted uniformly instead of by their probabilities."""
   model, params = model_params
   source, _, _ = prompts()
   tokens, lengths = decode.nbest_mbr_decode(model, params, source,
                                             max_len=6, beam=4)
   nbest = decode.beam_search(model, params, source, max_len=6, beam=4)
-  p = np.exp(np.asarray(nbest["logprobs"], np.float64))
-  best, risk = decode.mbr_select(nbest["tokens"], nbest["lengths"],
-                                 jnp.asarray(p / p.sum(-1, keepdims=True)))
+  cands = [[list(np.asarray(nbest["tokens"][b, k])[
+      :int(nbest["lengths"][b, k])]) for k in range(4)]
+      for b in range(source.shape[0])]
+  logp = np.asarray(nbest["logprobs"], np.float64)
   for b in range(source.shape[0]):
-    k = int(best[b])
-    np.testing.assert_array_equal(tokens[b], nbest["tokens"][b, k])
-    assert int(lengths[b]) == int(nbest["lengths"][b, k])
-    assert float(risk[b, k]) == pytest.approx(float(risk[b].min()))
+    w = np.exp(logp[b] - logp[b].max())
+    w /= w.sum()
+    risk = [sum(w[j] * helpers.levenshtein(cands[b][k], cands[b][j])
+                for j in range(4)) for k in range(4)]
+    k = int(np.flatnonzero(np.isclose(risk, min(risk), rtol=1e-5))[0])
+    n = int(lengths[b])
+    assert n == len(cands[b][k]), (b, risk)
+    assert list(np.asarray(tokens[b])[:n]) == cands[b][k], (b, risk)

@@ -97,6 +97,24 @@ def test_bootstrap_one_sided_win_and_hand_computed_delta():
   assert back["p_value"] == pytest.approx(out["p_value"])
 
 
+def test_bootstrap_with_each_systems_own_lengths():
+  """Where the closest references differ, each PER is over its own
+  lengths: delta is PER_a - PER_b exactly, and resamples stay paired."""
+  a, na = np.array([1, 0, 2]), np.array([4, 2, 5])
+  b, nb = np.array([0, 1, 2]), np.array([3, 2, 6])
+  out = evaluate.paired_bootstrap(a, b, na, lengths_b=nb, resamples=500)
+  assert out["delta"] == pytest.approx(3 / 11 - 3 / 11)
+  out = evaluate.paired_bootstrap(a, b * 0, na, lengths_b=nb, resamples=500)
+  assert out["delta"] == pytest.approx(3 / 11)
+  with pytest.raises(ValueError, match="equal-length"):
+    evaluate.paired_bootstrap(a, b, na, lengths_b=nb[:2])
+
+
+def test_item_lengths_are_the_shortest_reference():
+  refs = [[("a", "b", "c"), ("a",)], [("x", "y")]]
+  np.testing.assert_array_equal(evaluate.item_lengths(refs), [1, 2])
+
+
 def test_mcnemar_hand_computed():
   same = np.array([True, False, True, True])
   assert evaluate.mcnemar(same, same)["p_value"] == 1.0
