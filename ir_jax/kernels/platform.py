@@ -7,6 +7,7 @@ overrides it for cross-lowering from a host without that accelerator.
 
 import contextlib
 import contextvars
+import functools
 import json
 import os
 from typing import Optional
@@ -68,6 +69,23 @@ def gpu_is_hopper() -> bool:
     return True
   capability = getattr(jax.devices()[0], "compute_capability", "9.0")
   return float(capability) >= 9.0
+
+
+@functools.lru_cache(maxsize=None)
+def mosaic_gpu_pallas_call() -> bool:
+  """Whether this jax lowers `pl.pallas_call` with Mosaic GPU compiler
+  params, the form of the GPU kernels here (interpret mode runs them on any
+  jax). jax 0.10 does; jax 0.12 registers no such rule (`plgpu.kernel`
+  replaced it upstream), so there the GPU path is XLA."""
+  try:
+    # pylint: disable=g-import-not-at-top
+    from jax._src.pallas import core as pallas_core
+    from jax._src.pallas.mosaic_gpu import pallas_call_registration  # noqa: F401,E501  pylint: disable=unused-import
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+  except ImportError:
+    return False
+  getter = getattr(pallas_core, "get_lowering_rule", None)
+  return getter is None or getter(plgpu.CompilerParams, "gpu") is not None
 
 
 def _verified_kinds() -> dict:

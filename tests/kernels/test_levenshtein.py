@@ -51,6 +51,7 @@ def test_exact_kernel_matches(platform, batch, n_max, m_max, vocab):
 
 @needs_libtpu
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_exact_kernel_compiles_for_tpu():
   """AOT with libtpu: levenshtein under a v5e mesh lowers to the Mosaic
   kernel (auto) and compiles, B=512 at N=M=1024 and B=64 at 4096."""

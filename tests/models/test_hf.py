@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# Needs torch (its CPU wheel: Python 3.11; CI's jax 0.10.2 leg runs it).
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip(
     "torch", reason='pip install -e ".[test]" (pins the CPU torch==2.13.0)')
 transformers = pytest.importorskip("transformers")

@@ -89,6 +89,7 @@ def test_bad_lora_settings_are_refused():
                       rng=jax.random.key(0))
 
 
+@pytest.mark.torch
 def test_hf_save_merges_adapters(tmp_path):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("torch")
