@@ -59,6 +59,7 @@ __all__ = [
 
 LossFn = Callable[..., Tuple[jax.Array, Metrics]]
 
+
 def make_loss_fn(config, model) -> LossFn:
   """`loss_fn(params, batch, rng, *, alpha, reward_embeddings, ref_params,
   byte_table) -> (loss, metrics)` of the config's objective: the fused loss

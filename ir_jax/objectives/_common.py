@@ -15,10 +15,12 @@ def token_mask(lengths: jax.Array, length: int) -> jax.Array:
   """bool[B, T]: positions t < lengths."""
   return jnp.arange(length)[None] < lengths[:, None]
 
+
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   """log pi(y_t | y_<t): float32[B, T]."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
 
 def policy_logprobs(model, params, samples, temperature: float, rng=None
                     ) -> Tuple[jax.Array, jax.Array]:
@@ -33,6 +35,7 @@ def policy_logprobs(model, params, samples, temperature: float, rng=None
   # (0 * inf through exp and the k3 KL), so it scores 0, as the sampler's.
   real = token_mask(samples["target_lengths"], logp.shape[1])
   return jnp.where(real, logp, 0.0), logits
+
 
 def ce_term(config, model, params, batch, alpha):
   """The CE mixed into RL objectives; skipped (0) only when alpha is fixed

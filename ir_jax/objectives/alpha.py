@@ -21,10 +21,12 @@ def alpha_schedule(config):
   raise ValueError("objective.alpha_schedule must be 'constant' or 'warmup', "
                    f"got {config.alpha_schedule!r}.")
 
+
 def controller_init(alpha: float) -> Dict[str, jax.Array]:
   return {"alpha": jnp.asarray(alpha, jnp.float32),
           "fast": jnp.zeros((), jnp.float32), "slow": jnp.zeros((), jnp.float32),
           "count": jnp.zeros((), jnp.int32)}
+
 
 def controller_update(state: Dict[str, jax.Array], reward: jax.Array, *,
                       rate: float, low: float, high: float,

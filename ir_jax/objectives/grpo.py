@@ -34,6 +34,7 @@ def group_advantages(returns: jax.Array, group: int, *,
     adv = adv / (r.std(1, ddof=1, keepdims=True) + eps)
   return adv.reshape(-1)
 
+
 def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
                            group: int, *, normalize_std: bool = True,
                            eps: float = 1e-6) -> jax.Array:
@@ -64,7 +65,9 @@ def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
     adv = adv / (held.std(1, ddof=1, keepdims=True) + eps)
   return jnp.where(mask, adv.reshape(-1, t), 0.0)
 
+
 AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
 
 def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
                      budget: Optional[int] = None) -> jax.Array:
@@ -92,6 +95,7 @@ def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
   if mode == "constant":
     return (sums / float(budget or values.shape[-1])).sum() / rows
   raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}.")
+
 
 def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array,
               advantages: jax.Array, mask: jax.Array, *, epsilon: float,
@@ -153,6 +157,7 @@ def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array,
              "ratio_mean": jnp.sum(ratio * m) / count}
   return loss, metrics
 
+
 def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
                  reward_embeddings=None, byte_table=None
                  ) -> Tuple[Dict[str, jax.Array], Metrics]:
@@ -192,6 +197,7 @@ def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
     else:
       rollout["ref_logprobs"] = ref_logp
   return rollout, reward_metrics(config, scored)
+
 
 def grpo_update_loss(config, model, params, batch, rollout, rng, *, alpha
                      ) -> Tuple[jax.Array, Metrics]:

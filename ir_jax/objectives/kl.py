@@ -20,6 +20,7 @@ def k3_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
   d = ref_logprobs.astype(jnp.float32) - logprobs.astype(jnp.float32)
   return jnp.exp(d) - d - 1.0
 
+
 def exact_kl(logits: jax.Array, ref_logits: jax.Array,
              temperature: float = 1.0, pad_id: Optional[int] = None,
              eos_id: Optional[int] = None) -> jax.Array:
@@ -39,6 +40,7 @@ def exact_kl(logits: jax.Array, ref_logits: jax.Array,
   logp = jax.nn.log_softmax(logits, -1)
   logq = jax.nn.log_softmax(ref, -1)
   return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
 
 def kl_to_reference(logits: jax.Array, ref_logits: jax.Array,
                     lengths: jax.Array, pad_id: Optional[int] = None,

@@ -24,6 +24,7 @@ def first_occurrence(tokens: jax.Array) -> jax.Array:
   earlier = jnp.tril(jnp.ones((k, k), bool), -1)
   return ~jnp.any(same & earlier[None], axis=-1)
 
+
 def expected_risk(seq_logprobs: jax.Array, risks: jax.Array,
                   valid: jax.Array) -> jax.Array:
   """MWER's loss: mean over prompts of sum_k p_k (risk_k - mean risk).
@@ -41,12 +42,14 @@ def expected_risk(seq_logprobs: jax.Array, risks: jax.Array,
   mean = jnp.sum(jnp.where(valid, risks, 0.0), -1, keepdims=True) / count
   return jnp.mean(jnp.sum(jnp.where(valid, p * (risks - mean), 0.0), -1))
 
+
 def sequence_logprobs(model, params, samples, rng=None):
   """(float32[B]: log p(y | x) of whole outputs, PAD excluded as the
   sampler and the beam exclude it; the teacher-forced logits)."""
   logp, logits = policy_logprobs(model, params, samples, 1.0, rng)
   mask = token_mask(samples["target_lengths"], logp.shape[1])
   return jnp.sum(jnp.where(mask, logp, 0.0), -1), logits
+
 
 def mwer_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
               ref_params=None, byte_table=None) -> Tuple[jax.Array, Metrics]:

@@ -28,6 +28,7 @@ def leave_one_out_mean(values: jax.Array, group: int) -> jax.Array:
   v = values.reshape(-1, group)
   return ((v.sum(1, keepdims=True) - v) / (group - 1)).reshape(-1)
 
+
 def sequence_advantages(rewards: jax.Array, lengths: jax.Array,
                         baseline: jax.Array) -> jax.Array:
   """`seq`: one return R = sum_t r_t per sample, minus a baseline, broadcast
@@ -35,6 +36,7 @@ def sequence_advantages(rewards: jax.Array, lengths: jax.Array,
   ret = rewards.sum(-1)
   mask = token_mask(lengths, rewards.shape[-1])
   return jnp.where(mask, (ret - baseline)[:, None], 0.0)
+
 
 def reward_to_go_advantages(rewards: jax.Array, lengths: jax.Array,
                             baseline: jax.Array) -> jax.Array:
@@ -47,6 +49,7 @@ def reward_to_go_advantages(rewards: jax.Array, lengths: jax.Array,
   mask = token_mask(lengths, rewards.shape[-1])
   return jnp.where(mask, to_go - baseline[:, None], 0.0)
 
+
 def policy_gradient_loss(logits: jax.Array, tokens: jax.Array,
                          lengths: jax.Array, advantages: jax.Array
                          ) -> jax.Array:
@@ -56,6 +59,7 @@ def policy_gradient_loss(logits: jax.Array, tokens: jax.Array,
   adv = jax.lax.stop_gradient(advantages)
   return -jnp.sum(jnp.where(mask, adv * logp, 0.0)) / jnp.maximum(
       mask.sum(), 1)
+
 
 def ocd_loss(logits: jax.Array, optimal: jax.Array, lengths: jax.Array
              ) -> jax.Array:
@@ -70,6 +74,7 @@ def ocd_loss(logits: jax.Array, optimal: jax.Array, lengths: jax.Array
   ce = -(q * logp).sum(-1)
   mask = token_mask(lengths, logits.shape[1])
   return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(mask.sum(), 1)
+
 
 def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
             ref_params=None, byte_table=None) -> Tuple[jax.Array, Metrics]:

@@ -11,7 +11,7 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 
-from ir_jax import decode, parallel, rewards
+from ir_jax import decode, models, parallel, rewards
 from ir_jax.objectives._common import Metrics, token_mask
 
 
@@ -24,6 +24,7 @@ def instant_reward_of(spec: rewards.RewardSpec, byte_table=None
            for n, w in spec.instant]
   traced = any(n in rewards.NEEDS_BYTE_TABLE for n, _ in spec.instant)
   return rewards.weighted(*terms, cache=not traced)
+
 
 def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
                      temperature: float, reward_embeddings=None,
@@ -40,7 +41,8 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
     term's unweighted return, `rewards.term_names` order), logprobs
     float32[B K, T] (the sampler's, `decode.sample_with_rewards`),
     edit_distance int32[B K] (exact, for logging), target int32[B K, M] and
-    target_lengths int32[B K] (repeated).
+    target_lengths int32[B K] (repeated), ended bool[B K] (the sample ends
+    with EOS, not at the length limit).
   """
   rl = config.rl
   spec = rewards.parse_rewards(rl.rewards)
@@ -53,9 +55,14 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
       top_p=rl.top_p, reward=instant)
   target = jnp.repeat(batch["target"], num_samples, axis=0)
   m = jnp.repeat(batch["target_lengths"], num_samples)
+  tokens, lengths = out["tokens"], out["lengths"]
+  last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None],
+                             axis=1)[:, 0]
   return dict(_with_sequence_terms(
-      spec, instant, out["reward_state"], out["rewards"], out["tokens"],
-      out["lengths"], target, m, reward_embeddings), logprobs=out["logprobs"])
+      spec, instant, out["reward_state"], out["rewards"], tokens, lengths,
+      target, m, reward_embeddings), logprobs=out["logprobs"],
+      ended=(lengths > 0) & (last == models.special_ids(model)[1]))
+
 
 def score_candidates(config, tokens: jax.Array, lengths: jax.Array,
                      target: jax.Array, target_lengths: jax.Array,
@@ -72,6 +79,7 @@ def score_candidates(config, tokens: jax.Array, lengths: jax.Array,
   return _with_sequence_terms(spec, instant, state, token_rewards, tokens,
                               lengths, target, target_lengths,
                               reward_embeddings)
+
 
 def _with_sequence_terms(spec, instant, state, token_rewards, tokens, lengths,
                          target, m, reward_embeddings):
@@ -99,10 +107,12 @@ def _with_sequence_terms(spec, instant, state, token_rewards, tokens, lengths,
               (tokens, target, lengths, m)),
           "target": target, "target_lengths": m}
 
+
 def reward_metrics(config, scored: Dict[str, jax.Array]) -> Metrics:
   """Batch means of a `sample_and_score` result: reward (the return) and
   its std, each term (`reward/<name>`), edit distance, per-token reward
-  statistics, sample length (tokens, EOS included) and `empty_fraction`,
+  statistics, sample length (tokens, EOS included), `completion_length`
+  (without the EOS; sampled rollouts only) and `empty_fraction`,
   the share of samples whose first token ends them (EOS first: an empty
   answer; a reward that drives it to 1 is being gamed)."""
   names = rewards.term_names(rewards.parse_rewards(config.rl.rewards))
@@ -121,6 +131,8 @@ def reward_metrics(config, scored: Dict[str, jax.Array]) -> Metrics:
       "token_reward_nonzero": jnp.sum(per_token != 0) / count,
       "sample_length": lengths.mean(),
       "empty_fraction": (lengths <= 1).mean()}
+  if "ended" in scored:   # Sampled: the completion without its EOS.
+    metrics["completion_length"] = (lengths - scored["ended"]).mean()
   for i, name in enumerate(names):
     metrics[f"reward/{name}"] = scored["terms"][:, i].mean()
   return metrics

@@ -37,6 +37,7 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array,
   correct = (logits.argmax(-1) == targets) & mask
   return jnp.sum(ce * mask) / count, correct.sum() / count
 
+
 def reward_terms(logits: jax.Array, targets: jax.Array,
                  target_lengths: jax.Array, embeddings: Optional[jax.Array],
                  *, gamma: float, implementation: str = "auto") -> Metrics:
@@ -64,6 +65,7 @@ def reward_terms(logits: jax.Array, targets: jax.Array,
   terms = parallel.batch_map(per_shard, (logits, targets, target_lengths),
                              () if embeddings is None else (embeddings,))
   return {"soft_ed": terms[:, 0], "cosine": terms[:, 1]}
+
 
 def fused_loss(logits: jax.Array, targets: jax.Array,
                target_lengths: jax.Array, *, alpha, soft_ed_weight: float,

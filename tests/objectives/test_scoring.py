@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ir_jax import objectives
+from ir_jax.data.vocab import EOS
 from helpers import levenshtein, tiny_rl_problem
 
 
@@ -56,6 +57,11 @@ def test_reward_metrics_describe_the_samples():
   np.testing.assert_allclose(m["reward"], np.mean(s["returns"]), rtol=1e-6)
   np.testing.assert_allclose(m["sample_length"], lengths.mean(), rtol=1e-6)
   np.testing.assert_allclose(m["empty_fraction"], np.mean(lengths <= 1))
+  tokens = np.asarray(s["tokens"])
+  ended = tokens[np.arange(len(lengths)), lengths - 1] == EOS
+  np.testing.assert_array_equal(s["ended"], ended)
+  np.testing.assert_allclose(m["completion_length"],
+                             np.mean(lengths - ended), rtol=1e-6)
   np.testing.assert_allclose(m["reward/edit_distance"],
                              np.mean(s["terms"][:, 0]), rtol=1e-6)
   # An all-empty batch is flagged as such.
