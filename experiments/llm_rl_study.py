@@ -1,0 +1,405 @@
+"""RL on a real LLM (#33): SFT -> GRPO on SmolLM2-135M-Instruct, token-level
+instant credit vs sequence credit vs CE at equal compute.
+
+  python experiments/llm_rl_study.py --task spell_backward          # hours
+  python experiments/llm_rl_study.py --task spell_backward --arms grpo_token \\
+      --seeds 0 --pilot        # the short pilot that fixes target_reward
+  python experiments/llm_rl_study.py --task spell_backward --tiny \\
+      --gguf tiny.gguf         # seconds (CI, a random tiny llama GGUF)
+
+Protocol, per task (configs: experiments/llm_rl.py):
+
+1. **SFT start**: LoRA SFT (rank 8 on attention + MLP) of the GGUF model on
+   the task's train split, seed 0. Its adapters are committed small (bf16,
+   `<out>/<task>/sft/adapters.npz`) and the merged base is always rebuilt
+   from them (GGUF + bf16 adapters, merged in f32, `hf.save`d with the
+   tokenizer under `<runs>/<task>/merged`), so every arm on every machine
+   starts from the committed weights. `sft/seed0/test.jsonl` scores it.
+2. **Arms** from the merged base with fresh adapters (their KL reference is
+   the base with adapters off: the merged base): `grpo_token`,
+   `grpo_sequence` (identical but for `rl.credit`), `sft_wall` (CE for the
+   seconds `grpo_token` took on that seed, sized by the SFT stage's
+   measured seconds per step).
+3. **Target**: `--target_reward` fixed before the real runs (from the
+   pilot: the 5-record moving average its `grpo_token` reached at half its
+   budget; `--pilot` prints it). Steps / seconds to target = the first
+   logged step where the 5-record moving average of the rollout reward
+   reaches it.
+
+Results (`<out>/<task>/`): summary.json ({model, task, target_reward, runs:
+[{arm, seed, steps, wall_s, test_exact, test_cer, steps_to_target,
+seconds_to_target, reward_at_equal_rollouts}]}), `<arm>/seed<S>/test.jsonl`
+({prompt, target, output} per test item, the decoded text as `ir-jax
+generate --text` prints it), `<arm>/seed<S>/curve.jsonl` ({step, wall_s,
+reward, completion_length, empty_fraction} per logged step; wall_s sums
+the logged seconds per step, compile included, no eval), curves.png.
+A finished run is not retrained (rerun to resume a cut one).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ir_jax import config as config_lib  # noqa: E402
+from ir_jax import evaluate, pretrained, train  # noqa: E402
+from ir_jax import workdir as workdir_lib  # noqa: E402
+from ir_jax.data import tasks as tasks_lib  # noqa: E402
+
+ARMS = ("grpo_token", "grpo_sequence", "sft_wall")
+EXPERIMENT = os.path.join(ROOT, "experiments", "llm_rl.py")
+MODEL = "smollm2-135m-instruct"
+WINDOW = 5   # Records in the moving average of steps to target.
+
+
+# ------------------------------------------------------------------ runs
+
+
+def stage_config(task, stage, args, hf_path, seed=0, steps=None):
+  c = config_lib.load(f"{EXPERIMENT}:{task},{stage}" +
+                      (",tiny" if args.tiny else ""))
+  c.model.hf_path = hf_path
+  c.seed = seed
+  if steps is not None:
+    c.total_steps = int(steps)
+    c.eval_every = c.total_steps + 1
+  elif stage.startswith("grpo") and args.steps:
+    c.total_steps = args.steps
+    c.eval_every = c.total_steps + 1
+  elif stage == "sft" and args.sft_steps:
+    c.total_steps = args.sft_steps
+    c.eval_every = c.total_steps + 1
+  config_lib.validate(c)
+  return c
+
+
+def records(wd):
+  path = os.path.join(wd, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def finished(config, wd) -> bool:
+  return any(r.get("split") == "test" and r["step"] == config.total_steps
+             for r in records(wd))
+
+
+def run(config, wd):
+  """Trains `config` in `wd` unless it has finished there; returns the
+  final test record."""
+  if not finished(config, wd):
+    results = train.train_and_evaluate(config, wd)
+    if "preempted_at" in results:
+      raise SystemExit(f"preempted in {wd}: rerun to resume.")
+  return next(r for r in records(wd) if r.get("split") == "test"
+              and r["step"] == config.total_steps)
+
+
+def curve(wd):
+  """[{step, wall_s, reward, completion_length, empty_fraction}] of a run's
+  training records; wall_s adds up each record's steps / steps_per_sec."""
+  out, wall, last = [], 0.0, 0
+  for r in records(wd):
+    if "split" in r:
+      continue
+    wall += (r["step"] - last) / max(r["steps_per_sec"], 1e-9)
+    last = r["step"]
+    out.append({"step": r["step"], "wall_s": wall,
+                # Rollout statistics: RL records only (CE logs no samples).
+                "reward": r.get("reward") if "completion_length" in r
+                else None,
+                "completion_length": r.get("completion_length"),
+                "empty_fraction": r.get("empty_fraction")})
+  return out
+
+
+def moving_average(values, window: int = WINDOW):
+  v = np.asarray(values, np.float64)
+  return np.array([v[max(0, i - window + 1):i + 1].mean()
+                   for i in range(len(v))])
+
+
+def to_target(points, target):
+  """(steps, seconds) at the first logged step whose `WINDOW`-record moving
+  average of the rollout reward reaches `target`; (None, None) if never."""
+  rewarded = [p for p in points if p["reward"] is not None]
+  if not rewarded or target is None:
+    return None, None
+  avg = moving_average([p["reward"] for p in rewarded])
+  hit = np.flatnonzero(avg >= target)
+  if not len(hit):
+    return None, None
+  p = rewarded[int(hit[0])]
+  return int(p["step"]), float(p["wall_s"])
+
+
+# ------------------------------------------------- SFT adapters and base
+
+
+def save_adapters(params, path):
+  """The LoRA adapters of `params` as bf16 bits in an npz ('a/b/lora_a'
+  keys): a few MB for rank 8."""
+  import ml_dtypes
+  from ir_jax.models import lora
+  adapters = lora.split(params)[0]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez_compressed(path, **{"/".join(k): np.asarray(
+      np.asarray(v, np.float32).astype(ml_dtypes.bfloat16)).view(np.uint16)
+      for k, v in adapters.items()})
+
+
+def load_adapters(path):
+  import ml_dtypes
+  with np.load(path) as z:
+    return {tuple(k.split("/")): z[k].view(ml_dtypes.bfloat16).astype(
+        np.float32) for k in z.files}
+
+
+def merged_base(config, adapters_path, dest):
+  """`dest`: the GGUF base with the committed adapters folded in (f32),
+  as an HF checkpoint with the tokenizer. Built once."""
+  if os.path.exists(os.path.join(dest, "config.json")):
+    return dest
+  import jax
+  from ir_jax.models import hf, lora
+  model, params = pretrained.load(config.model.hf_path)
+  lc = config.model.lora
+  adapted, p = lora.add_adapters(
+      model, params, rank=lc.rank, alpha=lc.alpha,
+      targets=tuple(t for t in lc.targets.split(",") if t),
+      rng=jax.random.key(0))
+  base = lora.split(p)[1]
+  adapters = load_adapters(adapters_path)
+  want = set(lora.split(p)[0])
+  if set(adapters) != want:
+    raise SystemExit(f"{adapters_path}: its adapters are not those of "
+                     f"{config.model.hf_path} with rank {lc.rank} on "
+                     f"{lc.targets}.")
+  tmp = dest + ".partial"
+  hf.save(tmp, adapted, lora.join(adapters, base))
+  pretrained.tokenizer(config.model.hf_path).save(tmp)
+  os.replace(tmp, dest)
+  return dest
+
+
+# ------------------------------------------------------------ test files
+
+
+def test_outputs(config, model, params, dest):
+  """Greedy outputs of the test split: `dest/test.jsonl` ({prompt, target,
+  output} per item, the text `ir-jax generate --text` prints) and the
+  scores ({exact_match, cer, ...})."""
+  task = tasks_lib.build(config)
+  data = task.eval_sets["test"]
+  outputs = evaluate.generate_symbols(model, {"params": params}, task,
+                                      data.source, config.eval_batch_size,
+                                      data.direction)
+  scores = evaluate.split_scores(task, outputs, data.references,
+                                 getattr(data, "items", None))
+  write_test(dest, data, [task.vocab.text(o) for o in outputs])
+  return scores
+
+
+def write_test(dest, data, texts):
+  items = getattr(data, "items", None) or [{} for _ in data.keys]
+  os.makedirs(dest, exist_ok=True)
+  with open(os.path.join(dest, "test.jsonl"), "w") as f:
+    for key, item, refs, text in zip(data.keys, items, data.references,
+                                     texts):
+      f.write(json.dumps({"prompt": item.get("prompt", key),
+                          "target": item.get("target", ""),
+                          "output": text}) + "\n")
+
+
+def run_test(wd, dest):
+  """test.jsonl of a finished run, from its own outputs file."""
+  config, task, model, params = workdir_lib.load_run(wd)
+  data = task.eval_sets["test"]
+  path = os.path.join(wd, "outputs", "test.tsv")
+  got = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      key, _, text = line.rstrip("\n").partition("\t")
+      got[key] = text.replace("\\n", "\n").replace("\\t", "\t").replace(
+          "\\r", "\r")
+  write_test(dest, data, [got[k] for k in data.keys])
+
+
+# ----------------------------------------------------------------- main
+
+
+def sft_stage(args, task, gguf_path):
+  """(merged base dir, SFT seconds per step)."""
+  c = stage_config(task, "sft", args, gguf_path)
+  out = os.path.join(args.out, task, "sft")
+  adapters = os.path.join(out, "adapters.npz")
+  wd = os.path.join(args.runs, task, "sft")
+  if not os.path.exists(adapters):
+    run(c, wd)
+    params = workdir_lib.load_run(wd)[3]
+    save_adapters(params, adapters)
+  steps_per_s = [r["steps_per_sec"] for r in records(wd) if "split" not in r]
+  timing_path = os.path.join(out, "timing.json")
+  if steps_per_s:     # The first record holds the compile: left out.
+    tail = steps_per_s[1:] or steps_per_s
+    with open(timing_path, "w") as f:
+      json.dump({"sft_seconds_per_step": float(1 / np.median(tail)),
+                 "steps": c.total_steps, "batch": c.batch_size}, f)
+  merged = merged_base(c, adapters, os.path.join(args.runs, task, "merged"))
+  start = os.path.join(out, "seed0")
+  if not os.path.exists(os.path.join(start, "test.jsonl")):
+    cw = stage_config(task, "sft_wall", args, merged)
+    model, params = pretrained.load(merged)
+    scores = test_outputs(cw, model, params, start)
+    with open(os.path.join(start, "scores.json"), "w") as f:
+      json.dump(scores, f, indent=1)
+  with open(timing_path) as f:
+    return merged, json.load(f)["sft_seconds_per_step"]
+
+
+def arm_run(args, task, arm, seed, merged, sft_step_s, runs):
+  wd = os.path.join(args.runs, task, arm, f"seed{seed}")
+  dest = os.path.join(args.out, task, arm, f"seed{seed}")
+  if arm == "sft_wall":
+    token = next((r for r in runs if r["arm"] == "grpo_token" and
+                  r["seed"] == seed), None)
+    if token is None:
+      raise SystemExit(f"sft_wall seed {seed} needs grpo_token seed {seed} "
+                       "first (it runs for that run's seconds).")
+    steps = max(1, int(round(token["wall_s"] / sft_step_s)))
+    c = stage_config(task, arm, args, merged, seed, steps=steps)
+  else:
+    c = stage_config(task, arm, args, merged, seed)
+  t0 = time.time()
+  final = run(c, wd)
+  points = curve(wd)
+  os.makedirs(dest, exist_ok=True)
+  with open(os.path.join(dest, "curve.jsonl"), "w") as f:
+    for p in points:
+      f.write(json.dumps(p) + "\n")
+  run_test(wd, dest)
+  steps, seconds = to_target(points, args.target_reward)
+  rewarded = [p["reward"] for p in points if p["reward"] is not None]
+  print(f"{task} {arm} seed {seed}: test exact {final['exact_match']:.3f} "
+        f"cer {final['cer']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+  return {"arm": arm, "seed": seed, "steps": c.total_steps,
+          "wall_s": points[-1]["wall_s"] if points else 0.0,
+          "test_exact": float(final["exact_match"]),
+          "test_cer": float(min(final["cer"], 1.0)),
+          "steps_to_target": steps, "seconds_to_target": seconds,
+          "reward_at_equal_rollouts": (float(moving_average(rewarded)[-1])
+                                       if rewarded else None)}
+
+
+def plot(out_dir, runs):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  arms = sorted({r["arm"] for r in runs})
+  for color, arm in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"],
+                        arms):
+    curves = []
+    for r in runs:
+      if r["arm"] != arm:
+        continue
+      path = os.path.join(out_dir, arm, f"seed{r['seed']}", "curve.jsonl")
+      with open(path) as f:
+        curves.append([json.loads(line) for line in f])
+    for row, key in enumerate(("reward", "completion_length")):
+      for col, x in enumerate(("step", "wall_s")):
+        ax = axes[row, col]
+        pts = [[p for p in c if p[key] is not None] for c in curves]
+        pts = [p for p in pts if p]
+        if not pts:
+          continue
+        n = min(len(p) for p in pts)
+        xs = np.mean([[q[x] for q in p[:n]] for p in pts], 0)
+        ys = np.array([[q[key] for q in p[:n]] for p in pts])
+        ax.plot(xs, ys.mean(0), color=color, label=f"{arm} ({len(pts)})")
+        if len(pts) > 1:
+          ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2)
+        ax.set_xlabel("rollout steps" if x == "step" else "seconds")
+        ax.set_ylabel(key.replace("_", " "))
+  axes[0, 0].legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "curves.png"), dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--task", default="spell_backward")
+  p.add_argument("--arms", default=",".join(ARMS))
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--target_reward", type=float, default=None,
+                 help="fixed from the pilot before the real runs")
+  p.add_argument("--pilot", action="store_true",
+                 help="print the reward the first arm's 5-record average "
+                 "reaches at half its steps (the target to fix)")
+  p.add_argument("--steps", type=int, default=0, help="GRPO steps (0: the "
+                 "config's)")
+  p.add_argument("--sft_steps", type=int, default=0)
+  p.add_argument("--gguf", default="", help="default: fetch " + MODEL)
+  p.add_argument("--tiny", action="store_true", help="seconds, for tests")
+  p.add_argument("--runs", default=os.path.join(ROOT, "runs", "llm_rl"))
+  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                               "llm_rl"))
+  args = p.parse_args(argv)
+  arms = [a for a in args.arms.split(",") if a]
+  if not arms or set(arms) - set(ARMS):
+    p.error(f"--arms must name only {ARMS}, got {arms}.")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  if args.gguf:
+    gguf_path = args.gguf
+  else:
+    from ir_jax.models import gguf
+    gguf_path = gguf.fetch(MODEL)
+  out_dir = os.path.join(args.out, args.task)
+  os.makedirs(out_dir, exist_ok=True)
+  summary_path = os.path.join(out_dir, "summary.json")
+  summary = {"model": MODEL if not args.gguf else os.path.basename(
+      args.gguf), "task": args.task, "target_reward": args.target_reward,
+             "runs": []}
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      before = json.load(f)
+    if (before.get("target_reward") is not None and args.target_reward
+        is not None and before["target_reward"] != args.target_reward):
+      raise SystemExit(f"{summary_path} was made with target_reward "
+                       f"{before['target_reward']}; it stays fixed.")
+    summary["runs"] = before["runs"]
+    if summary["target_reward"] is None:
+      summary["target_reward"] = before.get("target_reward")
+      args.target_reward = summary["target_reward"]
+  merged, sft_step_s = sft_stage(args, args.task, gguf_path)
+  for seed in seeds:
+    for arm in arms:
+      row = arm_run(args, args.task, arm, seed, merged, sft_step_s,
+                    summary["runs"])
+      summary["runs"] = [r for r in summary["runs"] if (r["arm"], r["seed"])
+                         != (arm, seed)] + [row]
+      if args.pilot:
+        pts = curve(os.path.join(args.runs, args.task, arm, f"seed{seed}"))
+        rewarded = [q["reward"] for q in pts if q["reward"] is not None]
+        half = moving_average(rewarded)[max(len(rewarded) // 2 - 1, 0)]
+        print(f"pilot: {arm} seed {seed} reaches {half:.4f} (5-record "
+              "average) at half its steps: pass it as --target_reward",
+              flush=True)
+        return summary
+      with open(summary_path, "w") as f:
+        json.dump(summary, f, indent=1)
+      plot(out_dir, summary["runs"])
+  return summary
+
+
+if __name__ == "__main__":
+  main()
