@@ -174,24 +174,16 @@ def ocd_scratch_config(task, seed, args):
                    min(200, args.scratch_steps // 5), "cosine", logs=20)
 
 
-def _records(wd):
-  path = os.path.join(wd, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _curve(wd):
   """[(step, greedy reward)] of a run's training records."""
-  return [(r["step"], r["greedy_reward"]) for r in _records(wd)
+  return [(r["step"], r["greedy_reward"]) for r in workdir_lib.read_metrics(wd)
           if "split" not in r and "greedy_reward" in r]
 
 
 def finished(config, wd) -> bool:
   """A finished run of `config` is in `wd` (final dev/test records and the
   outputs files)."""
-  final = {r["split"] for r in _records(wd) if "split" in r
+  final = {r["split"] for r in workdir_lib.read_metrics(wd) if "split" in r
            and r["step"] == config.total_steps}
   return {"dev", "test"} <= final and os.path.exists(
       os.path.join(wd, "outputs", "test.tsv"))
@@ -200,7 +192,7 @@ def finished(config, wd) -> bool:
 def run(config, wd):
   """Trains `config` in `wd` unless a finished run is there: (final eval
   records by split, training records, wall seconds)."""
-  records = _records(wd)
+  records = workdir_lib.read_metrics(wd)
   final = {r["split"]: r for r in records if "split" in r
            and r["step"] == config.total_steps}
   wall = None
@@ -212,7 +204,7 @@ def run(config, wd):
     wall = time.time() - t0
     with open(os.path.join(wd, "wall_s.txt"), "w") as f:
       f.write(f"{wall!r}\n")
-    records = _records(wd)
+    records = workdir_lib.read_metrics(wd)
     final = {r["split"]: r for r in records if "split" in r
              and r["step"] == config.total_steps}
   if wall is None:
@@ -530,8 +522,9 @@ def main(argv=None):
                  help="ce_wall trains this many x --steps")
   p.add_argument("--scratch_steps", type=int, default=700,
                  help="ocd_scratch's steps: about the seconds of the branch "
-                 "plus a ce arm (an OCD step at K = 1 costs 1.54x a CE "
-                 "step at the branch's batch, measured on a 2-core CPU)")
+                 "plus a ce arm (an OCD step at K = 1 costs 1.64x a CE "
+                 "step at the branch's batch on a 2-core CPU: "
+                 "benchmarks/step_cost.py)")
   p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--tiny", action="store_true", help="seconds, for tests")
   p.add_argument("--restat", action="store_true",

@@ -79,17 +79,9 @@ def stage_config(task, stage, args, hf_path, seed=0, steps=None):
   return c
 
 
-def records(wd):
-  path = os.path.join(wd, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def finished(config, wd) -> bool:
   return any(r.get("split") == "test" and r["step"] == config.total_steps
-             for r in records(wd))
+             for r in workdir_lib.read_metrics(wd))
 
 
 def run(config, wd):
@@ -99,7 +91,7 @@ def run(config, wd):
     results = train.train_and_evaluate(config, wd)
     if "preempted_at" in results:
       raise SystemExit(f"preempted in {wd}: rerun to resume.")
-  return next(r for r in records(wd) if r.get("split") == "test"
+  return next(r for r in workdir_lib.read_metrics(wd) if r.get("split") == "test"
               and r["step"] == config.total_steps)
 
 
@@ -107,7 +99,7 @@ def curve(wd):
   """[{step, wall_s, reward, completion_length, empty_fraction}] of a run's
   training records; wall_s adds up each record's steps / steps_per_sec."""
   out, wall, last = [], 0.0, 0
-  for r in records(wd):
+  for r in workdir_lib.read_metrics(wd):
     if "split" in r:
       continue
     wall += (r["step"] - last) / max(r["steps_per_sec"], 1e-9)
@@ -246,7 +238,7 @@ def sft_stage(args, task, gguf_path):
     run(c, wd)
     params = workdir_lib.load_run(wd)[3]
     save_adapters(params, adapters)
-  steps_per_s = [r["steps_per_sec"] for r in records(wd) if "split" not in r]
+  steps_per_s = [r["steps_per_sec"] for r in workdir_lib.read_metrics(wd) if "split" not in r]
   timing_path = os.path.join(out, "timing.json")
   if steps_per_s:     # The first record holds the compile: left out.
     tail = steps_per_s[1:] or steps_per_s

@@ -29,6 +29,16 @@ PROMPT_DIR = "prompt"
 # ------------------------------------------------------------- metrics
 
 
+def read_metrics(workdir: str) -> List[Dict[str, Any]]:
+  """The records of `<workdir>/metrics.jsonl` in order ([] if none yet):
+  train means (with `step`) and eval records (with `split`)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 class MetricWriter:
   """metrics.jsonl + TensorBoard (tensorboardX); process 0 only."""
 

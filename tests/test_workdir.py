@@ -99,6 +99,9 @@ def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
   writer.close()
   assert read(tmp_path / "metrics.jsonl") == [
       {"step": 1, "loss": 2.0}, {"step": 1, "split": "dev", "per": 0.5}]
+  assert workdir_lib.read_metrics(str(tmp_path)) == read(
+      tmp_path / "metrics.jsonl")
+  assert workdir_lib.read_metrics(str(tmp_path / "none")) == []
   assert os.listdir(tmp_path / "tensorboard")
   silent = workdir_lib.MetricWriter(str(tmp_path / "other"), enabled=False)
   silent.write({"step": 1, "loss": 1.0})
