@@ -211,6 +211,17 @@ def write_test(dest, data, texts):
                           "output": text}) + "\n")
 
 
+def show(dest, title, count=20):
+  """Prints the first `count` decoded test outputs of `dest/test.jsonl`
+  (look at the outputs, not only the reward)."""
+  with open(os.path.join(dest, "test.jsonl")) as f:
+    rows = [json.loads(line) for line in f][:count]
+  print(f"--- {title}: {count} test outputs (prompt -> output | target)")
+  for r in rows:
+    print(f"{r['prompt'][-40:]!r} -> {r['output']!r} | {r['target']!r}")
+  sys.stdout.flush()
+
+
 def run_test(wd, dest):
   """test.jsonl of a finished run, from its own outputs file."""
   config, task, model, params = workdir_lib.load_run(wd)
@@ -253,6 +264,7 @@ def sft_stage(args, task, gguf_path):
     scores = test_outputs(cw, model, params, start)
     with open(os.path.join(start, "scores.json"), "w") as f:
       json.dump(scores, f, indent=1)
+  show(start, f"{task} SFT start (merged base)")
   with open(timing_path) as f:
     return merged, json.load(f)["sft_seconds_per_step"]
 
@@ -278,6 +290,7 @@ def arm_run(args, task, arm, seed, merged, sft_step_s, runs):
     for p in points:
       f.write(json.dumps(p) + "\n")
   run_test(wd, dest)
+  show(dest, f"{task} {arm} seed {seed}")
   steps, seconds = to_target(points, args.target_reward)
   rewarded = [p["reward"] for p in points if p["reward"] is not None]
   print(f"{task} {arm} seed {seed}: test exact {final['exact_match']:.3f} "
