@@ -32,6 +32,13 @@ def test_every_shipped_config_validates():
     c = config_lib.load(os.path.join(ROOT, "experiments", spec))
     c.init_from = c.init_from or "runs/g2p"
     config_lib.validate(c)
+  for stage in ("sft", "grpo_token", "grpo_sequence", "sft_wall"):
+    c = config_lib.load(os.path.join(ROOT, "experiments",
+                                     f"llm_rl.py:spell_backward,{stage}"))
+    c.model.hf_path = "smollm2.gguf"
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match="TASK,STAGE"):
+    config_lib.load(os.path.join(ROOT, "experiments", "llm_rl.py:sft"))
   for name in ("v4_8", "v5litepod_16", "v5p_64", "v6e_256",
                "llama3_8b_v5p_64", "qwen3_8b_v6e_64", "qwen3_8b_v6e_64.py:full"):
     name = name if name.endswith(":full") else name + ".py"

@@ -211,7 +211,8 @@ def test_the_private_check_sees_private_reaches(tmp_path):
 
 
 # Config files that need an argument: one valid one each.
-_CONFIG_ARGS = {"g2p_rl.py": "instant", "prompt.py": "soft"}
+_CONFIG_ARGS = {"g2p_rl.py": "instant", "prompt.py": "soft",
+                "llm_rl.py": "spell_backward,grpo_token"}
 
 _LOAD_CONFIGS = """
 import json, os, sys
