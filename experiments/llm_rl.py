@@ -92,7 +92,9 @@ def get_config(arg=None):
     c.rl.group_std = True
     c.rl.inner_steps = 1
     c.batch_size = 8
-    c.total_steps = 120
+    # ~22 s a step on 2 CPU cores (SmolLM2, 56 + 10 tokens, K = 4): 60
+    # steps + compile + the test decode is the ~25 min an arm-seed may take.
+    c.total_steps = 60
     c.optim.learning_rate = 2e-4
   c.eval_every = c.total_steps + 1      # One eval, at the end.
   if tiny:

@@ -236,6 +236,34 @@ def run_test(wd, dest):
   write_test(dest, data, [got[k] for k in data.keys])
 
 
+def paired_test(dest_a, dest_b):
+  """System a vs b on the same test items (their test.jsonl): exact match
+  (stripped) with McNemar's exact p, byte CER (errors over the target's
+  bytes, pooled) with a paired bootstrap CI and p."""
+  def load(dest):
+    with open(os.path.join(dest, "test.jsonl")) as f:
+      return [json.loads(line) for line in f]
+
+  a, b = load(dest_a), load(dest_b)
+  if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
+    raise ValueError(f"{dest_a} and {dest_b} hold different test items.")
+  strip = lambda s: tuple(s.strip().encode("utf-8"))
+  errors = lambda rows: evaluate.word_errors(
+      [strip(r["output"]) for r in rows], [[strip(r["target"])] for r in rows])
+  (ea, n), (eb, _) = errors(a), errors(b)
+  right_a = np.array([strip(r["output"]) == strip(r["target"]) for r in a])
+  right_b = np.array([strip(r["output"]) == strip(r["target"]) for r in b])
+  boot = evaluate.paired_bootstrap(ea, eb, n)
+  mc = evaluate.mcnemar(right_a, right_b)
+  return {"items": len(a), "exact_a": float(right_a.mean()),
+          "exact_b": float(right_b.mean()),
+          "mcnemar_p": mc["p_value"], "only_a_right": mc["only_a"],
+          "only_b_right": mc["only_b"],
+          "cer_a": float(ea.sum() / n.sum()), "cer_b": float(eb.sum() / n.sum()),
+          "delta_cer": boot["delta"], "ci95": boot["ci95"],
+          "p_cer": boot["p_value"]}
+
+
 # ----------------------------------------------------------------- main
 
 

@@ -109,3 +109,24 @@ def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
     study.main(["--task", "spell_backward", "--tiny", "--gguf", path,
                 "--seeds", "0", "--target_reward", "-0.5", "--runs",
                 str(runs), "--out", str(out)])
+
+
+def test_paired_test_by_hand(tmp_path):
+  import llm_rl_study as study
+  rows = [("p1", "abc", "abc", "abd"), ("p2", "xy", "x", "xy"),
+          ("p3", "hello", "hello", "hello"), ("p4", "q", "", "z")]
+  for name, col in (("a", 2), ("b", 3)):
+    (tmp_path / name).mkdir()
+    with open(tmp_path / name / "test.jsonl", "w") as f:
+      for r in rows:
+        f.write(json.dumps({"prompt": r[0], "target": r[1],
+                            "output": r[col]}) + "\n")
+  out = study.paired_test(str(tmp_path / "a"), str(tmp_path / "b"))
+  # a: right on p1, p3; errors 0, 1, 0, 1 over 3 + 2 + 5 + 1 = 11 bytes.
+  # b: right on p2, p3; errors 1, 0, 0, 1.
+  assert out["exact_a"] == out["exact_b"] == 0.5
+  assert out["only_a_right"] == 1 and out["only_b_right"] == 1
+  assert out["mcnemar_p"] == 1.0
+  assert out["cer_a"] == pytest.approx(2 / 11)
+  assert out["cer_b"] == pytest.approx(2 / 11)
+  assert out["delta_cer"] == pytest.approx(0.0)
