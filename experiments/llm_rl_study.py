@@ -204,8 +204,7 @@ def write_test(dest, data, texts):
   items = getattr(data, "items", None) or [{} for _ in data.keys]
   os.makedirs(dest, exist_ok=True)
   with open(os.path.join(dest, "test.jsonl"), "w") as f:
-    for key, item, refs, text in zip(data.keys, items, data.references,
-                                     texts):
+    for key, item, text in zip(data.keys, items, texts):
       f.write(json.dumps({"prompt": item.get("prompt", key),
                           "target": item.get("target", ""),
                           "output": text}) + "\n")
@@ -223,9 +222,9 @@ def show(dest, title, count=20):
 
 
 def run_test(wd, dest):
-  """test.jsonl of a finished run, from its own outputs file."""
-  config, task, model, params = workdir_lib.load_run(wd)
-  data = task.eval_sets["test"]
+  """test.jsonl of a finished run, from its own outputs file (the items
+  from its config's data, no weights loaded)."""
+  data = tasks_lib.build(workdir_lib.load_config(wd)).eval_sets["test"]
   path = os.path.join(wd, "outputs", "test.tsv")
   got = {}
   with open(path, encoding="utf-8") as f:
