@@ -66,15 +66,11 @@ def stage_config(task, stage, args, hf_path, seed=0, steps=None):
                       (",tiny" if args.tiny else ""))
   c.model.hf_path = hf_path
   c.seed = seed
-  if steps is not None:
+  steps = steps or (args.steps if stage.startswith("grpo") else
+                    args.sft_steps if stage == "sft" else 0)
+  if steps:
     c.total_steps = int(steps)
-    c.eval_every = c.total_steps + 1
-  elif stage.startswith("grpo") and args.steps:
-    c.total_steps = args.steps
-    c.eval_every = c.total_steps + 1
-  elif stage == "sft" and args.sft_steps:
-    c.total_steps = args.sft_steps
-    c.eval_every = c.total_steps + 1
+    c.eval_every = c.total_steps + 1     # One eval, at the end.
   config_lib.validate(c)
   return c
 
