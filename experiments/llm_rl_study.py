@@ -52,7 +52,7 @@ from ir_jax import evaluate, pretrained, train  # noqa: E402
 from ir_jax import workdir as workdir_lib  # noqa: E402
 from ir_jax.data import tasks as tasks_lib  # noqa: E402
 
-ARMS = ("grpo_token", "grpo_sequence", "sft_wall")
+ARMS = ("grpo_token", "grpo_sequence", "sft_wall", "tunix_grpo")
 EXPERIMENT = os.path.join(ROOT, "experiments", "llm_rl.py")
 MODEL = "smollm2-135m-instruct"
 WINDOW = 5   # Records in the moving average of steps to target.
@@ -303,16 +303,20 @@ def arm_run(args, task, arm, seed, merged, sft_step_s, runs):
                        "first (it runs for that run's seconds).")
     steps = max(1, int(round(token["wall_s"] / sft_step_s)))
     c = stage_config(task, arm, args, merged, seed, steps=steps)
-  else:
-    c = stage_config(task, arm, args, merged, seed)
+  else:    # tunix_grpo: grpo_sequence's settings (Tunix's credit).
+    c = stage_config(task, "grpo_sequence" if arm == "tunix_grpo" else arm,
+                     args, merged, seed)
   t0 = time.time()
-  final = run(c, wd)
-  points = curve(wd)
+  if arm == "tunix_grpo":
+    final, points = tunix_run(c, merged, wd, dest)
+  else:
+    final = run(c, wd)
+    points = curve(wd)
+    run_test(wd, dest)
   os.makedirs(dest, exist_ok=True)
   with open(os.path.join(dest, "curve.jsonl"), "w") as f:
     for p in points:
       f.write(json.dumps(p) + "\n")
-  run_test(wd, dest)
   show(dest, f"{task} {arm} seed {seed}")
   steps, seconds = to_target(points, args.target_reward)
   rewarded = [p["reward"] for p in points if p["reward"] is not None]
@@ -325,6 +329,27 @@ def arm_run(args, task, arm, seed, merged, sft_step_s, runs):
           "steps_to_target": steps, "seconds_to_target": seconds,
           "reward_at_equal_rollouts": (float(moving_average(rewarded)[-1])
                                        if rewarded else None)}
+
+
+def tunix_run(c, merged, wd, dest):
+  """(test scores, curve points) of Tunix's GRPO from the merged base
+  (experiments/llm_rl_tunix.py); its adapters folded into the base and the
+  test split decoded by our decoder, as every other arm's."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import llm_rl_tunix
+  import jax
+  from ir_jax.models import lora
+  points, adapters = llm_rl_tunix.train(c, merged, wd)
+  model, base = pretrained.load(merged)
+  lc = c.model.lora
+  adapted, fresh = lora.add_adapters(
+      model, base, rank=lc.rank, alpha=lc.alpha,
+      targets=tuple(t for t in lc.targets.split(",") if t),
+      rng=jax.random.key(0))
+  model, params = lora.merge(adapted, lora.join(adapters,
+                                                lora.split(fresh)[1]))
+  scores = test_outputs(c, model, params, dest)
+  return scores, points
 
 
 def plot(out_dir, runs):

@@ -14,6 +14,11 @@ from helpers import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 pytest.importorskip("gguf")
+try:
+  import tunix  # noqa: F401
+  _HAVE_TUNIX = True
+except ImportError:
+  _HAVE_TUNIX = False
 
 
 def _point(step, reward, wall=None):
@@ -43,15 +48,18 @@ def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
   path = str(tmp_path / "tiny.gguf")
   gguf_files.write(path)
   out, runs = tmp_path / "out", tmp_path / "runs"
+  # The Tunix arm is skipped only where tunix is absent (CI installs it).
+  arms = [a for a in study.ARMS if a != "tunix_grpo" or _HAVE_TUNIX]
   summary = study.main(["--task", "spell_backward", "--tiny", "--gguf", path,
                         "--seeds", "0", "--target_reward", "-0.99",
+                        "--arms", ",".join(arms),
                         "--runs", str(runs), "--out", str(out)])
   task_dir = out / "spell_backward"
   disk = json.load(open(task_dir / "summary.json"))
   assert disk == json.loads(json.dumps(summary))
   assert set(disk) == {"model", "task", "target_reward", "runs"}
   assert disk["target_reward"] == -0.99
-  assert sorted(r["arm"] for r in disk["runs"]) == sorted(study.ARMS)
+  assert sorted(r["arm"] for r in disk["runs"]) == sorted(arms)
   for r in disk["runs"]:
     assert set(r) == {"arm", "seed", "steps", "wall_s", "test_exact",
                       "test_cer", "steps_to_target", "seconds_to_target",
@@ -103,7 +111,8 @@ def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
                                np.asarray(flat_merged[k]), rtol=0, atol=0)
   # A rerun trains nothing and keeps every number; the target stays fixed.
   again = study.main(["--task", "spell_backward", "--tiny", "--gguf", path,
-                      "--seeds", "0", "--runs", str(runs), "--out", str(out)])
+                      "--seeds", "0", "--arms", ",".join(arms),
+                      "--runs", str(runs), "--out", str(out)])
   assert again["runs"] == summary["runs"]
   with pytest.raises(SystemExit, match="target_reward"):
     study.main(["--task", "spell_backward", "--tiny", "--gguf", path,
@@ -130,3 +139,93 @@ def test_paired_test_by_hand(tmp_path):
   assert out["cer_a"] == pytest.approx(2 / 11)
   assert out["cer_b"] == pytest.approx(2 / 11)
   assert out["delta_cer"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------ the Tunix arm
+
+
+def _levenshtein(a: bytes, b: bytes) -> int:
+  row = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    prev, row[0] = row[0], i
+    for j, y in enumerate(b, 1):
+      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+  return row[-1]
+
+
+def test_tunix_host_reward_is_char_error_by_hand():
+  import llm_rl_tunix as lt
+  cases = [("olleh", "olleh"), (" olleh\n", "olleh"), ("oleh", " olleh"),
+           ("", "abc"), ("abcdefgh", "ab"), ("café", "cafe"), ("x y", "xy"),
+           ("\tq", "")]
+  for out, target in cases:
+    a = out.strip(" \t\r\n").encode()
+    b = target.strip(" \t\r\n").encode()
+    want = -min(_levenshtein(a, b) / max(len(b), 1), 1.0)
+    assert lt.char_error(out, target) == pytest.approx(want, abs=1e-12)
+  assert lt.char_error("", "abc") == -1.0
+  assert lt.char_error("abcdefgh", "ab") == -1.0      # Clipped at CER 1.
+  assert lt.char_error("café", "cafe") == pytest.approx(-2 / 4)  # 2 bytes.
+
+
+def test_tunix_records_are_means_over_log_every_steps():
+  import llm_rl_tunix as lt
+  per_step = [{"reward": -r, "completion_length": float(r),
+               "empty_fraction": 0.0} for r in range(1, 8)]
+  points = lt.records(per_step, np.arange(1.0, 8.0), every=3)
+  assert [p["step"] for p in points] == [3, 6, 7]
+  assert [p["wall_s"] for p in points] == [6.0, 21.0, 28.0]
+  assert [p["reward"] for p in points] == [-2.0, -5.0, -7.0]
+  assert [p["completion_length"] for p in points] == [2.0, 5.0, 7.0]
+
+
+@pytest.mark.skipif(not _HAVE_TUNIX, reason="tunix is not installed")
+def test_tunix_model_and_adapters_are_our_function(tmp_path):
+  """Our weights in Tunix's Llama3 give our logits (with the rope theta
+  patch; without it they do not), and Tunix's trained LoRA folded back into
+  our layout gives Tunix's logits."""
+  import jax
+  import jax.numpy as jnp
+  import gguf_files
+  import llm_rl_tunix as lt
+  import qwix
+  from flax import nnx
+  from tunix.models.llama3 import model as llama3
+  from ir_jax import pretrained
+  from ir_jax.models import lora
+  path = str(tmp_path / "tiny.gguf")
+  gguf_files.write(path, rope_theta=50_000.0)
+  model, params = pretrained.load(path)
+  cfg = lt.model_config(pretrained.hf_config(path))
+  assert cfg.rope_theta == 50_000 and cfg.weight_tying
+  tm = llama3.Llama3(cfg, rngs=nnx.Rngs(0))
+  lt.to_tunix(tm, params, cfg)
+  ids = np.random.default_rng(0).integers(5, cfg.vocab_size, (2, 40))
+  ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids))[0])
+  assert np.abs(ours - np.asarray(lt.logits(tm, ids))).max() > 0.1
+  targets = ("query", "key", "value", "out", "wi_gate", "wi_up", "wo")
+  with lt.patched_rope(cfg.rope_theta):
+    np.testing.assert_allclose(np.asarray(lt.logits(tm, ids)), ours,
+                               atol=1e-4, rtol=0)
+    provider = qwix.LoraProvider(
+        module_path="|".join(f".*{lt.TARGETS[t][1]}" for t in targets),
+        rank=4, alpha=16.0)
+    actor = qwix.apply_lora_to_model(tm, provider, rngs=nnx.Rngs(1),
+                                     **tm.get_model_input())
+    # Trained adapters: B is no longer zero.
+    state = nnx.state(actor, nnx.LoRAParam)
+    keys = iter(jax.random.split(jax.random.key(2), 1000))
+    state = jax.tree.map(lambda v: v + 0.05 * jax.random.normal(
+        next(keys), v.shape), state)
+    nnx.update(actor, state)
+    theirs = np.asarray(lt.logits(actor, ids))
+  assert np.abs(theirs - ours).max() > 0.1
+  adapters = lt.adapters_of(actor, targets)
+  adapted, fresh = lora.add_adapters(model, params, rank=4, alpha=16.0,
+                                     targets=targets, rng=jax.random.key(0))
+  assert set(adapters) == set(lora.split(fresh)[0])
+  merged_model, merged = lora.merge(adapted, lora.join(
+      adapters, lora.split(fresh)[1]))
+  np.testing.assert_allclose(
+      np.asarray(merged_model.apply({"params": merged}, jnp.asarray(ids))[0]),
+      theirs, atol=1e-4, rtol=0)
