@@ -32,13 +32,17 @@ from ir_jax import config as config_lib
 
 STAGES = ("sft", "grpo_token", "grpo_sequence", "sft_wall")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Task -> (data folder, source_len, target_len) in SmolLM2 tokens with the
-# chat template (its default system turn is ~30 tokens).
+# Task -> (data folder, source_len, target_len, GRPO steps): lengths in
+# SmolLM2 tokens with the chat template (its default system turn is ~30
+# tokens; spell_backward's prompts are <= 48, basic_arithmetic's <= 79 and
+# 99% of its answers <= 14 with EOS); steps so that an arm-seed takes ~25
+# minutes on 2 CPU cores (~22 s a step at 56 + 10 tokens, ~1.5x that at
+# 80 + 16).
 TASKS = {
-    "spell_backward": ("data/gym/spell_backward", 56, 10),
-    "word_sorting": ("data/gym/word_sorting", 144, 32),
-    "basic_arithmetic": ("data/gym/basic_arithmetic", 80, 20),
-    "codespell": ("data/codespell", 48, 12),
+    "spell_backward": ("data/gym/spell_backward", 56, 10, 60),
+    "word_sorting": ("data/gym/word_sorting", 144, 32, 20),
+    "basic_arithmetic": ("data/gym/basic_arithmetic", 80, 16, 40),
+    "codespell": ("data/codespell", 48, 12, 60),
 }
 
 
@@ -51,7 +55,7 @@ def get_config(arg=None):
                      f"TASK in {sorted(TASKS)} and STAGE in {STAGES}; got "
                      f"{arg!r}.")
   task, stage = rest
-  folder, source_len, target_len = TASKS[task]
+  folder, source_len, target_len, rl_steps = TASKS[task]
   c = config_lib.default_config()
   c.task = "text"
   c.seed = 0
@@ -92,9 +96,7 @@ def get_config(arg=None):
     c.rl.group_std = True
     c.rl.inner_steps = 1
     c.batch_size = 8
-    # ~22 s a step on 2 CPU cores (SmolLM2, 56 + 10 tokens, K = 4): 60
-    # steps + compile + the test decode is the ~25 min an arm-seed may take.
-    c.total_steps = 60
+    c.total_steps = rl_steps
     c.optim.learning_rate = 2e-4
   c.eval_every = c.total_steps + 1      # One eval, at the end.
   if tiny:

@@ -234,10 +234,14 @@ def run_test(wd, dest):
 def paired_test(dest_a, dest_b):
   """System a vs b on the same test items (their test.jsonl): exact match
   (stripped) with McNemar's exact p, byte CER (errors over the target's
-  bytes, pooled) with a paired bootstrap CI and p."""
-  def load(dest):
-    with open(os.path.join(dest, "test.jsonl")) as f:
-      return [json.loads(line) for line in f]
+  bytes, pooled) with a paired bootstrap CI and p. A list of folders a
+  side (seeds, paired in order) pools their items."""
+  def load(dests):
+    rows = []
+    for dest in [dests] if isinstance(dests, str) else dests:
+      with open(os.path.join(dest, "test.jsonl")) as f:
+        rows += [json.loads(line) for line in f]
+    return rows
 
   a, b = load(dest_a), load(dest_b)
   if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
@@ -352,6 +356,106 @@ def tunix_run(c, merged, wd, dest):
   return scores, points
 
 
+# Comparisons of the report: (a, b), a's seeds paired with b's (the start
+# has one: it is repeated).
+COMPARISONS = (("grpo_token", "sft"), ("grpo_sequence", "sft"),
+               ("tunix_grpo", "sft"), ("sft_wall", "sft"),
+               ("grpo_token", "grpo_sequence"), ("grpo_token", "sft_wall"),
+               ("grpo_token", "tunix_grpo"))
+
+
+def _ratio(a, b):
+  return None if a is None or b is None else a / b
+
+
+def report(out_dir, summary):
+  """report.json and report.md of a task's results: every run; each
+  comparison pooled over the seeds both arms have (paired_test) with the
+  per-seed CER deltas; per seed, grpo_token's rollouts to target over
+  grpo_sequence's and its seconds to target over Tunix's."""
+  runs = {(r["arm"], r["seed"]): r for r in summary["runs"]}
+  dest = lambda arm, seed: os.path.join(out_dir, arm, f"seed{seed}")
+  tests = {}
+  for a, b in COMPARISONS:
+    seeds = sorted(s for arm, s in runs if arm == a and (b == "sft" or
+                                                         (b, s) in runs))
+    if not seeds:
+      continue
+    side_b = [dest(b, 0 if b == "sft" else s) for s in seeds]
+    out = paired_test([dest(a, s) for s in seeds], side_b)
+    out["seeds"] = seeds
+    out["per_seed_delta_cer"] = [paired_test(dest(a, s), side_b[i])[
+        "delta_cer"] for i, s in enumerate(seeds)]
+    tests[f"{a}_vs_{b}"] = out
+  ratios = []
+  for seed in sorted({s for _, s in runs}):
+    token = runs.get(("grpo_token", seed))
+    if token is None:
+      continue
+    seq, tunix = runs.get(("grpo_sequence", seed)), runs.get(
+        ("tunix_grpo", seed))
+    ratios.append({
+        "seed": seed,
+        "rollouts_token_over_sequence": _ratio(
+            token["steps_to_target"], seq and seq["steps_to_target"]),
+        "seconds_token_over_tunix": _ratio(
+            token["seconds_to_target"], tunix and tunix["seconds_to_target"]),
+        "step_seconds_token_over_tunix": _ratio(
+            token["wall_s"] / token["steps"],
+            tunix and tunix["wall_s"] / tunix["steps"])})
+  rep = {"task": summary["task"], "target_reward": summary["target_reward"],
+         "tests": tests, "ratios": ratios}
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(rep, f, indent=1)
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(report_markdown(summary, rep))
+  return rep
+
+
+def _f(x, fmt="{:.3f}", none="never"):
+  return none if x is None else fmt.format(x)
+
+
+def report_markdown(summary, rep) -> str:
+  pct = lambda x: f"{100 * x:.2f}%"
+  lines = [f"# {summary['task']}: {summary['model']}, target_reward "
+           f"{summary['target_reward']}", "",
+           "| arm | seed | steps | seconds | test exact | test CER | "
+           "steps to target | seconds to target | final reward (5-rec.) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in sorted(summary["runs"], key=lambda r: (r["arm"], r["seed"])):
+    lines.append(
+        f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | "
+        f"{pct(r['test_exact'])} | {pct(r['test_cer'])} | "
+        f"{_f(r['steps_to_target'], '{}')} | "
+        f"{_f(r['seconds_to_target'], '{:.0f}')} | "
+        f"{_f(r['reward_at_equal_rollouts'])} |")
+  lines += ["", "Paired on the test items, pooled over the seeds both have "
+            "(the SFT start repeated); dCER in points, a minus b:", "",
+            "| a vs b | seeds | exact a / b | McNemar p | CER a / b | dCER "
+            "(95% CI) | bootstrap p | dCER per seed |", "|---|---|---|---|"
+            "---|---|---|---|"]
+  for name, t in rep["tests"].items():
+    lines.append(
+        f"| {name.replace('_vs_', ' vs ')} | {','.join(map(str, t['seeds']))}"
+        f" | {pct(t['exact_a'])} / {pct(t['exact_b'])} | "
+        f"{t['mcnemar_p']:.3g} | {pct(t['cer_a'])} / {pct(t['cer_b'])} | "
+        f"{100 * t['delta_cer']:+.2f} ({100 * t['ci95'][0]:+.2f}, "
+        f"{100 * t['ci95'][1]:+.2f}) | {t['p_cer']:.3g} | "
+        + ", ".join(f"{100 * d:+.2f}" for d in t["per_seed_delta_cer"])
+        + " |")
+  lines += ["", "Per seed ('-': an arm missing or never at the target):",
+            "", "| seed | rollouts to target, token / sequence | seconds to "
+            "target, token / Tunix | seconds a step, token / Tunix |",
+            "|---|---|---|---|"]
+  for r in rep["ratios"]:
+    lines.append(f"| {r['seed']} | "
+                 f"{_f(r['rollouts_token_over_sequence'], '{:.2f}x', '-')} | "
+                 f"{_f(r['seconds_token_over_tunix'], '{:.2f}x', '-')} | "
+                 f"{_f(r['step_seconds_token_over_tunix'], '{:.2f}x', '-')} |")
+  return "\n".join(lines) + "\n"
+
+
 def plot(out_dir, runs):
   import matplotlib
   matplotlib.use("Agg")
@@ -406,7 +510,15 @@ def main(argv=None):
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "llm_rl"))
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "llm_rl"))
+  p.add_argument("--report", action="store_true", help="only rewrite "
+                 "report.{json,md} and curves.png from the results")
   args = p.parse_args(argv)
+  if args.report:
+    out_dir = os.path.join(args.out, args.task)
+    with open(os.path.join(out_dir, "summary.json")) as f:
+      summary = json.load(f)
+    plot(out_dir, summary["runs"])
+    return report(out_dir, summary)
   arms = [a for a in args.arms.split(",") if a]
   if not arms or set(arms) - set(ARMS):
     p.error(f"--arms must name only {ARMS}, got {arms}.")
@@ -451,6 +563,7 @@ def main(argv=None):
       with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1)
       plot(out_dir, summary["runs"])
+      report(out_dir, summary)
   return summary
 
 

@@ -88,6 +88,10 @@ def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
                                              "test.jsonl")]
   assert len(start) == 6
   assert os.path.getsize(task_dir / "curves.png") > 1000
+  rep = json.load(open(task_dir / "report.json"))
+  assert set(rep["tests"]) == {f"{a}_vs_{b}" for a, b in study.COMPARISONS
+                               if a in arms and b in arms + ["sft"]}
+  assert "| grpo_token vs sft |" in open(task_dir / "report.md").read()
   adapters = task_dir / "sft" / "adapters.npz"
   assert os.path.getsize(adapters) < 200_000
   # The merged base is the GGUF plus the committed (bf16) adapters ...
@@ -229,3 +233,50 @@ def test_tunix_model_and_adapters_are_our_function(tmp_path):
   np.testing.assert_allclose(
       np.asarray(merged_model.apply({"params": merged}, jnp.asarray(ids))[0]),
       theirs, atol=1e-4, rtol=0)
+
+
+def test_report_pools_seeds_and_takes_ratios_by_hand(tmp_path):
+  import llm_rl_study as study
+  items = [("p1", "abcd"), ("p2", "xy")]
+  outputs = {("sft", 0): ["abcd", "x"], ("grpo_token", 0): ["abcd", "xy"],
+             ("grpo_token", 1): ["abc", "xy"],
+             ("grpo_sequence", 0): ["ab", "xy"],
+             ("grpo_sequence", 1): ["abcd", ""]}
+  for (arm, seed), outs in outputs.items():
+    d = tmp_path / arm / f"seed{seed}"
+    d.mkdir(parents=True)
+    with open(d / "test.jsonl", "w") as f:
+      for (prompt, target), out in zip(items, outs):
+        f.write(json.dumps({"prompt": prompt, "target": target,
+                            "output": out}) + "\n")
+  row = lambda arm, seed, steps, secs: {
+      "arm": arm, "seed": seed, "steps": 60, "wall_s": 600.0,
+      "test_exact": 0.5, "test_cer": 0.1, "steps_to_target": steps,
+      "seconds_to_target": secs, "reward_at_equal_rollouts": -0.4}
+  summary = {"model": "m", "task": "t", "target_reward": -0.5, "runs": [
+      row("grpo_token", 0, 20, 200.0), row("grpo_token", 1, 30, 300.0),
+      row("grpo_sequence", 0, 40, 400.0), row("grpo_sequence", 1, None,
+                                               None)]}
+  rep = study.report(str(tmp_path), summary)
+  assert set(rep["tests"]) == {"grpo_token_vs_sft", "grpo_sequence_vs_sft",
+                               "grpo_token_vs_grpo_sequence"}
+  t = rep["tests"]["grpo_token_vs_sft"]
+  # Token: 0 + 0 errors (seed 0), 1 + 0 (seed 1) over 6 + 6 bytes; the
+  # start (repeated): 0 + 1, 0 + 1.
+  assert t["seeds"] == [0, 1] and t["items"] == 4
+  assert t["cer_a"] == pytest.approx(1 / 12)
+  assert t["cer_b"] == pytest.approx(2 / 12)
+  assert t["per_seed_delta_cer"] == pytest.approx([-1 / 6, 0.0])
+  assert t["exact_a"] == 0.75 and t["exact_b"] == 0.5
+  s = rep["tests"]["grpo_token_vs_grpo_sequence"]
+  # Sequence: 2 + 0 (seed 0), 0 + 2 (seed 1).
+  assert s["cer_b"] == pytest.approx(4 / 12)
+  assert rep["ratios"] == [
+      {"seed": 0, "rollouts_token_over_sequence": 0.5,
+       "seconds_token_over_tunix": None,
+       "step_seconds_token_over_tunix": None},
+      {"seed": 1, "rollouts_token_over_sequence": None,
+       "seconds_token_over_tunix": None,
+       "step_seconds_token_over_tunix": None}]
+  md = open(tmp_path / "report.md").read()
+  assert "| 0 | 0.50x | - | - |" in md and "| 1 | - | - | - |" in md
