@@ -495,7 +495,8 @@ def plot(out_dir, runs):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--task", default="spell_backward")
-  p.add_argument("--arms", default=",".join(ARMS))
+  p.add_argument("--arms", default=",".join(ARMS),
+                 help="comma list of arms; 'sft': the SFT start alone")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--target_reward", type=float, default=None,
                  help="fixed from the pilot before the real runs")
@@ -520,8 +521,10 @@ def main(argv=None):
     plot(out_dir, summary["runs"])
     return report(out_dir, summary)
   arms = [a for a in args.arms.split(",") if a]
-  if not arms or set(arms) - set(ARMS):
-    p.error(f"--arms must name only {ARMS}, got {arms}.")
+  if arms == ["sft"]:
+    arms = []            # The SFT start alone (its adapters and scores).
+  elif not arms or set(arms) - set(ARMS):
+    p.error(f"--arms must name only {ARMS} (or be sft alone), got {arms}.")
   seeds = [int(s) for s in args.seeds.split(",")]
   if args.gguf:
     gguf_path = args.gguf

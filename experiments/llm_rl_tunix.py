@@ -251,8 +251,9 @@ def train(config, hf_path, wd):
                 max_prompt_length=config.data.source_len,
                 kv_cache_size=config.data.source_len + config.data.target_len
                 + 8, temperature=rl.temperature,
-                top_k=rl.top_k or None,
-                top_p=rl.top_p if rl.top_p < 1.0 else None,
+                # top_p=None is greedy decoding in Tunix 0.1.7's sampler;
+                # 1.0 with no top-k samples the full vocabulary.
+                top_k=rl.top_k or None, top_p=rl.top_p,
                 eos_tokens=[task.eos_id])))
     starts, per_step = [], []
     generate = cluster.generate
@@ -277,6 +278,21 @@ def train(config, hf_path, wd):
     def reward_fn(prompts, completions, answer, **kwargs):
       r = [char_error(c, a) for c, a in zip(completions, answer)]
       per_step[-1]["reward"] = float(np.mean(r))
+      n = len(per_step)
+      k = rl.num_samples      # Tunix repeats each prompt K times in a row.
+      groups = [completions[i:i + k] for i in range(0, len(completions), k)]
+      if n == 1 and rl.temperature > 0 and all(len(set(g)) == 1
+                                               for g in groups):
+        raise RuntimeError(
+            "Tunix's rollout gave K equal completions in every group at "
+            f"temperature {rl.temperature}: it is decoding greedily (its "
+            "sampler is greedy when top_p is None), so GRPO has no signal.")
+      if n % config.log_every == 0 or n == steps:   # Progress, as ours logs.
+        chunk = per_step[-config.log_every:]
+        print(f"tunix_grpo step {n}/{steps}: reward "
+              f"{np.mean([c['reward'] for c in chunk]):.3f}, completion "
+              f"length {np.mean([c['completion_length'] for c in chunk]):.2f}"
+              f", {time.perf_counter() - starts[0]:.0f} s", flush=True)
       return r
 
     learner = grpo_learner.GRPOLearner(
