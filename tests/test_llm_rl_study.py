@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, levenshtein
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 pytest.importorskip("gguf")
@@ -148,15 +148,6 @@ def test_paired_test_by_hand(tmp_path):
 # ------------------------------------------------------------ the Tunix arm
 
 
-def _levenshtein(a: bytes, b: bytes) -> int:
-  row = list(range(len(b) + 1))
-  for i, x in enumerate(a, 1):
-    prev, row[0] = row[0], i
-    for j, y in enumerate(b, 1):
-      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-  return row[-1]
-
-
 def test_tunix_host_reward_is_char_error_by_hand():
   import llm_rl_tunix as lt
   cases = [("olleh", "olleh"), (" olleh\n", "olleh"), ("oleh", " olleh"),
@@ -165,7 +156,7 @@ def test_tunix_host_reward_is_char_error_by_hand():
   for out, target in cases:
     a = out.strip(" \t\r\n").encode()
     b = target.strip(" \t\r\n").encode()
-    want = -min(_levenshtein(a, b) / max(len(b), 1), 1.0)
+    want = -min(levenshtein(a, b) / max(len(b), 1), 1.0)
     assert lt.char_error(out, target) == pytest.approx(want, abs=1e-12)
   assert lt.char_error("", "abc") == -1.0
   assert lt.char_error("abcdefgh", "ab") == -1.0      # Clipped at CER 1.
