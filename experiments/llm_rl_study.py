@@ -368,6 +368,18 @@ def _ratio(a, b):
   return None if a is None or b is None else a / b
 
 
+def output_bytes(dest):
+  """{output, target, empty}: the mean stripped UTF-8 bytes of a system's
+  test outputs and of the targets, and how many outputs are empty (a
+  reward gamed by shorter answers shows here first)."""
+  with open(os.path.join(dest, "test.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  size = lambda s: len(s.strip().encode("utf-8"))
+  return {"output": float(np.mean([size(r["output"]) for r in rows])),
+          "target": float(np.mean([size(r["target"]) for r in rows])),
+          "empty": int(sum(size(r["output"]) == 0 for r in rows))}
+
+
 def report(out_dir, summary):
   """report.json and report.md of a task's results: every run; each
   comparison pooled over the seeds both arms have (paired_test) with the
@@ -403,8 +415,10 @@ def report(out_dir, summary):
         "step_seconds_token_over_tunix": _ratio(
             token["wall_s"] / token["steps"],
             tunix and tunix["wall_s"] / tunix["steps"])})
+  lengths = {"sft/seed0": output_bytes(dest("sft", 0))}
+  lengths.update({f"{a}/seed{s}": output_bytes(dest(a, s)) for a, s in runs})
   rep = {"task": summary["task"], "target_reward": summary["target_reward"],
-         "tests": tests, "ratios": ratios}
+         "tests": tests, "ratios": ratios, "output_bytes": lengths}
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rep, f, indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -421,15 +435,26 @@ def report_markdown(summary, rep) -> str:
   lines = [f"# {summary['task']}: {summary['model']}, target_reward "
            f"{summary['target_reward']}", "",
            "| arm | seed | steps | seconds | test exact | test CER | "
-           "steps to target | seconds to target | final reward (5-rec.) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "output bytes (empty) | steps to target | seconds to target | "
+           "final reward (5-rec.) |", "|---|---|---|---|---|---|---|---|---|"
+           "---|"]
+  size = lambda key: (f"{rep['output_bytes'][key]['output']:.2f} "
+                      f"({rep['output_bytes'][key]['empty']})")
+  start = rep["tests"].get("grpo_token_vs_sft") or next(
+      (t for n, t in rep["tests"].items() if n.endswith("_vs_sft")), None)
+  if start:
+    lines.append(f"| SFT start | 0 | - | - | {pct(start['exact_b'])} | "
+                 f"{pct(start['cer_b'])} | {size('sft/seed0')} | - | - | - |")
   for r in sorted(summary["runs"], key=lambda r: (r["arm"], r["seed"])):
     lines.append(
         f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | "
         f"{pct(r['test_exact'])} | {pct(r['test_cer'])} | "
+        f"{size(r['arm'] + '/seed' + str(r['seed']))} | "
         f"{_f(r['steps_to_target'], '{}')} | "
         f"{_f(r['seconds_to_target'], '{:.0f}')} | "
         f"{_f(r['reward_at_equal_rollouts'])} |")
+  lines += ["", f"Targets average {rep['output_bytes']['sft/seed0']['target']:.2f}"
+            " bytes."]
   lines += ["", "Paired on the test items, pooled over the seeds both have "
             "(the SFT start repeated); dCER in points, a minus b:", "",
             "| a vs b | seeds | exact a / b | McNemar p | CER a / b | dCER "

@@ -269,5 +269,10 @@ def test_report_pools_seeds_and_takes_ratios_by_hand(tmp_path):
       {"seed": 1, "rollouts_token_over_sequence": None,
        "seconds_token_over_tunix": None,
        "step_seconds_token_over_tunix": None}]
+  assert rep["output_bytes"]["sft/seed0"] == {"output": 2.5, "target": 3.0,
+                                              "empty": 0}
+  assert rep["output_bytes"]["grpo_sequence/seed1"] == {
+      "output": 2.0, "target": 3.0, "empty": 1}
   md = open(tmp_path / "report.md").read()
+  assert "| SFT start | 0 | - | - | 50.00% | 16.67% | 2.50 (0) |" in md
   assert "| 0 | 0.50x | - | - |" in md and "| 1 | - | - | - |" in md
