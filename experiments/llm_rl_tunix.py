@@ -307,7 +307,12 @@ def train(config, hf_path, wd):
     jax.block_until_ready(nnx.state(actor))
     starts.append(time.perf_counter())
   points = records(per_step, np.diff(starts), config.log_every)
-  adapters = adapters_of(actor, targets)
+  # The cluster trains its own copy of the actor (resharded onto the mesh):
+  # the adapters are read from the trainer's model, not from `actor`.
+  adapters = adapters_of(cluster.actor_trainer.model, targets)
+  if not any(np.any(v) for k, v in adapters.items() if k[-1] == "lora_b"):
+    raise RuntimeError("Tunix's trained adapters are all zero: the model "
+                       "read is not the one Tunix trained.")
   os.makedirs(wd, exist_ok=True)
   np.savez(adapters_path, **{"/".join(k): v for k, v in adapters.items()})
   with open(curve_path, "w") as f:

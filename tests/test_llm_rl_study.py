@@ -113,6 +113,10 @@ def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
   for k in changed:
     np.testing.assert_allclose(np.asarray(flat_ref[k]),
                                np.asarray(flat_merged[k]), rtol=0, atol=0)
+  if _HAVE_TUNIX:   # Tunix trained the adapters its test outputs use.
+    with np.load(runs / "spell_backward" / "tunix_grpo" / "seed0" /
+                 "adapters.npz") as z:
+      assert any(np.any(z[k]) for k in z.files if k.endswith("lora_b"))
   # A rerun trains nothing and keeps every number; the target stays fixed.
   again = study.main(["--task", "spell_backward", "--tiny", "--gguf", path,
                       "--seeds", "0", "--arms", ",".join(arms),
