@@ -151,19 +151,27 @@ def load_adapters(path):
         np.float32) for k in z.files}
 
 
+def with_adapters(config, path):
+  """(model, params): the checkpoint at `path` with fresh adapters of
+  `config.model.lora` (rank, alpha, targets), a no-op until trained."""
+  import jax
+  from ir_jax.models import lora
+  model, params = pretrained.load(path)
+  lc = config.model.lora
+  return lora.add_adapters(
+      model, params, rank=lc.rank, alpha=lc.alpha,
+      targets=tuple(t for t in lc.targets.split(",") if t),
+      rng=jax.random.key(0))
+
+
 def merged_base(config, adapters_path, dest):
   """`dest`: the GGUF base with the committed adapters folded in (f32),
   as an HF checkpoint with the tokenizer. Built once."""
   if os.path.exists(os.path.join(dest, "config.json")):
     return dest
-  import jax
   from ir_jax.models import hf, lora
-  model, params = pretrained.load(config.model.hf_path)
+  adapted, p = with_adapters(config, config.model.hf_path)
   lc = config.model.lora
-  adapted, p = lora.add_adapters(
-      model, params, rank=lc.rank, alpha=lc.alpha,
-      targets=tuple(t for t in lc.targets.split(",") if t),
-      rng=jax.random.key(0))
   base = lora.split(p)[1]
   adapters = load_adapters(adapters_path)
   want = set(lora.split(p)[0])
@@ -341,15 +349,9 @@ def tunix_run(c, merged, wd, dest):
   test split decoded by our decoder, as every other arm's."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import llm_rl_tunix
-  import jax
   from ir_jax.models import lora
   points, adapters = llm_rl_tunix.train(c, merged, wd)
-  model, base = pretrained.load(merged)
-  lc = c.model.lora
-  adapted, fresh = lora.add_adapters(
-      model, base, rank=lc.rank, alpha=lc.alpha,
-      targets=tuple(t for t in lc.targets.split(",") if t),
-      rng=jax.random.key(0))
+  adapted, fresh = with_adapters(c, merged)
   model, params = lora.merge(adapted, lora.join(adapters,
                                                 lora.split(fresh)[1]))
   scores = test_outputs(c, model, params, dest)
