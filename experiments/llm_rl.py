@@ -97,6 +97,7 @@ def get_config(arg=None):
     c.rl.inner_steps = 1
     c.batch_size = 8
     c.total_steps = rl_steps
+    c.log_every = max(1, rl_steps // 12)  # ~12 rollout records a run.
     c.optim.learning_rate = 2e-4
   c.eval_every = c.total_steps + 1      # One eval, at the end.
   if tiny:

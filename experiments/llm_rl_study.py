@@ -115,6 +115,19 @@ def moving_average(values, window: int = WINDOW):
                    for i in range(len(v))])
 
 
+def pilot_target(points, half_steps):
+  """The `WINDOW`-record moving average of the rollout reward at the last
+  record at or before step `half_steps` (half the real budget: a pilot may
+  run just that far)."""
+  rewarded = [(p["step"], p["reward"]) for p in points
+              if p["reward"] is not None]
+  ma = moving_average([r for _, r in rewarded])
+  upto = [i for i, (s, _) in enumerate(rewarded) if s <= half_steps]
+  if not upto:
+    raise ValueError(f"the pilot logged no reward by step {half_steps}.")
+  return float(ma[upto[-1]])
+
+
 def to_target(points, target):
   """(steps, seconds) at the first logged step whose `WINDOW`-record moving
   average of the rollout reward reaches `target`; (None, None) if never."""
@@ -584,11 +597,11 @@ def main(argv=None):
                          != (arm, seed)] + [row]
       if args.pilot:
         pts = curve(os.path.join(args.runs, args.task, arm, f"seed{seed}"))
-        rewarded = [q["reward"] for q in pts if q["reward"] is not None]
-        half = moving_average(rewarded)[max(len(rewarded) // 2 - 1, 0)]
+        budget = config_lib.load(f"{EXPERIMENT}:{args.task},{arm}")
+        half = pilot_target(pts, budget.total_steps // 2)
         print(f"pilot: {arm} seed {seed} reaches {half:.4f} (5-record "
-              "average) at half its steps: pass it as --target_reward",
-              flush=True)
+              "average) at half the task's GRPO steps: pass it as "
+              "--target_reward", flush=True)
         return summary
       with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1)

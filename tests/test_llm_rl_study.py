@@ -39,6 +39,19 @@ def test_steps_to_target_uses_the_five_record_moving_average():
   assert study.to_target(points, None) == (None, None)
 
 
+def test_pilot_target_is_the_moving_average_at_half_the_budget():
+  import llm_rl_study as study
+  rewards = [-0.9, -0.8, -0.5, -0.4, -0.3, -0.2, -0.1]
+  points = [_point(5 * (i + 1), r) for i, r in enumerate(rewards)]
+  # Half of a 30-step budget: the record at step 15, mean(-0.9, -0.8, -0.5).
+  assert np.isclose(study.pilot_target(points, 15), -2.2 / 3)
+  # A pilot cut at step 20 of a 40-step budget: its last record (step 20).
+  assert np.isclose(study.pilot_target(points[:4], 20), -0.65)
+  assert np.isclose(study.pilot_target(points, 17), -2.2 / 3)  # Not past.
+  with pytest.raises(ValueError, match="no reward by step 4"):
+    study.pilot_target(points, 4)
+
+
 @pytest.mark.slow
 def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
   import gguf_files
