@@ -395,6 +395,26 @@ def output_bytes(dest):
           "empty": int(sum(size(r["output"]) == 0 for r in rows))}
 
 
+def over_seeds(runs, lengths):
+  """{arm: {seeds, test_exact, test_cer, output_bytes: [mean, min, max],
+  steps_to_target: [per seed, None = never], reached: count}}: each arm's
+  runs over its seeds (the table a reader compares arms by; the paired
+  tests are what says whether a difference is noise)."""
+  spread = lambda xs: [float(np.mean(xs)), float(min(xs)), float(max(xs))]
+  arms = {}
+  for arm in sorted({r["arm"] for r in runs}):
+    rs = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
+    arms[arm] = {
+        "seeds": [r["seed"] for r in rs],
+        "test_exact": spread([r["test_exact"] for r in rs]),
+        "test_cer": spread([r["test_cer"] for r in rs]),
+        "output_bytes": spread([lengths[f"{arm}/seed{r['seed']}"]["output"]
+                                for r in rs]),
+        "steps_to_target": [r["steps_to_target"] for r in rs],
+        "reached": sum(r["steps_to_target"] is not None for r in rs)}
+  return arms
+
+
 def report(out_dir, summary):
   """report.json and report.md of a task's results: every run; each
   comparison pooled over the seeds both arms have (paired_test) with the
@@ -433,7 +453,8 @@ def report(out_dir, summary):
   lengths = {"sft/seed0": output_bytes(dest("sft", 0))}
   lengths.update({f"{a}/seed{s}": output_bytes(dest(a, s)) for a, s in runs})
   rep = {"task": summary["task"], "target_reward": summary["target_reward"],
-         "tests": tests, "ratios": ratios, "output_bytes": lengths}
+         "arms": over_seeds(summary["runs"], lengths), "tests": tests,
+         "ratios": ratios, "output_bytes": lengths}
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rep, f, indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -461,15 +482,26 @@ def report_markdown(summary, rep) -> str:
     lines.append(f"| SFT start | 0 | - | - | {pct(start['exact_b'])} | "
                  f"{pct(start['cer_b'])} | {size('sft/seed0')} | - | - | - |")
   for r in sorted(summary["runs"], key=lambda r: (r["arm"], r["seed"])):
+    never = "-" if r["arm"] == "sft_wall" else "never"    # CE: no reward.
     lines.append(
         f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | "
         f"{pct(r['test_exact'])} | {pct(r['test_cer'])} | "
         f"{size(r['arm'] + '/seed' + str(r['seed']))} | "
-        f"{_f(r['steps_to_target'], '{}')} | "
-        f"{_f(r['seconds_to_target'], '{:.0f}')} | "
-        f"{_f(r['reward_at_equal_rollouts'])} |")
+        f"{_f(r['steps_to_target'], '{}', never)} | "
+        f"{_f(r['seconds_to_target'], '{:.0f}', never)} | "
+        f"{_f(r['reward_at_equal_rollouts'], none=never)} |")
   lines += ["", f"Targets average {rep['output_bytes']['sft/seed0']['target']:.2f}"
-            " bytes."]
+            " bytes.", "", "Over seeds (mean, min..max):", "",
+            "| arm | seeds | test exact | test CER | output bytes | steps "
+            "to target (per seed) |", "|---|---|---|---|---|---|"]
+  spread = lambda v, f: f"{f(v[0])} ({f(v[1])}..{f(v[2])})"
+  for arm, a in rep["arms"].items():
+    lines.append(
+        f"| {arm} | {len(a['seeds'])} | {spread(a['test_exact'], pct)} | "
+        f"{spread(a['test_cer'], pct)} | "
+        f"{spread(a['output_bytes'], '{:.2f}'.format)} | "
+        + ("-" if arm == "sft_wall" else ", ".join(
+            _f(x, "{}") for x in a["steps_to_target"])) + " |")
   lines += ["", "Paired on the test items, pooled over the seeds both have "
             "(the SFT start repeated); dCER in points, a minus b:", "",
             "| a vs b | seeds | exact a / b | McNemar p | CER a / b | dCER "

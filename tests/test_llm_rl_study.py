@@ -290,6 +290,13 @@ def test_report_pools_seeds_and_takes_ratios_by_hand(tmp_path):
                                               "empty": 0}
   assert rep["output_bytes"]["grpo_sequence/seed1"] == {
       "output": 2.0, "target": 3.0, "empty": 1}
+  # Over seeds: the rows' 0.5 / 0.1; token outputs 6 / 2 = 3 and 5 / 2 bytes.
+  assert rep["arms"]["grpo_token"] == {
+      "seeds": [0, 1], "test_exact": [0.5, 0.5, 0.5],
+      "test_cer": [0.1, 0.1, 0.1], "output_bytes": [2.75, 2.5, 3.0],
+      "steps_to_target": [20, 30], "reached": 2}
+  assert rep["arms"]["grpo_sequence"]["reached"] == 1
   md = open(tmp_path / "report.md").read()
+  assert "| grpo_token | 2 | 50.00% (50.00%..50.00%) |" in md
   assert "| SFT start | 0 | - | - | 50.00% | 16.67% | 2.50 (0) |" in md
   assert "| 0 | 0.50x | - | - |" in md and "| 1 | - | - | - |" in md
