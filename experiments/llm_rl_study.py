@@ -395,6 +395,20 @@ def output_bytes(dest):
           "empty": int(sum(size(r["output"]) == 0 for r in rows))}
 
 
+def error_split(dest):
+  """{sub, ins, del}: a system's test errors split into substituted, extra
+  and missing bytes (evaluate.edit_operations), each over the targets'
+  bytes; they sum to its byte CER. GRPO's CER gains that come from
+  dropping uncertain letters show as `del` up and `sub` down."""
+  with open(os.path.join(dest, "test.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  strip = lambda s: s.strip().encode("utf-8")
+  ops = np.array([evaluate.edit_operations(strip(r["output"]),
+                                           strip(r["target"])) for r in rows])
+  total = sum(len(strip(r["target"])) for r in rows)
+  return dict(zip(("sub", "ins", "del"), (ops.sum(0) / total).tolist()))
+
+
 def over_seeds(runs, lengths):
   """{arm: {seeds, test_exact, test_cer, output_bytes: [mean, min, max],
   steps_to_target: [per seed, None = never], reached: count}}: each arm's
@@ -452,9 +466,10 @@ def report(out_dir, summary):
             tunix and tunix["wall_s"] / tunix["steps"])})
   lengths = {"sft/seed0": output_bytes(dest("sft", 0))}
   lengths.update({f"{a}/seed{s}": output_bytes(dest(a, s)) for a, s in runs})
+  errors = {key: error_split(os.path.join(out_dir, key)) for key in lengths}
   rep = {"task": summary["task"], "target_reward": summary["target_reward"],
          "arms": over_seeds(summary["runs"], lengths), "tests": tests,
-         "ratios": ratios, "output_bytes": lengths}
+         "ratios": ratios, "output_bytes": lengths, "error_split": errors}
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rep, f, indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -470,22 +485,26 @@ def report_markdown(summary, rep) -> str:
   pct = lambda x: f"{100 * x:.2f}%"
   lines = [f"# {summary['task']}: {summary['model']}, target_reward "
            f"{summary['target_reward']}", "",
-           "| arm | seed | steps | seconds | test exact | test CER | "
-           "output bytes (empty) | steps to target | seconds to target | "
-           "final reward (5-rec.) |", "|---|---|---|---|---|---|---|---|---|"
-           "---|"]
+           "| arm | seed | steps | seconds | test exact | test CER | CER as "
+           "sub / ins / del | output bytes (empty) | steps to target | "
+           "seconds to target | final reward (5-rec.) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   size = lambda key: (f"{rep['output_bytes'][key]['output']:.2f} "
                       f"({rep['output_bytes'][key]['empty']})")
+  split = lambda key: " / ".join(f"{100 * rep['error_split'][key][k]:.2f}"
+                                 for k in ("sub", "ins", "del"))
   start = rep["tests"].get("grpo_token_vs_sft") or next(
       (t for n, t in rep["tests"].items() if n.endswith("_vs_sft")), None)
   if start:
     lines.append(f"| SFT start | 0 | - | - | {pct(start['exact_b'])} | "
-                 f"{pct(start['cer_b'])} | {size('sft/seed0')} | - | - | - |")
+                 f"{pct(start['cer_b'])} | {split('sft/seed0')} | "
+                 f"{size('sft/seed0')} | - | - | - |")
   for r in sorted(summary["runs"], key=lambda r: (r["arm"], r["seed"])):
     never = "-" if r["arm"] == "sft_wall" else "never"    # CE: no reward.
     lines.append(
         f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | "
         f"{pct(r['test_exact'])} | {pct(r['test_cer'])} | "
+        f"{split(r['arm'] + '/seed' + str(r['seed']))} | "
         f"{size(r['arm'] + '/seed' + str(r['seed']))} | "
         f"{_f(r['steps_to_target'], '{}', never)} | "
         f"{_f(r['seconds_to_target'], '{:.0f}', never)} | "

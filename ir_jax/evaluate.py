@@ -57,6 +57,36 @@ def word_errors(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
   return errors, lengths
 
 
+def edit_operations(output: Sequence, reference: Sequence
+                    ) -> Tuple[int, int, int]:
+  """(substitutions, insertions, deletions) of one minimum edit path from
+  `reference` to `output`; they sum to ED(output, reference). Ties are
+  broken toward substitutions, then insertions (extra output symbols),
+  then deletions (reference symbols missing from the output), so the split
+  is deterministic. A reward that lowers the error rate by shortening
+  answers shows as deletions up, substitutions down. O(len(output) *
+  len(reference)) on the host: for reports, not for training.
+  """
+  n, m = len(output), len(reference)
+  d = [[i + j if i == 0 or j == 0 else 0 for j in range(m + 1)]
+       for i in range(n + 1)]
+  for i in range(1, n + 1):
+    for j in range(1, m + 1):
+      d[i][j] = min(d[i - 1][j - 1] + (output[i - 1] != reference[j - 1]),
+                    d[i - 1][j] + 1, d[i][j - 1] + 1)
+  i, j, sub, ins, dele = n, m, 0, 0, 0
+  while i or j:
+    if i and j and d[i][j] == d[i - 1][j - 1] + (output[i - 1] !=
+                                                 reference[j - 1]):
+      sub += output[i - 1] != reference[j - 1]
+      i, j = i - 1, j - 1
+    elif i and d[i][j] == d[i - 1][j] + 1:
+      ins, i = ins + 1, i - 1
+    else:
+      dele, j = dele + 1, j - 1
+  return sub, ins, dele
+
+
 def error_rates(outputs: Sequence[Seq], references: Sequence[Sequence[Seq]]
                 ) -> Dict[str, float]:
   """PER and WER of `outputs` (one symbol tuple per word) as fractions."""

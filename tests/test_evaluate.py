@@ -178,3 +178,19 @@ def test_split_scores_add_reasoning_gyms_own_checker(tmp_path):
   assert scores["task_score"] == pytest.approx(0.5)
   assert scores["exact_match"] == pytest.approx(0.5)
   assert "task_score" not in evaluate.split_scores(task, outputs, refs)
+
+
+def test_edit_operations_hand_made_and_sum_to_the_distance():
+  assert evaluate.edit_operations("abxd", "abcd") == (1, 0, 0)
+  assert evaluate.edit_operations("abc", "abcd") == (0, 0, 1)
+  assert evaluate.edit_operations("abcde", "abcd") == (0, 1, 0)
+  assert evaluate.edit_operations("", "ab") == (0, 0, 2)
+  assert evaluate.edit_operations("ab", "") == (0, 2, 0)
+  # kitten -> sitting: k/s and e/i substituted, the final g missing.
+  assert evaluate.edit_operations("kitten", "sitting") == (2, 0, 1)
+  rng = np.random.default_rng(0)
+  outs = [tuple(rng.choice(list("abc"), rng.integers(0, 7))) for _ in range(50)]
+  refs = [tuple(rng.choice(list("abc"), rng.integers(1, 7))) for _ in range(50)]
+  errors, _ = evaluate.word_errors(outs, [[r] for r in refs])
+  assert [sum(evaluate.edit_operations(o, r)) for o, r in zip(outs, refs)] \
+      == errors.tolist()

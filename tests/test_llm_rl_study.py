@@ -298,5 +298,12 @@ def test_report_pools_seeds_and_takes_ratios_by_hand(tmp_path):
   assert rep["arms"]["grpo_sequence"]["reached"] == 1
   md = open(tmp_path / "report.md").read()
   assert "| grpo_token | 2 | 50.00% (50.00%..50.00%) |" in md
-  assert "| SFT start | 0 | - | - | 50.00% | 16.67% | 2.50 (0) |" in md
+  # The start: "x" for "xy" is one missing byte of 6; sequence seed 1's
+  # "" for "xy" two.
+  assert rep["error_split"]["sft/seed0"] == pytest.approx(
+      {"sub": 0.0, "ins": 0.0, "del": 1 / 6})
+  assert rep["error_split"]["grpo_sequence/seed1"]["del"] == pytest.approx(
+      2 / 6)
+  assert ("| SFT start | 0 | - | - | 50.00% | 16.67% | 0.00 / 0.00 / 16.67 "
+          "| 2.50 (0) |") in md
   assert "| 0 | 0.50x | - | - |" in md and "| 1 | - | - | - |" in md
