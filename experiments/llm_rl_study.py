@@ -547,7 +547,7 @@ def report_markdown(summary, rep) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(out_dir, runs):
+def plot(out_dir, runs, target_reward=None):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -577,6 +577,10 @@ def plot(out_dir, runs):
           ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2)
         ax.set_xlabel("rollout steps" if x == "step" else "seconds")
         ax.set_ylabel(key.replace("_", " "))
+  if target_reward is not None:
+    for ax in axes[0]:
+      ax.axhline(target_reward, color="gray", ls="--", lw=1,
+                 label="target_reward (on the 5-record average)")
   axes[0, 0].legend()
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, "curves.png"), dpi=100)
@@ -609,7 +613,7 @@ def main(argv=None):
     out_dir = os.path.join(args.out, args.task)
     with open(os.path.join(out_dir, "summary.json")) as f:
       summary = json.load(f)
-    plot(out_dir, summary["runs"])
+    plot(out_dir, summary["runs"], summary["target_reward"])
     return report(out_dir, summary)
   arms = [a for a in args.arms.split(",") if a]
   if arms == ["sft"]:
@@ -656,7 +660,7 @@ def main(argv=None):
         return summary
       with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1)
-      plot(out_dir, summary["runs"])
+      plot(out_dir, summary["runs"], summary["target_reward"])
       report(out_dir, summary)
   return summary
 
