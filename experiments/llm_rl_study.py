@@ -37,6 +37,7 @@ A finished run is not retrained (rerun to resume a cut one).
 """
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -395,6 +396,21 @@ def output_bytes(dest):
           "empty": int(sum(size(r["output"]) == 0 for r in rows))}
 
 
+def answer_variety(dest):
+  """{distinct, target_distinct, top: [output, count]}: the share of
+  distinct stripped test outputs (and of distinct targets) and the most
+  common output. A reward paid for a formula (the same few answers
+  whatever the prompt) shows as `distinct` falling and `top` growing."""
+  with open(os.path.join(dest, "test.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  outputs = collections.Counter(r["output"].strip() for r in rows)
+  top, count = outputs.most_common(1)[0]
+  return {"distinct": len(outputs) / len(rows),
+          "target_distinct": len({r["target"].strip() for r in rows})
+                             / len(rows),
+          "top": [top, count]}
+
+
 def error_split(dest):
   """{sub, ins, del}: a system's test errors split into substituted, extra
   and missing bytes (evaluate.edit_operations), each over the targets'
@@ -467,9 +483,12 @@ def report(out_dir, summary):
   lengths = {"sft/seed0": output_bytes(dest("sft", 0))}
   lengths.update({f"{a}/seed{s}": output_bytes(dest(a, s)) for a, s in runs})
   errors = {key: error_split(os.path.join(out_dir, key)) for key in lengths}
+  variety = {key: answer_variety(os.path.join(out_dir, key))
+             for key in lengths}
   rep = {"task": summary["task"], "target_reward": summary["target_reward"],
          "arms": over_seeds(summary["runs"], lengths), "tests": tests,
-         "ratios": ratios, "output_bytes": lengths, "error_split": errors}
+         "ratios": ratios, "output_bytes": lengths, "error_split": errors,
+         "variety": variety}
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rep, f, indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -486,19 +505,23 @@ def report_markdown(summary, rep) -> str:
   lines = [f"# {summary['task']}: {summary['model']}, target_reward "
            f"{summary['target_reward']}", "",
            "| arm | seed | steps | seconds | test exact | test CER | CER as "
-           "sub / ins / del | output bytes (empty) | steps to target | "
-           "seconds to target | final reward (5-rec.) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "sub / ins / del | output bytes (empty) | distinct outputs (most "
+           "common) | steps to target | seconds to target | final reward "
+           "(5-rec.) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   size = lambda key: (f"{rep['output_bytes'][key]['output']:.2f} "
                       f"({rep['output_bytes'][key]['empty']})")
   split = lambda key: " / ".join(f"{100 * rep['error_split'][key][k]:.2f}"
                                  for k in ("sub", "ins", "del"))
+  variety = lambda key: (f"{pct(rep['variety'][key]['distinct'])} "
+                         f"(`{rep['variety'][key]['top'][0]}` x"
+                         f"{rep['variety'][key]['top'][1]})")
   start = rep["tests"].get("grpo_token_vs_sft") or next(
       (t for n, t in rep["tests"].items() if n.endswith("_vs_sft")), None)
   if start:
     lines.append(f"| SFT start | 0 | - | - | {pct(start['exact_b'])} | "
                  f"{pct(start['cer_b'])} | {split('sft/seed0')} | "
-                 f"{size('sft/seed0')} | - | - | - |")
+                 f"{size('sft/seed0')} | {variety('sft/seed0')} | - | - | "
+                 "- |")
   for r in sorted(summary["runs"], key=lambda r: (r["arm"], r["seed"])):
     never = "-" if r["arm"] == "sft_wall" else "never"    # CE: no reward.
     lines.append(
@@ -506,11 +529,13 @@ def report_markdown(summary, rep) -> str:
         f"{pct(r['test_exact'])} | {pct(r['test_cer'])} | "
         f"{split(r['arm'] + '/seed' + str(r['seed']))} | "
         f"{size(r['arm'] + '/seed' + str(r['seed']))} | "
+        f"{variety(r['arm'] + '/seed' + str(r['seed']))} | "
         f"{_f(r['steps_to_target'], '{}', never)} | "
         f"{_f(r['seconds_to_target'], '{:.0f}', never)} | "
         f"{_f(r['reward_at_equal_rollouts'], none=never)} |")
   lines += ["", f"Targets average {rep['output_bytes']['sft/seed0']['target']:.2f}"
-            " bytes.", "", "Over seeds (mean, min..max):", "",
+            f" bytes; {pct(rep['variety']['sft/seed0']['target_distinct'])}"
+            " of them are distinct.", "", "Over seeds (mean, min..max):", "",
             "| arm | seeds | test exact | test CER | output bytes | steps "
             "to target (per seed) |", "|---|---|---|---|---|---|"]
   spread = lambda v, f: f"{f(v[0])} ({f(v[1])}..{f(v[2])})"

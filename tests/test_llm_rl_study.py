@@ -304,6 +304,23 @@ def test_report_pools_seeds_and_takes_ratios_by_hand(tmp_path):
       {"sub": 0.0, "ins": 0.0, "del": 1 / 6})
   assert rep["error_split"]["grpo_sequence/seed1"]["del"] == pytest.approx(
       2 / 6)
+  # Variety: the start's 2 outputs are distinct; grpo_token seed 1's too.
+  assert rep["variety"]["sft/seed0"] == {"distinct": 1.0,
+                                         "target_distinct": 1.0,
+                                         "top": ["abcd", 1]}
   assert ("| SFT start | 0 | - | - | 50.00% | 16.67% | 0.00 / 0.00 / 16.67 "
-          "| 2.50 (0) |") in md
+          "| 2.50 (0) | 100.00% (`abcd` x1) |") in md
   assert "| 0 | 0.50x | - | - |" in md and "| 1 | - | - | - |" in md
+
+
+def test_answer_variety_counts_a_formula_by_hand(tmp_path):
+  import llm_rl_study as study
+  rows = [("1+1", "2", "-10"), ("2+2", "4", " -10 "), ("9-9", "0", "-1"),
+          ("3*3", "9", "-10")]
+  with open(tmp_path / "test.jsonl", "w") as f:
+    for prompt, target, out in rows:
+      f.write(json.dumps({"prompt": prompt, "target": target,
+                          "output": out}) + "\n")
+  # Outputs strip to "-10" x3 and "-1": 2 distinct of 4; targets 4 of 4.
+  assert study.answer_variety(str(tmp_path)) == {
+      "distinct": 0.5, "target_distinct": 1.0, "top": ["-10", 3]}
