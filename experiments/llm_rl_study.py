@@ -228,11 +228,16 @@ def write_test(dest, data, texts):
                           "output": text}) + "\n")
 
 
+def read_test(dest) -> list[dict]:
+  """The rows of `dest/test.jsonl`: [{prompt, target, output}], in order."""
+  with open(os.path.join(dest, "test.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
 def show(dest, title, count=20):
   """Prints the first `count` decoded test outputs of `dest/test.jsonl`
   (look at the outputs, not only the reward)."""
-  with open(os.path.join(dest, "test.jsonl")) as f:
-    rows = [json.loads(line) for line in f][:count]
+  rows = read_test(dest)[:count]
   print(f"--- {title}: {count} test outputs (prompt -> output | target)")
   for r in rows:
     print(f"{r['prompt'][-40:]!r} -> {r['output']!r} | {r['target']!r}")
@@ -259,11 +264,8 @@ def paired_test(dest_a, dest_b):
   bytes, pooled) with a paired bootstrap CI and p. A list of folders a
   side (seeds, paired in order) pools their items."""
   def load(dests):
-    rows = []
-    for dest in [dests] if isinstance(dests, str) else dests:
-      with open(os.path.join(dest, "test.jsonl")) as f:
-        rows += [json.loads(line) for line in f]
-    return rows
+    return [r for dest in ([dests] if isinstance(dests, str) else dests)
+            for r in read_test(dest)]
 
   a, b = load(dest_a), load(dest_b)
   if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
@@ -388,8 +390,7 @@ def output_bytes(dest):
   """{output, target, empty}: the mean stripped UTF-8 bytes of a system's
   test outputs and of the targets, and how many outputs are empty (a
   reward gamed by shorter answers shows here first)."""
-  with open(os.path.join(dest, "test.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  rows = read_test(dest)
   size = lambda s: len(s.strip().encode("utf-8"))
   return {"output": float(np.mean([size(r["output"]) for r in rows])),
           "target": float(np.mean([size(r["target"]) for r in rows])),
@@ -401,8 +402,7 @@ def answer_variety(dest):
   distinct stripped test outputs (and of distinct targets) and the most
   common output. A reward paid for a formula (the same few answers
   whatever the prompt) shows as `distinct` falling and `top` growing."""
-  with open(os.path.join(dest, "test.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  rows = read_test(dest)
   outputs = collections.Counter(r["output"].strip() for r in rows)
   top, count = outputs.most_common(1)[0]
   return {"distinct": len(outputs) / len(rows),
@@ -416,8 +416,7 @@ def error_split(dest):
   and missing bytes (evaluate.edit_operations), each over the targets'
   bytes; they sum to its byte CER. GRPO's CER gains that come from
   dropping uncertain letters show as `del` up and `sub` down."""
-  with open(os.path.join(dest, "test.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  rows = read_test(dest)
   strip = lambda s: s.strip().encode("utf-8")
   ops = np.array([evaluate.edit_operations(strip(r["output"]),
                                            strip(r["target"])) for r in rows])
