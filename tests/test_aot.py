@@ -21,10 +21,7 @@ from ir_jax import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POD_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(
     os.path.join(ROOT, "tpu_configs", "*.py")) if "/_" not in p)
-needs_libtpu = pytest.mark.skipif(
-    not aot.libtpu_available(),
-    reason="libtpu not installed: pip install -e '.[tpu-aot]' (the .ci/run "
-           "command installs it)")
+needs_libtpu = pytest.mark.tpu_compile   # Skipped without libtpu (conftest).
 
 
 def test_every_pod_config_names_its_topology():

@@ -13,9 +13,7 @@ from ir_jax.kernels import levenshtein as exact_kernel
 from helpers import levenshtein
 
 
-needs_libtpu = pytest.mark.skipif(
-    not aot.libtpu_available(),
-    reason="libtpu not installed: pip install -e '.[tpu-aot]'")
+needs_libtpu = pytest.mark.tpu_compile   # Skipped without libtpu (conftest).
 
 
 @pytest.mark.parametrize("platform", ["tpu", "gpu"])

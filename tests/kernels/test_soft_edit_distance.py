@@ -94,9 +94,7 @@ def test_tpu_interpret_mode_matches_xla():
   np.testing.assert_allclose(gg2, gg1, rtol=1e-4, atol=1e-4)
 
 
-needs_libtpu = pytest.mark.skipif(
-    not aot.libtpu_available(),
-    reason="libtpu not installed: pip install -e '.[tpu-aot]'")
+needs_libtpu = pytest.mark.tpu_compile   # Skipped without libtpu (conftest).
 
 
 TPU_SHAPES = {"v5e:2x2": [(512, 64), (512, 256), (128, 1024)],
