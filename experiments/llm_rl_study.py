@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 from ir_jax import config as config_lib  # noqa: E402
 from ir_jax import evaluate, pretrained, train  # noqa: E402
 from ir_jax import workdir as workdir_lib  # noqa: E402
-from ir_jax.data import tasks as tasks_lib  # noqa: E402
+from ir_jax import state as state_lib  # noqa: E402
 
 ARMS = ("grpo_token", "grpo_sequence", "sft_wall", "tunix_grpo")
 EXPERIMENT = os.path.join(ROOT, "experiments", "llm_rl.py")
@@ -207,7 +207,7 @@ def test_outputs(config, model, params, dest):
   """Greedy outputs of the test split: `dest/test.jsonl` ({prompt, target,
   output} per item, the text `ir-jax generate --text` prints) and the
   scores ({exact_match, cer, ...})."""
-  task = tasks_lib.build(config)
+  task = state_lib.build_task(config)
   data = task.eval_sets["test"]
   outputs = evaluate.generate_symbols(model, {"params": params}, task,
                                       data.source, config.eval_batch_size,
@@ -247,7 +247,7 @@ def show(dest, title, count=20):
 def run_test(wd, dest):
   """test.jsonl of a finished run, from its own outputs file (the items
   from its config's data, no weights loaded)."""
-  data = tasks_lib.build(workdir_lib.load_config(wd)).eval_sets["test"]
+  data = state_lib.build_task(workdir_lib.load_config(wd)).eval_sets["test"]
   path = os.path.join(wd, "outputs", "test.tsv")
   got = {}
   with open(path, encoding="utf-8") as f:

@@ -184,6 +184,69 @@ def prompt_batches(config, task, vocab):
   return out
 
 
+def build(config, hf_path, task, tok):
+  """(RLCluster, make_learner(reward_fn) -> GRPOLearner) of Tunix's GRPO
+  from the checkpoint at `hf_path` with `config`'s settings: fresh qwix
+  LoRA adapters of `config.model.lora` on the converted weights, the
+  config's optax chain, one CPU mesh, the vanilla rollout. Call (and
+  train) inside `patched_rope`."""
+  import jax
+  import optax
+  import qwix
+  from flax import nnx
+  from tunix.models.llama3 import model as llama3
+  from tunix.rl import rl_cluster as rlc
+  from tunix.rl.grpo import grpo_learner
+  from tunix.rl.rollout import base_rollout
+  from ir_jax import pretrained, state as state_lib
+  rl, lc = config.rl, config.model.lora
+  targets = tuple(t for t in lc.targets.split(",") if t)
+  cfg = model_config(pretrained.hf_config(hf_path))
+  _, params = pretrained.load(hf_path)
+  reference = llama3.Llama3(cfg, rngs=nnx.Rngs(0))
+  to_tunix(reference, params, cfg)
+  provider = qwix.LoraProvider(
+      module_path="|".join(f".*{TARGETS[t][1]}" for t in targets),
+      rank=lc.rank, alpha=lc.alpha)
+  actor = qwix.apply_lora_to_model(reference, provider,
+                                   rngs=nnx.Rngs(config.seed),
+                                   **reference.get_model_input())
+  o = config.optim
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                   optax.adamw(state_lib.learning_rate_schedule(config),
+                               b2=o.b2, weight_decay=o.weight_decay))
+  mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  cluster = rlc.RLCluster(
+      actor=actor, reference=reference, tokenizer=tok,
+      cluster_config=rlc.ClusterConfig(
+          role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh,
+                        rlc.Role.ROLLOUT: mesh},
+          rollout_engine="vanilla", offload_to_cpu=False,
+          training_config=rlc.RLTrainingConfig(
+              actor_optimizer=tx, eval_every_n_steps=10**9,
+              max_steps=config.total_steps),
+          rollout_config=base_rollout.RolloutConfig(
+              max_tokens_to_generate=config.data.target_len,
+              max_prompt_length=config.data.source_len,
+              kv_cache_size=config.data.source_len + config.data.target_len
+              + 8, temperature=rl.temperature,
+              # top_p=None is greedy decoding in Tunix 0.1.7's sampler;
+              # 1.0 with no top-k samples the full vocabulary.
+              top_k=rl.top_k or None, top_p=rl.top_p,
+              eos_tokens=[task.eos_id])))
+
+  def make_learner(reward_fn):
+    return grpo_learner.GRPOLearner(
+        rl_cluster=cluster, reward_fns=reward_fn,
+        algo_config=grpo_learner.GRPOConfig(
+            num_generations=rl.num_samples, num_iterations=rl.inner_steps,
+            beta=rl.kl_weight, epsilon=rl.epsilon, kl_loss_mode="low_var_kl",
+            loss_agg_mode="sequence-mean-token-mean"))
+
+  return cluster, make_learner
+
+
 def train(config, hf_path, wd):
   """Runs Tunix's GRPO from `hf_path` with `config`'s GRPO settings.
 
@@ -200,61 +263,21 @@ def train(config, hf_path, wd):
       return points, {tuple(k.split("/")): z[k] for k in z.files}
 
   import jax
-  import optax
-  import qwix
   from flax import nnx
   import grain.python as grain
-  from tunix.models.llama3 import model as llama3
-  from tunix.rl import rl_cluster as rlc
-  from tunix.rl.grpo import grpo_learner
-  from tunix.rl.rollout import base_rollout
-  from ir_jax import pretrained, state as state_lib
-  from ir_jax.data import tasks as tasks_lib
+  from ir_jax import pretrained
+  from ir_jax import state as state_lib
 
   rl, lc = config.rl, config.model.lora
   targets = tuple(t for t in lc.targets.split(",") if t)
-  task = tasks_lib.build(config)
+  task = state_lib.build_task(config)
   batches = prompt_batches(config, task, task.vocab)
   tok = Tokenizer(task.vocab.tokenizer, task.eos_id, pad=0)
   if any(0 in tok.encode(r["prompts"]) for b in batches for r in b):
     raise ValueError("a prompt holds token 0, Tunix's pad id here.")
-  hf = pretrained.hf_config(hf_path)
-  cfg = model_config(hf)
-  _, params = pretrained.load(hf_path)
-  reference = llama3.Llama3(cfg, rngs=nnx.Rngs(0))
-  to_tunix(reference, params, cfg)
-  provider = qwix.LoraProvider(
-      module_path="|".join(f".*{TARGETS[t][1]}" for t in targets),
-      rank=lc.rank, alpha=lc.alpha)
-  with patched_rope(cfg.rope_theta):
-    actor = qwix.apply_lora_to_model(reference, provider,
-                                     rngs=nnx.Rngs(config.seed),
-                                     **reference.get_model_input())
-    o = config.optim
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.adamw(state_lib.learning_rate_schedule(config),
-                                 b2=o.b2, weight_decay=o.weight_decay))
-    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    steps = config.total_steps
-    cluster = rlc.RLCluster(
-        actor=actor, reference=reference, tokenizer=tok,
-        cluster_config=rlc.ClusterConfig(
-            role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh,
-                          rlc.Role.ROLLOUT: mesh},
-            rollout_engine="vanilla", offload_to_cpu=False,
-            training_config=rlc.RLTrainingConfig(
-                actor_optimizer=tx, eval_every_n_steps=10**9,
-                max_steps=steps),
-            rollout_config=base_rollout.RolloutConfig(
-                max_tokens_to_generate=config.data.target_len,
-                max_prompt_length=config.data.source_len,
-                kv_cache_size=config.data.source_len + config.data.target_len
-                + 8, temperature=rl.temperature,
-                # top_p=None is greedy decoding in Tunix 0.1.7's sampler;
-                # 1.0 with no top-k samples the full vocabulary.
-                top_k=rl.top_k or None, top_p=rl.top_p,
-                eos_tokens=[task.eos_id])))
+  steps = config.total_steps
+  with patched_rope(int(pretrained.hf_config(hf_path)["rope_theta"])):
+    cluster, make_learner = build(config, hf_path, task, tok)
     starts, per_step = [], []
     generate = cluster.generate
 
@@ -295,16 +318,11 @@ def train(config, hf_path, wd):
               f", {time.perf_counter() - starts[0]:.0f} s", flush=True)
       return r
 
-    learner = grpo_learner.GRPOLearner(
-        rl_cluster=cluster, reward_fns=reward_fn,
-        algo_config=grpo_learner.GRPOConfig(
-            num_generations=rl.num_samples, num_iterations=rl.inner_steps,
-            beta=rl.kl_weight, epsilon=rl.epsilon, kl_loss_mode="low_var_kl",
-            loss_agg_mode="sequence-mean-token-mean"))
+    learner = make_learner(reward_fn)
     dataset = grain.MapDataset.source(
         [row for b in batches for row in b]).batch(config.batch_size)
     learner.train(dataset)
-    jax.block_until_ready(nnx.state(actor))
+    jax.block_until_ready(nnx.state(cluster.actor_trainer.model))
     starts.append(time.perf_counter())
   points = records(per_step, np.diff(starts), config.log_every)
   # The cluster trains its own copy of the actor (resharded onto the mesh):

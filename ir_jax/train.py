@@ -124,6 +124,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     bar = _progress(config.total_steps, step)
     pending, t_log = [], time.time()
     collapse = _LengthCollapse(config.rl.rewards, enabled=lead)
+    # Steps dispatched and not yet seen to finish: at most MAX_IN_FLIGHT,
+    # so the bar counts finished steps (its rate and ETA are true ones),
+    # no queue of steps hides behind a log step, and a SIGTERM's
+    # checkpoint waits for at most that many steps.
+    in_flight = _InFlight(bar)
 
     def save():
       workdir_lib.save_checkpoint(manager, step,
@@ -133,12 +138,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     try:
       with _Preemption() as preemption:
         while step < config.total_steps:
+          if preemption.requested:
+            in_flight.wait(0)
+            save()
+            if lead:
+              print(f"SIGTERM: saved step {step} in {workdir}; rerun the "
+                    "same command to resume.", file=sys.stderr)
+            return {"preempted_at": step}
           batch = parallel.global_batch(next(iterator), mesh)
+          in_flight.wait(MAX_IN_FLIGHT - 1)   # Step n - 2 has finished.
           state, metrics = train_step(state, batch, ref_params, byte_table)
           step += 1
+          in_flight.add(metrics["loss"])
           pending.append(metrics)
-          bar.update(1)
           if step % config.log_every == 0 or step == config.total_steps:
+            in_flight.wait(0)
             pending = jax.device_get(pending)
             means = jax.tree.map(lambda *x: float(np.mean(x)), *pending)
             for k in step_lib.GREEDY_METRICS:  # Computed on this step only.
@@ -155,17 +169,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                if "greedy_reward" in means else {}))
             pending, t_log = [], time.time()
             _check_finite(state, step, config)
-          if preemption.requested:
-            save()
-            if lead:
-              print(f"SIGTERM: saved step {step} in {workdir}; rerun the "
-                    "same command to resume.", file=sys.stderr)
-            return {"preempted_at": step}
           if step % config.eval_every == 0 and step < config.total_steps:
+            in_flight.wait(0)
             evaluate.evaluate_and_log(model, state.params, task,
                                       dev_splits(task), config.eval_batch_size,
                                       step, writer, **_decoding(config))
           if step % config.checkpoint_every == 0 or step == config.total_steps:
+            in_flight.wait(0)
             save()
     finally:
       bar.close()  # Saves have finished: each one waits for itself.
@@ -284,6 +294,30 @@ def dev_splits(task):
   return tuple(s for s in task.eval_sets if s.split("_")[0] == "dev")
 
 
+# Train steps dispatched ahead of the newest finished one (see _InFlight).
+MAX_IN_FLIGHT = 2
+
+
+class _InFlight:
+  """The dispatched steps not yet seen to finish, oldest first; the bar
+  advances when one is seen to finish. `wait(n)` blocks until at most n
+  remain: with n = MAX_IN_FLIGHT - 1 before each dispatch, step n waits
+  for step n - 2, which keeps the device fed (one step queued behind the
+  running one) while the host never runs more than two steps ahead."""
+
+  def __init__(self, bar):
+    self._bar, self._steps = bar, []
+
+  def add(self, marker) -> None:
+    """`marker`: an array the step outputs (its loss)."""
+    self._steps.append(marker)
+
+  def wait(self, at_most: int) -> None:
+    while len(self._steps) > at_most:
+      jax.block_until_ready(self._steps.pop(0))
+      self._bar.update(1)
+
+
 def _progress(total, initial):
   from tqdm import tqdm
   return tqdm(total=total, initial=initial, file=sys.stderr, unit="step",
@@ -291,7 +325,7 @@ def _progress(total, initial):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM into a flag the loop checks before each step."""
 
   def __init__(self):
     self.requested = False

@@ -337,7 +337,14 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, valid=None, cache: Optional[Cache] = None,
-               deterministic: bool = True) -> Tuple[jax.Array, Cache]:
+               deterministic: bool = True, num_logits: int = 0
+               ) -> Tuple[jax.Array, Cache]:
+    """(logits float32[B, L, V], the cache after these tokens).
+
+    `num_logits` = n > 0 applies the LM head at the last n positions only
+    (logits float32[B, n, V]): the head is V x E per position, the largest
+    matmul of a small LM's forward, and teacher forcing and prefill use
+    only the positions that predict something."""
     if valid is None:
       valid = jnp.ones(tokens.shape, bool)
     valid = valid.astype(bool)
@@ -389,6 +396,8 @@ class Transformer(nn.Module):
         outs.append(c)
       new = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    if num_logits:
+      x = x[:, -num_logits:]
     x = _norm(self.norm, self.norm_eps, self.dtype, "final_norm",
               use_bias=self.use_bias)(x)
     if self.tie_embeddings:
