@@ -304,6 +304,9 @@ def train(config, hf_path, wd):
       n = len(per_step)
       k = rl.num_samples      # Tunix repeats each prompt K times in a row.
       groups = [completions[i:i + k] for i in range(0, len(completions), k)]
+      # A group whose rewards differ gives a non-zero advantage.
+      per_step[-1]["signal"] = any(len(set(r[i:i + k])) > 1
+                                   for i in range(0, len(r), k))
       if n == 1 and rl.temperature > 0 and all(len(set(g)) == 1
                                                for g in groups):
         raise RuntimeError(
@@ -328,9 +331,12 @@ def train(config, hf_path, wd):
   # The cluster trains its own copy of the actor (resharded onto the mesh):
   # the adapters are read from the trainer's model, not from `actor`.
   adapters = adapters_of(cluster.actor_trainer.model, targets)
-  if not any(np.any(v) for k, v in adapters.items() if k[-1] == "lora_b"):
-    raise RuntimeError("Tunix's trained adapters are all zero: the model "
-                       "read is not the one Tunix trained.")
+  learned = any(p.get("signal") for p in per_step)
+  if learned and not any(np.any(v) for k, v in adapters.items()
+                         if k[-1] == "lora_b"):
+    raise RuntimeError("Tunix's trained adapters are all zero although some "
+                       "group's rewards differed: the model read is not the "
+                       "one Tunix trained.")
   os.makedirs(wd, exist_ok=True)
   np.savez(adapters_path, **{"/".join(k): v for k, v in adapters.items()})
   with open(curve_path, "w") as f:
