@@ -158,11 +158,19 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   if not share_prompts:
     source, k = jnp.repeat(source, k, axis=0), 1
   rows, prompt = source.shape
-  cache = model.init_cache(rows, prompt + max_len)
+  # Shared: a cache of the prompt's P slots, grown to P + T as it is
+  # repeated (one [B K, P + T] cache at the peak, `models.repeat_cache`).
+  cache = model.init_cache(rows, prompt + (max_len if k == 1 else 0))
   logits, cache = model.apply(params, source, models.prompt_mask(source, pad),
                               cache, num_logits=1)
   logits = jnp.repeat(logits[:, -1], k, axis=0)
-  cache = models.repeat_cache(cache, k) if k > 1 else cache
+  if k > 1:
+    # The barrier keeps XLA from fusing the repeat into the loop's first
+    # reads (measured: 12.8 GB a chip on the v5p pod config with it, 15.5
+    # without; 9.3 prefilling the repeated prompts: the [B K, P] repeat is
+    # materialised once before it is padded into the loop's cache).
+    cache = jax.lax.optimization_barrier(
+        models.repeat_cache(cache, k, slots=prompt + max_len))
   batch = logits.shape[0]
   state = reward.init(target, m)
   done = jnp.zeros((batch,), bool)
@@ -302,12 +310,12 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
   norm = lambda logp, length: logp / (length.astype(jnp.float32)
                                       ** length_penalty)
   # Each prompt prefilled once, its cache repeated for the K beams.
-  cache = model.init_cache(batch, prompt + t_max)
+  cache = model.init_cache(batch, prompt)
   logits, cache = model.apply(params, source,
                               models.prompt_mask(source, pad), cache,
                               num_logits=1)
   logits = jnp.repeat(logits[:, -1], k, axis=0)
-  cache = models.repeat_cache(cache, k)
+  cache = models.repeat_cache(cache, k, slots=prompt + t_max)
   alive_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
   alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, neg)[None].repeat(batch, 0)
   done_tokens = jnp.zeros((batch, k, t_max), jnp.int32)

@@ -5,7 +5,7 @@ a right-padded target; `target_logits` is the teacher-forced forward that
 every objective differentiates.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +112,7 @@ def target_logits(model, params, batch, rng=None) -> jax.Array:
     logits, _ = model.apply({"params": params}, tokens, valid,
                             num_logits=t, **kwargs(rng))
     return logits
-  cache = model.init_cache(b, source.shape[1] + t - 1)
+  cache = model.init_cache(b, source.shape[1])
   first, cache = model.apply({"params": params}, source,
                              prompt_mask(source, pad), cache, num_logits=1,
                              **kwargs(rng))
@@ -121,7 +121,8 @@ def target_logits(model, params, batch, rng=None) -> jax.Array:
     return first
   tokens, valid = completion_inputs(batch, pad)
   rest, _ = model.apply(
-      {"params": params}, tokens, valid, repeat_cache(cache, k),
+      {"params": params}, tokens, valid,
+      repeat_cache(cache, k, slots=source.shape[1] + t - 1),
       **kwargs(None if rng is None else jax.random.fold_in(rng, 1)))
   return jnp.concatenate([first, rest], axis=1)
 
@@ -147,13 +148,36 @@ def map_cache_rows(cache, fn):
   return jax.tree_util.tree_map_with_path(apply, cache)
 
 
-def repeat_cache(cache, k: int):
+# Where the Transformer's cache entries keep their slot (sequence) axis.
+CACHE_SLOT_AXIS = {"k": 2, "v": 2, "valid": 2}
+
+
+def repeat_cache(cache, k: int, slots: Optional[int] = None):
   """Each row of a cache repeated k times in a row ([b0, b0, .., b1, ..]),
   the layout of K samples per prompt. Differentiable: the gradient of a
-  repeated row is the sum over its copies."""
-  return map_cache_rows(cache, lambda a, axis: jnp.repeat(a, k, axis=axis))
+  repeated row is the sum over its copies.
+
+  `slots`: grow the slot axis (`CACHE_SLOT_AXIS`) to that many positions,
+  the new ones empty (not valid). A prompt pass then fills a cache of its
+  P slots for B rows, and only the repeated cache has room for the T
+  tokens still to come.
+  """
+  cache = map_cache_rows(cache, lambda a, axis: jnp.repeat(a, k, axis=axis))
+  if slots is None:
+    return cache
+  def pad(path, leaf):
+    axis = CACHE_SLOT_AXIS.get(path[-1].key)
+    if axis is None:
+      return leaf
+    if leaf.shape[axis] > slots:
+      raise ValueError(f"repeat_cache: {leaf.shape[axis]} slots filled, "
+                       f"{slots} asked.")
+    widths = [(0, 0)] * leaf.ndim
+    widths[axis] = (0, slots - leaf.shape[axis])
+    return jnp.pad(leaf, widths)
+  return jax.tree_util.tree_map_with_path(pad, cache)
 
 
-__all__ = ["CACHE_BATCH_AXIS", "LSTM", "Transformer", "build",
-           "map_cache_rows", "model_inputs", "prompt_mask", "repeat_cache",
+__all__ = ["CACHE_BATCH_AXIS", "CACHE_SLOT_AXIS", "LSTM", "Transformer",
+           "build", "map_cache_rows", "model_inputs", "prompt_mask", "repeat_cache",
            "special_ids", "target_logits"]
