@@ -356,5 +356,7 @@ def records(per_step, seconds, every):
     wall += float(np.sum(seconds[start:end]))
     points.append({"step": end, "wall_s": wall, **{
         k: float(np.mean([c[k] for c in chunk])) for k in
-        ("reward", "completion_length", "empty_fraction")}})
+        ("reward", "completion_length", "empty_fraction")},
+        # Some group's rewards differed: a non-zero advantage, an update.
+        "signal": any(c.get("signal", False) for c in chunk)})
   return points
