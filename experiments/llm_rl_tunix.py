@@ -259,8 +259,8 @@ def train(config, hf_path, wd):
   if os.path.exists(curve_path) and os.path.exists(adapters_path):
     with open(curve_path) as f:
       points = [json.loads(line) for line in f]
-    with np.load(adapters_path) as z:
-      return points, {tuple(k.split("/")): z[k] for k in z.files}
+    from ir_jax.models import lora
+    return points, lora.load_adapters(adapters_path)
 
   import jax
   from flax import nnx
@@ -338,7 +338,8 @@ def train(config, hf_path, wd):
                        "group's rewards differed: the model read is not the "
                        "one Tunix trained.")
   os.makedirs(wd, exist_ok=True)
-  np.savez(adapters_path, **{"/".join(k): v for k, v in adapters.items()})
+  from ir_jax.models import lora
+  lora.save_adapters(adapters, adapters_path, dtype="float32")
   with open(curve_path, "w") as f:
     f.writelines(json.dumps(p) + "\n" for p in points)
   return points, adapters

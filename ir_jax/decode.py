@@ -136,7 +136,7 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
     num_samples: K samples per prompt; outputs are ordered [b0 k0, b0 k1, ...].
     reward: the instant reward (static: a hashable `InstantReward`).
     share_prompts: prefill the B prompts once and decode the K samples
-      from their cache repeated K times (`models.repeat_cache`); False
+      from their cache written K times (`models.shared_prompt_pass`); False
       prefills the prompts repeated to [B K, P] (the same samples up to
       float rounding of the prefill, which can flip a near-tie).
 
@@ -157,20 +157,10 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
   pad, eos = models.special_ids(model)
   if not share_prompts:
     source, k = jnp.repeat(source, k, axis=0), 1
-  rows, prompt = source.shape
-  # Shared: a cache of the prompt's P slots, grown to P + T as it is
-  # repeated (one [B K, P + T] cache at the peak, `models.repeat_cache`).
-  cache = model.init_cache(rows, prompt + (max_len if k == 1 else 0))
-  logits, cache = model.apply(params, source, models.prompt_mask(source, pad),
-                              cache, num_logits=1)
+  # Each prompt computed once, written K times into the cache.
+  logits, cache = models.shared_prompt_pass(model, params, source, k,
+                                            source.shape[1] + max_len)
   logits = jnp.repeat(logits[:, -1], k, axis=0)
-  if k > 1:
-    # The barrier keeps XLA from fusing the repeat into the loop's first
-    # reads (measured: 12.8 GB a chip on the v5p pod config with it, 15.5
-    # without; 9.3 prefilling the repeated prompts: the [B K, P] repeat is
-    # materialised once before it is padded into the loop's cache).
-    cache = jax.lax.optimization_barrier(
-        models.repeat_cache(cache, k, slots=prompt + max_len))
   batch = logits.shape[0]
   state = reward.init(target, m)
   done = jnp.zeros((batch,), bool)
@@ -309,13 +299,10 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
   restrict = _restrict(model, allowed)
   norm = lambda logp, length: logp / (length.astype(jnp.float32)
                                       ** length_penalty)
-  # Each prompt prefilled once, its cache repeated for the K beams.
-  cache = model.init_cache(batch, prompt)
-  logits, cache = model.apply(params, source,
-                              models.prompt_mask(source, pad), cache,
-                              num_logits=1)
+  # Each prompt prefilled once, its cache written for the K beams.
+  logits, cache = models.shared_prompt_pass(model, params, source, k,
+                                            prompt + t_max)
   logits = jnp.repeat(logits[:, -1], k, axis=0)
-  cache = models.repeat_cache(cache, k, slots=prompt + t_max)
   alive_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
   alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, neg)[None].repeat(batch, 0)
   done_tokens = jnp.zeros((batch, k, t_max), jnp.int32)

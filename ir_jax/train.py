@@ -32,10 +32,39 @@ from ir_jax.models import prompting
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
-  """Trains, then evaluates every eval set; returns the final eval records.
+  """Trains `config` in `workdir`, then evaluates every eval set.
 
-  On SIGTERM it saves a checkpoint, returns {"preempted_at": step} and the
-  same command resumes.
+  The loop, in order: set-up (every config check runs before a device is
+  touched; `workdir` must hold this config's run or nothing), the state
+  created sharded on the config's mesh (from scratch, `config.init_from`,
+  or a Hugging Face / GGUF checkpoint in `config.model.hf_path`), restored
+  from the newest readable checkpoint in `workdir` if there is one (a run
+  resumes bit for bit), then `config.total_steps` jitted steps (CE, RL or
+  both as the config says) with at most `MAX_IN_FLIGHT` steps dispatched
+  ahead of the last finished one, so the progress bar counts finished
+  steps. Every `log_every` steps a record goes to `workdir/metrics.jsonl`
+  and TensorBoard; every `eval_every` the dev sets are decoded and scored;
+  every `checkpoint_every` (and at the end) an orbax checkpoint is saved.
+
+  Args:
+    config: a validated config (`ir_jax.config.load`; the fields are
+      documented in ir_jax/config.py).
+    workdir: a local path or gs:// URL; created if missing.
+
+  Returns:
+    {split: record} of the final evaluation (a record holds `step` and the
+    task's scores, e.g. per, wer, exact_match, cer; decoded outputs go to
+    `workdir/outputs/<split>.tsv`), or {"preempted_at": step} after a
+    SIGTERM: the checkpoint of that step is written (within about
+    MAX_IN_FLIGHT steps of the signal) and the same call resumes.
+
+  Example (what `ir-jax train --config experiments/g2p.py:tiny --workdir
+  /tmp/g2p` runs; a second call restores the last checkpoint and only
+  evaluates):
+
+    from ir_jax import config as config_lib, train
+    c = config_lib.load("experiments/g2p.py:tiny")
+    print(train.train_and_evaluate(c, "/tmp/g2p")["test"]["per"])
   """
   # ------------------------------------------------------------ Set-up
   # Every config check runs here, before anything touches a device.

@@ -3,7 +3,7 @@
 * No import cycle among ir_jax modules, function-local imports included.
 * Floors: kernels/ never imports rewards/; models/ never rewards/ or
   objectives; rewards/ never models/, objectives or train; data/ only
-  data/.
+  data/; study (the drivers' room) is imported by no module.
 * Loading a config file imports none of JAX, Flax, optax, orbax, grain.
 * No module reaches into another package's or module's private names
   (tests aside: they test private helpers on purpose).
@@ -142,6 +142,17 @@ def test_lower_floors_never_import_upper_ones(floor, forbidden):
       if any(target == f or target.startswith(f if f.endswith(".") else
                                               f + ".") for f in forbidden):
         bad.append(f"{name}:{line} imports {target}")
+  assert bad == []
+
+
+def test_the_study_room_is_the_top_floor():
+  """ir_jax.study is for drivers (experiments/, benchmarks/, notebooks):
+  no module of the package imports it, so training never depends on how
+  studies are run."""
+  bad = [f"{name}:{line}" for name, path in MODULES.items()
+         if name != "ir_jax.study"
+         for line, target, _ in _imports(path, name)
+         if target == "ir_jax.study"]
   assert bad == []
 
 

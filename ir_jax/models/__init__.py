@@ -5,7 +5,7 @@ a right-padded target; `target_logits` is the teacher-forced forward that
 every objective differentiates.
 """
 
-from typing import Optional, Tuple
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +84,7 @@ def target_logits(model, params, batch, rng=None) -> jax.Array:
   target_lengths int32[N], with N = B K. K = 1 is one pass over
   `model_inputs`. K > 1 is a group-shared prompt (GRPO's K samples of one
   prompt, rows ordered [b0 k0, b0 k1, ...]): each prompt is computed once,
-  its cache repeated K times (`repeat_cache`), and the completions
+  its cache written K times (`shared_prompt_pass`), and the completions
   [N, T - 1] run against it; equal to the K = 1 pass on the repeated
   source up to float rounding, and so are its gradients (the prompt's is
   the sum over its K completions: the transpose of the repeat). With
@@ -112,17 +112,14 @@ def target_logits(model, params, batch, rng=None) -> jax.Array:
     logits, _ = model.apply({"params": params}, tokens, valid,
                             num_logits=t, **kwargs(rng))
     return logits
-  cache = model.init_cache(b, source.shape[1])
-  first, cache = model.apply({"params": params}, source,
-                             prompt_mask(source, pad), cache, num_logits=1,
-                             **kwargs(rng))
+  first, cache = shared_prompt_pass(model, {"params": params}, source, k,
+                                    source.shape[1] + t - 1, **kwargs(rng))
   first = jnp.repeat(first, k, axis=0)
   if t == 1:
     return first
   tokens, valid = completion_inputs(batch, pad)
   rest, _ = model.apply(
-      {"params": params}, tokens, valid,
-      repeat_cache(cache, k, slots=source.shape[1] + t - 1),
+      {"params": params}, tokens, valid, cache,
       **kwargs(None if rng is None else jax.random.fold_in(rng, 1)))
   return jnp.concatenate([first, rest], axis=1)
 
@@ -148,36 +145,37 @@ def map_cache_rows(cache, fn):
   return jax.tree_util.tree_map_with_path(apply, cache)
 
 
-# Where the Transformer's cache entries keep their slot (sequence) axis.
-CACHE_SLOT_AXIS = {"k": 2, "v": 2, "valid": 2}
-
-
-def repeat_cache(cache, k: int, slots: Optional[int] = None):
+def repeat_cache(cache, k: int):
   """Each row of a cache repeated k times in a row ([b0, b0, .., b1, ..]),
   the layout of K samples per prompt. Differentiable: the gradient of a
-  repeated row is the sum over its copies.
+  repeated row is the sum over its copies."""
+  return map_cache_rows(cache, lambda a, axis: jnp.repeat(a, k, axis=axis))
 
-  `slots`: grow the slot axis (`CACHE_SLOT_AXIS`) to that many positions,
-  the new ones empty (not valid). A prompt pass then fills a cache of its
-  P slots for B rows, and only the repeated cache has room for the T
-  tokens still to come.
+
+def shared_prompt_pass(model, variables, source: jax.Array, k: int,
+                       slots: int, **kwargs) -> Tuple[jax.Array, Any]:
+  """Each prompt computed once for its K samples.
+
+  source: int32[B, P] prompts (left-padded). Returns (logits float32[B,
+  1, V] at each prompt's last position, the cache of B K rows and `slots`
+  positions holding each prompt K times in a row: [b0, b0, .., b1, ..]).
+  A Transformer writes the K copies layer by layer into a cache allocated
+  at B K rows (`cache_repeat`), so no second full-size cache exists; an
+  LSTM's carry is O(1) a row and is repeated after the pass
+  (`repeat_cache`). `kwargs` go to `model.apply` (dropout's rngs).
   """
-  cache = map_cache_rows(cache, lambda a, axis: jnp.repeat(a, k, axis=axis))
-  if slots is None:
-    return cache
-  def pad(path, leaf):
-    axis = CACHE_SLOT_AXIS.get(path[-1].key)
-    if axis is None:
-      return leaf
-    if leaf.shape[axis] > slots:
-      raise ValueError(f"repeat_cache: {leaf.shape[axis]} slots filled, "
-                       f"{slots} asked.")
-    widths = [(0, 0)] * leaf.ndim
-    widths[axis] = (0, slots - leaf.shape[axis])
-    return jnp.pad(leaf, widths)
-  return jax.tree_util.tree_map_with_path(pad, cache)
+  pad = special_ids(model)[0]
+  mask = prompt_mask(source, pad)
+  if isinstance(model, Transformer):
+    cache = model.init_cache(source.shape[0] * k, slots)
+    return model.apply(variables, source, mask, cache, num_logits=1,
+                       cache_repeat=k, **kwargs)
+  logits, cache = model.apply(variables, source, mask,
+                              model.init_cache(source.shape[0], slots),
+                              num_logits=1, **kwargs)
+  return logits, repeat_cache(cache, k)
 
 
-__all__ = ["CACHE_BATCH_AXIS", "CACHE_SLOT_AXIS", "LSTM", "Transformer",
-           "build", "map_cache_rows", "model_inputs", "prompt_mask", "repeat_cache",
-           "special_ids", "target_logits"]
+__all__ = ["CACHE_BATCH_AXIS", "LSTM", "Transformer", "build",
+           "map_cache_rows", "model_inputs", "prompt_mask", "repeat_cache",
+           "shared_prompt_pass", "special_ids", "target_logits"]
