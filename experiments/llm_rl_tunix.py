@@ -157,8 +157,8 @@ def char_error(completion, target):
   """`ir_jax.rewards.char_error_reward`'s sequence value on text: -min(Lev /
   max(m, 1), 1) over the UTF-8 bytes, both stripped of space, tab, CR, LF."""
   from rapidfuzz.distance import Levenshtein
-  a = completion.strip(" \t\r\n").encode("utf-8")
-  b = target.strip(" \t\r\n").encode("utf-8")
+  from ir_jax.evaluate import answer_bytes
+  a, b = answer_bytes(completion), answer_bytes(target)
   return -min(Levenshtein.distance(a, b) / max(len(b), 1), 1.0)
 
 
@@ -267,6 +267,8 @@ def train(config, hf_path, wd):
   import grain.python as grain
   from ir_jax import pretrained
   from ir_jax import state as state_lib
+  from ir_jax.evaluate import answer_bytes
+  from ir_jax.models import lora
 
   rl, lc = config.rl, config.model.lora
   targets = tuple(t for t in lc.targets.split(",") if t)
@@ -293,7 +295,7 @@ def train(config, hf_path, wd):
                  for t in out.tokens]
       per_step.append({"completion_length": float(np.mean(lengths)),
                        "empty_fraction": float(np.mean(
-                           [not s.strip(" \t\r\n") for s in out.text]))})
+                           [not answer_bytes(s) for s in out.text]))})
       return out
 
     cluster.generate = timed_generate
@@ -338,7 +340,6 @@ def train(config, hf_path, wd):
                        "group's rewards differed: the model read is not the "
                        "one Tunix trained.")
   os.makedirs(wd, exist_ok=True)
-  from ir_jax.models import lora
   lora.save_adapters(adapters, adapters_path, dtype="float32")
   with open(curve_path, "w") as f:
     f.writelines(json.dumps(p) + "\n" for p in points)

@@ -1,9 +1,13 @@
-"""The Transformer: logical axes on its params."""
+"""The Transformer: logical axes on its params; a prompt pass that fills
+a K-times larger cache (cache_repeat)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
+from ir_jax import models
 from ir_jax.models import Transformer
 
 
@@ -20,12 +24,6 @@ def test_transformer_params_carry_logical_axes():
   assert tuple(specs["layers"]["wi_up"]["kernel"]) == ("layers", "embed",
                                                        "mlp")
   assert tuple(specs["logits"]["kernel"]) == ("embed", "vocab")
-
-
-import numpy as np
-import pytest
-
-from ir_jax import models
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
