@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from benchmarks import common  # noqa: E402
 from ir_jax import rewards  # noqa: E402
+from ir_jax.evaluate import answer_bytes  # noqa: E402
 from ir_jax.data import hf_tokenizer  # noqa: E402
 from ir_jax.models import gguf  # noqa: E402
 
@@ -99,9 +100,8 @@ def main():
     def host():
       got, k = jax.device_get((dev[0], dev[1]))
       texts = [tok.decode(r[:m - 1]) for r, m in zip(got, k)]
-      scores = [-min(Levenshtein.distance(a.strip().encode(),
-                                          b.strip().encode()) /
-                     max(len(b.strip().encode()), 1), 1.0)
+      scores = [-min(Levenshtein.distance(answer_bytes(a), answer_bytes(b))
+                     / max(len(answer_bytes(b)), 1), 1.0)
                 for a, b in zip(texts, target_text)]
       return jax.device_put(np.asarray(scores, np.float32))
 

@@ -269,6 +269,9 @@ def run_tunix(batch: int, steps: int, inner: int, warmup: int):
   from tunix.rl import rl_cluster as rlc
   from tunix.rl.grpo import grpo_learner
   from tunix.rl.rollout import base_rollout
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "experiments"))
+  from llm_rl_tunix import to_tunix   # The one converter.
 
   cfg = llama3.ModelConfig(
       num_layers=2, vocab_size=VOCAB, embed_dim=128, hidden_dim=512,
@@ -278,7 +281,7 @@ def run_tunix(batch: int, steps: int, inner: int, warmup: int):
   reference = llama3.Llama3(cfg, rngs=nnx.Rngs(0))
   ours_model, ours_params = initial_params()
   for m in (actor, reference):
-    to_tunix(m, ours_params)
+    to_tunix(m, ours_params, cfg)
   init_logit_diff = _same_function(actor, ours_model, ours_params)
   mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
@@ -343,28 +346,6 @@ def run_tunix(batch: int, steps: int, inner: int, warmup: int):
   out = _summary(times, warmup, parts, rewards_seen, compile_s, lengths)
   out["init_logit_max_diff"] = init_logit_diff
   return out
-
-
-def to_tunix(model, params):
-  """Writes ir_jax Transformer params into a Tunix Llama3 (same function:
-  both are pre-norm RMSNorm / half-split RoPE / SwiGLU decoders)."""
-  import jax.numpy as jnp
-  h, d = 4, 32
-  model.embedder.input_embedding.value = params["embed"]["embedding"]
-  model.final_norm.w.value = params["final_norm"]["scale"]
-  model.lm_head.w.value = params["logits"]["kernel"]
-  for i, layer in enumerate(model.layers):
-    p = params[f"layer_{i}"]
-    heads = lambda k: jnp.reshape(k, (k.shape[0], h, d))
-    layer.attn.q_proj.w.value = heads(p["query"]["kernel"])
-    layer.attn.k_proj.w.value = heads(p["key"]["kernel"])
-    layer.attn.v_proj.w.value = heads(p["value"]["kernel"])
-    layer.attn.o_proj.w.value = jnp.reshape(p["out"]["kernel"], (h, d, -1))
-    layer.input_layernorm.w.value = p["attn_norm"]["scale"]
-    layer.post_attention_layernorm.w.value = p["mlp_norm"]["scale"]
-    layer.mlp.gate_proj.kernel.value = p["wi_gate"]["kernel"]
-    layer.mlp.up_proj.kernel.value = p["wi_up"]["kernel"]
-    layer.mlp.down_proj.kernel.value = p["wo"]["kernel"]
 
 
 def _same_function(tunix_model, model, params) -> float:

@@ -72,7 +72,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ir_jax import config as config_lib  # noqa: E402
-from ir_jax import decode, evaluate, train, workdir as workdir_lib  # noqa: E402
+from ir_jax import decode, evaluate, study  # noqa: E402
+from ir_jax import workdir as workdir_lib  # noqa: E402
 from ir_jax.data import tasks  # noqa: E402
 
 ARMS = ("ce", "fused", "seq", "instant", "ocd", "mwer", "ce_wall",
@@ -180,37 +181,18 @@ def _curve(wd):
           if "split" not in r and "greedy_reward" in r]
 
 
+# A finished arm has its final dev and test records and its outputs.
+FINAL = {"splits": ("dev", "test"), "files": ("outputs/test.tsv",)}
+
+
 def finished(config, wd) -> bool:
-  """A finished run of `config` is in `wd` (final dev/test records and the
-  outputs files)."""
-  final = {r["split"] for r in workdir_lib.read_metrics(wd) if "split" in r
-           and r["step"] == config.total_steps}
-  return {"dev", "test"} <= final and os.path.exists(
-      os.path.join(wd, "outputs", "test.tsv"))
+  return study.finished(config, wd, **FINAL)
 
 
 def run(config, wd):
-  """Trains `config` in `wd` unless a finished run is there: (final eval
-  records by split, training records, wall seconds)."""
-  records = workdir_lib.read_metrics(wd)
-  final = {r["split"]: r for r in records if "split" in r
-           and r["step"] == config.total_steps}
-  wall = None
-  if not finished(config, wd):
-    t0 = time.time()
-    results = train.train_and_evaluate(config, wd)
-    if "preempted_at" in results:
-      raise SystemExit(f"preempted in {wd}: rerun to resume.")
-    wall = time.time() - t0
-    with open(os.path.join(wd, "wall_s.txt"), "w") as f:
-      f.write(f"{wall!r}\n")
-    records = workdir_lib.read_metrics(wd)
-    final = {r["split"]: r for r in records if "split" in r
-             and r["step"] == config.total_steps}
-  if wall is None:
-    path = os.path.join(wd, "wall_s.txt")
-    wall = float(open(path).read()) if os.path.exists(path) else float("nan")
-  return final, [r for r in records if "split" not in r], wall
+  """(final eval records by split, training records, wall seconds):
+  `ir_jax.study.run`, which trains unless a finished run is there."""
+  return study.run(config, wd, **FINAL)
 
 
 def decode_run(ce_wd, kwargs, dest):

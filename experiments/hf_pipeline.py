@@ -139,7 +139,7 @@ def main(argv=None):
   c.optim.learning_rate = 1e-3 if "full" in args.arm else 3e-3
   from ir_jax import state as state_lib
   from ir_jax.models import hf
-  task = tasks.build(c)
+  task = state_lib.build_task(c)
   model = state_lib.make_model(c, task).clone(lora_rank=0)
   before = scores(c, model, hf.load_params(ckpt, model), task)
   result["before"] = before

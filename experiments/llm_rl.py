@@ -35,9 +35,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Task -> (data folder, source_len, target_len, GRPO steps): lengths in
 # SmolLM2 tokens with the chat template (its default system turn is ~30
 # tokens; spell_backward's prompts are <= 48, basic_arithmetic's <= 79 and
-# 99% of its answers <= 14 with EOS); steps so that an arm-seed takes ~25
-# minutes on 2 CPU cores (~22 s a step at 56 + 10 tokens, ~1.5x that at
-# 80 + 16).
+# 99% of its answers <= 14 with EOS); steps so that an arm-seed took ~25
+# minutes on 2 CPU cores when a step took ~22 s at 56 + 10 tokens (~1.5x
+# that at 80 + 16). With prompts shared per group (rl.share_prompts, the
+# default since) a step takes ~9.4 s at 56 + 10 (benchmarks/llm_step.py).
 TASKS = {
     "spell_backward": ("data/gym/spell_backward", 56, 10, 60),
     "word_sorting": ("data/gym/word_sorting", 144, 32, 20),

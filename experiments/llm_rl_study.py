@@ -37,7 +37,6 @@ A finished run is not retrained (rerun to resume a cut one).
 """
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -49,14 +48,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ir_jax import config as config_lib  # noqa: E402
-from ir_jax import evaluate, pretrained, train  # noqa: E402
+from ir_jax import evaluate, pretrained  # noqa: E402
 from ir_jax import workdir as workdir_lib  # noqa: E402
-from ir_jax.data import tasks as tasks_lib  # noqa: E402
+from ir_jax import state as state_lib  # noqa: E402
+from ir_jax.study import (  # noqa: E402,F401  (the shared machinery)
+    WINDOW, answer_variety, curve, error_split, moving_average, output_bytes,
+    paired_test, pilot_target, read_test, run_test, show, to_target,
+    write_test)
+from ir_jax import study  # noqa: E402
+from ir_jax.models import lora  # noqa: E402
 
 ARMS = ("grpo_token", "grpo_sequence", "sft_wall", "tunix_grpo")
 EXPERIMENT = os.path.join(ROOT, "experiments", "llm_rl.py")
 MODEL = "smollm2-135m-instruct"
-WINDOW = 5   # Records in the moving average of steps to target.
 
 
 # ------------------------------------------------------------------ runs
@@ -76,100 +80,13 @@ def stage_config(task, stage, args, hf_path, seed=0, steps=None):
   return c
 
 
-def finished(config, wd) -> bool:
-  return any(r.get("split") == "test" and r["step"] == config.total_steps
-             for r in workdir_lib.read_metrics(wd))
-
-
-def run(config, wd):
-  """Trains `config` in `wd` unless it has finished there; returns the
-  final test record."""
-  if not finished(config, wd):
-    results = train.train_and_evaluate(config, wd)
-    if "preempted_at" in results:
-      raise SystemExit(f"preempted in {wd}: rerun to resume.")
-  return next(r for r in workdir_lib.read_metrics(wd) if r.get("split") == "test"
-              and r["step"] == config.total_steps)
-
-
-def curve(wd):
-  """[{step, wall_s, reward, completion_length, empty_fraction}] of a run's
-  training records; wall_s adds up each record's steps / steps_per_sec."""
-  out, wall, last = [], 0.0, 0
-  for r in workdir_lib.read_metrics(wd):
-    if "split" in r:
-      continue
-    wall += (r["step"] - last) / max(r["steps_per_sec"], 1e-9)
-    last = r["step"]
-    out.append({"step": r["step"], "wall_s": wall,
-                # Rollout statistics: RL records only (CE logs no samples).
-                "reward": r.get("reward") if "completion_length" in r
-                else None,
-                "completion_length": r.get("completion_length"),
-                "empty_fraction": r.get("empty_fraction")})
-  return out
-
-
-def moving_average(values, window: int = WINDOW):
-  v = np.asarray(values, np.float64)
-  return np.array([v[max(0, i - window + 1):i + 1].mean()
-                   for i in range(len(v))])
-
-
-def pilot_target(points, half_steps):
-  """The `WINDOW`-record moving average of the rollout reward at the last
-  record at or before step `half_steps` (half the real budget: a pilot may
-  run just that far)."""
-  rewarded = [(p["step"], p["reward"]) for p in points
-              if p["reward"] is not None]
-  ma = moving_average([r for _, r in rewarded])
-  upto = [i for i, (s, _) in enumerate(rewarded) if s <= half_steps]
-  if not upto:
-    raise ValueError(f"the pilot logged no reward by step {half_steps}.")
-  return float(ma[upto[-1]])
-
-
-def to_target(points, target):
-  """(steps, seconds) at the first logged step whose `WINDOW`-record moving
-  average of the rollout reward reaches `target`; (None, None) if never."""
-  rewarded = [p for p in points if p["reward"] is not None]
-  if not rewarded or target is None:
-    return None, None
-  avg = moving_average([p["reward"] for p in rewarded])
-  hit = np.flatnonzero(avg >= target)
-  if not len(hit):
-    return None, None
-  p = rewarded[int(hit[0])]
-  return int(p["step"]), float(p["wall_s"])
-
-
 # ------------------------------------------------- SFT adapters and base
-
-
-def save_adapters(params, path):
-  """The LoRA adapters of `params` as bf16 bits in an npz ('a/b/lora_a'
-  keys): a few MB for rank 8."""
-  import ml_dtypes
-  from ir_jax.models import lora
-  adapters = lora.split(params)[0]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez_compressed(path, **{"/".join(k): np.asarray(
-      np.asarray(v, np.float32).astype(ml_dtypes.bfloat16)).view(np.uint16)
-      for k, v in adapters.items()})
-
-
-def load_adapters(path):
-  import ml_dtypes
-  with np.load(path) as z:
-    return {tuple(k.split("/")): z[k].view(ml_dtypes.bfloat16).astype(
-        np.float32) for k in z.files}
 
 
 def with_adapters(config, path):
   """(model, params): the checkpoint at `path` with fresh adapters of
   `config.model.lora` (rank, alpha, targets), a no-op until trained."""
   import jax
-  from ir_jax.models import lora
   model, params = pretrained.load(path)
   lc = config.model.lora
   return lora.add_adapters(
@@ -183,11 +100,11 @@ def merged_base(config, adapters_path, dest):
   as an HF checkpoint with the tokenizer. Built once."""
   if os.path.exists(os.path.join(dest, "config.json")):
     return dest
-  from ir_jax.models import hf, lora
+  from ir_jax.models import hf
   adapted, p = with_adapters(config, config.model.hf_path)
   lc = config.model.lora
   base = lora.split(p)[1]
-  adapters = load_adapters(adapters_path)
+  adapters = lora.load_adapters(adapters_path)
   want = set(lora.split(p)[0])
   if set(adapters) != want:
     raise SystemExit(f"{adapters_path}: its adapters are not those of "
@@ -207,7 +124,7 @@ def test_outputs(config, model, params, dest):
   """Greedy outputs of the test split: `dest/test.jsonl` ({prompt, target,
   output} per item, the text `ir-jax generate --text` prints) and the
   scores ({exact_match, cer, ...})."""
-  task = tasks_lib.build(config)
+  task = state_lib.build_task(config)
   data = task.eval_sets["test"]
   outputs = evaluate.generate_symbols(model, {"params": params}, task,
                                       data.source, config.eval_batch_size,
@@ -216,75 +133,6 @@ def test_outputs(config, model, params, dest):
                                  getattr(data, "items", None))
   write_test(dest, data, [task.vocab.text(o) for o in outputs])
   return scores
-
-
-def write_test(dest, data, texts):
-  items = getattr(data, "items", None) or [{} for _ in data.keys]
-  os.makedirs(dest, exist_ok=True)
-  with open(os.path.join(dest, "test.jsonl"), "w") as f:
-    for key, item, text in zip(data.keys, items, texts):
-      f.write(json.dumps({"prompt": item.get("prompt", key),
-                          "target": item.get("target", ""),
-                          "output": text}) + "\n")
-
-
-def read_test(dest) -> list[dict]:
-  """The rows of `dest/test.jsonl`: [{prompt, target, output}], in order."""
-  with open(os.path.join(dest, "test.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
-
-
-def show(dest, title, count=20):
-  """Prints the first `count` decoded test outputs of `dest/test.jsonl`
-  (look at the outputs, not only the reward)."""
-  rows = read_test(dest)[:count]
-  print(f"--- {title}: {count} test outputs (prompt -> output | target)")
-  for r in rows:
-    print(f"{r['prompt'][-40:]!r} -> {r['output']!r} | {r['target']!r}")
-  sys.stdout.flush()
-
-
-def run_test(wd, dest):
-  """test.jsonl of a finished run, from its own outputs file (the items
-  from its config's data, no weights loaded)."""
-  data = tasks_lib.build(workdir_lib.load_config(wd)).eval_sets["test"]
-  path = os.path.join(wd, "outputs", "test.tsv")
-  got = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      key, _, text = line.rstrip("\n").partition("\t")
-      got[key] = text.replace("\\n", "\n").replace("\\t", "\t").replace(
-          "\\r", "\r")
-  write_test(dest, data, [got[k] for k in data.keys])
-
-
-def paired_test(dest_a, dest_b):
-  """System a vs b on the same test items (their test.jsonl): exact match
-  (stripped) with McNemar's exact p, byte CER (errors over the target's
-  bytes, pooled) with a paired bootstrap CI and p. A list of folders a
-  side (seeds, paired in order) pools their items."""
-  def load(dests):
-    return [r for dest in ([dests] if isinstance(dests, str) else dests)
-            for r in read_test(dest)]
-
-  a, b = load(dest_a), load(dest_b)
-  if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
-    raise ValueError(f"{dest_a} and {dest_b} hold different test items.")
-  strip = lambda s: tuple(s.strip().encode("utf-8"))
-  errors = lambda rows: evaluate.word_errors(
-      [strip(r["output"]) for r in rows], [[strip(r["target"])] for r in rows])
-  (ea, n), (eb, _) = errors(a), errors(b)
-  right_a = np.array([strip(r["output"]) == strip(r["target"]) for r in a])
-  right_b = np.array([strip(r["output"]) == strip(r["target"]) for r in b])
-  boot = evaluate.paired_bootstrap(ea, eb, n)
-  mc = evaluate.mcnemar(right_a, right_b)
-  return {"items": len(a), "exact_a": float(right_a.mean()),
-          "exact_b": float(right_b.mean()),
-          "mcnemar_p": mc["p_value"], "only_a_right": mc["only_a"],
-          "only_b_right": mc["only_b"],
-          "cer_a": float(ea.sum() / n.sum()), "cer_b": float(eb.sum() / n.sum()),
-          "delta_cer": boot["delta"], "ci95": boot["ci95"],
-          "p_cer": boot["p_value"]}
 
 
 # ----------------------------------------------------------------- main
@@ -297,9 +145,9 @@ def sft_stage(args, task, gguf_path):
   adapters = os.path.join(out, "adapters.npz")
   wd = os.path.join(args.runs, task, "sft")
   if not os.path.exists(adapters):
-    run(c, wd)
+    study.run(c, wd)
     params = workdir_lib.load_run(wd)[3]
-    save_adapters(params, adapters)
+    lora.save_adapters(params, adapters)
   steps_per_s = [r["steps_per_sec"] for r in workdir_lib.read_metrics(wd) if "split" not in r]
   timing_path = os.path.join(out, "timing.json")
   if steps_per_s:     # The first record holds the compile: left out.
@@ -338,7 +186,7 @@ def arm_run(args, task, arm, seed, merged, sft_step_s, runs):
   if arm == "tunix_grpo":
     final, points = tunix_run(c, merged, wd, dest)
   else:
-    final = run(c, wd)
+    final = study.run(c, wd)[0]["test"]
     points = curve(wd)
     run_test(wd, dest)
   os.makedirs(dest, exist_ok=True)
@@ -386,44 +234,6 @@ def _ratio(a, b):
   return None if a is None or b is None else a / b
 
 
-def output_bytes(dest):
-  """{output, target, empty}: the mean stripped UTF-8 bytes of a system's
-  test outputs and of the targets, and how many outputs are empty (a
-  reward gamed by shorter answers shows here first)."""
-  rows = read_test(dest)
-  size = lambda s: len(s.strip().encode("utf-8"))
-  return {"output": float(np.mean([size(r["output"]) for r in rows])),
-          "target": float(np.mean([size(r["target"]) for r in rows])),
-          "empty": int(sum(size(r["output"]) == 0 for r in rows))}
-
-
-def answer_variety(dest):
-  """{distinct, target_distinct, top: [output, count]}: the share of
-  distinct stripped test outputs (and of distinct targets) and the most
-  common output. A reward paid for a formula (the same few answers
-  whatever the prompt) shows as `distinct` falling and `top` growing."""
-  rows = read_test(dest)
-  outputs = collections.Counter(r["output"].strip() for r in rows)
-  top, count = outputs.most_common(1)[0]
-  return {"distinct": len(outputs) / len(rows),
-          "target_distinct": len({r["target"].strip() for r in rows})
-                             / len(rows),
-          "top": [top, count]}
-
-
-def error_split(dest):
-  """{sub, ins, del}: a system's test errors split into substituted, extra
-  and missing bytes (evaluate.edit_operations), each over the targets'
-  bytes; they sum to its byte CER. GRPO's CER gains that come from
-  dropping uncertain letters show as `del` up and `sub` down."""
-  rows = read_test(dest)
-  strip = lambda s: s.strip().encode("utf-8")
-  ops = np.array([evaluate.edit_operations(strip(r["output"]),
-                                           strip(r["target"])) for r in rows])
-  total = sum(len(strip(r["target"])) for r in rows)
-  return dict(zip(("sub", "ins", "del"), (ops.sum(0) / total).tolist()))
-
-
 def over_seeds(runs, lengths):
   """{arm: {seeds, test_exact, test_cer, output_bytes: [mean, min, max],
   steps_to_target: [per seed, None = never], reached: count}}: each arm's
@@ -460,8 +270,7 @@ def report(out_dir, summary):
     side_b = [dest(b, 0 if b == "sft" else s) for s in seeds]
     out = paired_test([dest(a, s) for s in seeds], side_b)
     out["seeds"] = seeds
-    out["per_seed_delta_cer"] = [paired_test(dest(a, s), side_b[i])[
-        "delta_cer"] for i, s in enumerate(seeds)]
+    out["per_seed_delta_cer"] = out["seed_cer"]["deltas"]
     tests[f"{a}_vs_{b}"] = out
   ratios = []
   for seed in sorted({s for _, s in runs}):
@@ -497,6 +306,16 @@ def report(out_dir, summary):
 
 def _f(x, fmt="{:.3f}", none="never"):
   return none if x is None else fmt.format(x)
+
+
+def _seed_level(s) -> str:
+  """'mean (lo, hi), p' in CER points, the seed as the unit (`study.
+  seed_level`); 'underpowered' under 5 seeds."""
+  if s["ci95"][0] is None:
+    return f"{100 * s['mean']:+.2f} (one seed)"
+  return (f"{100 * s['mean']:+.2f} ({100 * s['ci95'][0]:+.2f}, "
+          f"{100 * s['ci95'][1]:+.2f}), p {s['p_value']:.2g}"
+          + (", underpowered" if s["underpowered"] else ""))
 
 
 def report_markdown(summary, rep) -> str:
@@ -546,10 +365,13 @@ def report_markdown(summary, rep) -> str:
         + ("-" if arm == "sft_wall" else ", ".join(
             _f(x, "{}") for x in a["steps_to_target"])) + " |")
   lines += ["", "Paired on the test items, pooled over the seeds both have "
-            "(the SFT start repeated); dCER in points, a minus b:", "",
+            "(the SFT start repeated); dCER in points, a minus b. The item "
+            "tests treat the pooled items as independent; the seed-level "
+            "column is the one a claim rests on (a t interval over the "
+            "per-seed deltas under 5 seeds):", "",
             "| a vs b | seeds | exact a / b | McNemar p | CER a / b | dCER "
-            "(95% CI) | bootstrap p | dCER per seed |", "|---|---|---|---|"
-            "---|---|---|---|"]
+            "(95% CI) | bootstrap p | dCER per seed | seed level: dCER "
+            "(95% CI), p |", "|---|---|---|---|---|---|---|---|---|"]
   for name, t in rep["tests"].items():
     lines.append(
         f"| {name.replace('_vs_', ' vs ')} | {','.join(map(str, t['seeds']))}"
@@ -558,7 +380,7 @@ def report_markdown(summary, rep) -> str:
         f"{100 * t['delta_cer']:+.2f} ({100 * t['ci95'][0]:+.2f}, "
         f"{100 * t['ci95'][1]:+.2f}) | {t['p_cer']:.3g} | "
         + ", ".join(f"{100 * d:+.2f}" for d in t["per_seed_delta_cer"])
-        + " |")
+        + f" | {_seed_level(t['seed_cer'])} |")
   lines += ["", "Per seed ('-': an arm missing or never at the target):",
             "", "| seed | rollouts to target, token / sequence | seconds to "
             "target, token / Tunix | seconds a step, token / Tunix |",

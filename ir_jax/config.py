@@ -164,7 +164,12 @@ def default_config() -> ml_collections.ConfigDict:
       kl_estimator="k3",
       # MWER (objectives.mwer_loss): the N-best list is the beam's
       # num_samples best ("beam") or num_samples samples ("samples").
-      candidates="samples"))
+      candidates="samples",
+      # Each prompt computed once for its num_samples samples, in sampling
+      # and in the teacher-forced passes (models.target_logits); False
+      # repeats it per sample (the same numbers up to float rounding;
+      # kept for measurement and parity tests).
+      share_prompts=True))
   # Prompt optimisation on a frozen model (--config.init_from=WORKDIR):
   # mode "" (off), "soft" (P learned embeddings in the data.prompt_len
   # slots, trained with any objective above) or "search" (a discrete prompt

@@ -90,7 +90,7 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
   restrict = _restrict(model, allowed)
   cache = model.init_cache(batch, prompt + max_len)
   logits, cache = model.apply(params, source, models.prompt_mask(source, pad),
-                              cache)
+                              cache, num_logits=1)
   rngs = jax.random.split(rng, max_len)
   first = _pick(restrict(logits[:, -1]), rngs[0], temperature, top_k)
 
@@ -110,13 +110,14 @@ def generate(model, params, source: jax.Array, rng: Optional[jax.Array] = None,
 
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_len", "num_samples", "temperature", "top_k", "top_p",
-    "reward"))
+    "reward", "share_prompts"))
 def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
                         target_lengths: jax.Array, rng: jax.Array, *,
                         max_len: int, num_samples: int = 1,
                         temperature: float = 1.0, top_k: int = 0,
                         top_p: float = 1.0,
-                        reward: rewards.InstantReward = rewards.edit_distance_reward()):
+                        reward: rewards.InstantReward = rewards.edit_distance_reward(),
+                        share_prompts: bool = True):
   """Samples K continuations per prompt, each token rewarded on the spot.
 
   The reward's state (`rewards.InstantReward`; by default the edit-distance
@@ -134,6 +135,10 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
       gives greedy, and then all K samples are equal).
     num_samples: K samples per prompt; outputs are ordered [b0 k0, b0 k1, ...].
     reward: the instant reward (static: a hashable `InstantReward`).
+    share_prompts: prefill the B prompts once and decode the K samples
+      from their cache written K times (`models.shared_prompt_pass`); False
+      prefills the prompts repeated to [B K, P] (the same samples up to
+      float rounding of the prefill, which can flip a near-tie).
 
   PAD is never sampled: teacher forcing reads PAD as padding, so a sampled
   PAD would be scored under another context than it was drawn in.
@@ -146,16 +151,17 @@ def sample_with_rewards(model, params, source: jax.Array, target: jax.Array,
     GRPO's ratio; 0 past the length, and 0 for greedy), and reward_state,
     the reward's state after each sample's last token.
   """
-  source = jnp.repeat(source, num_samples, axis=0)
-  target = jnp.repeat(target, num_samples, axis=0)
-  m = jnp.repeat(target_lengths, num_samples, axis=0)
-  batch, prompt = source.shape
+  k = num_samples
+  target = jnp.repeat(target, k, axis=0)
+  m = jnp.repeat(target_lengths, k, axis=0)
   pad, eos = models.special_ids(model)
-
-  cache = model.init_cache(batch, prompt + max_len)
-  logits, cache = model.apply(params, source, models.prompt_mask(source, pad),
-                              cache)
-  logits = logits[:, -1]
+  if not share_prompts:
+    source, k = jnp.repeat(source, k, axis=0), 1
+  # Each prompt computed once, written K times into the cache.
+  logits, cache = models.shared_prompt_pass(model, params, source, k,
+                                            source.shape[1] + max_len)
+  logits = jnp.repeat(logits[:, -1], k, axis=0)
+  batch = logits.shape[0]
   state = reward.init(target, m)
   done = jnp.zeros((batch,), bool)
   keys = jax.random.split(rng, max_len)
@@ -256,22 +262,10 @@ def nbest_mbr_decode(model, params, source: jax.Array, *, max_len: int,
   return nbest["tokens"][rows, best], nbest["lengths"][rows, best]
 
 
-# Where each cache entry keeps its batch axis (None: shared by the batch).
-_CACHE_BATCH_AXIS = {"k": 1, "v": 1, "valid": 1, "c": 1, "h": 1,
-                     "position": 0, "context": 0, "has_context": 0,
-                     "index": None}
-
-
 def _gather_rows(cache, rows: jax.Array):
   """The cache with its batch rows replaced by `rows` (int32[N])."""
-  def take(path, leaf):
-    key = path[-1].key
-    if key not in _CACHE_BATCH_AXIS:
-      raise ValueError(f"beam_search: unknown cache entry {key!r}; add its "
-                       "batch axis to decode._CACHE_BATCH_AXIS.")
-    axis = _CACHE_BATCH_AXIS[key]
-    return leaf if axis is None else jnp.take(leaf, rows, axis=axis)
-  return jax.tree_util.tree_map_with_path(take, cache)
+  return models.map_cache_rows(
+      cache, lambda leaf, axis: jnp.take(leaf, rows, axis=axis))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "beam",
@@ -305,11 +299,10 @@ def beam_search(model, params, source: jax.Array, *, max_len: int,
   restrict = _restrict(model, allowed)
   norm = lambda logp, length: logp / (length.astype(jnp.float32)
                                       ** length_penalty)
-  rows = jnp.repeat(source, k, axis=0)                      # [B K, P]
-  cache = model.init_cache(batch * k, prompt + t_max)
-  logits, cache = model.apply(params, rows, models.prompt_mask(rows, pad),
-                              cache)
-  logits = logits[:, -1]
+  # Each prompt prefilled once, its cache written for the K beams.
+  logits, cache = models.shared_prompt_pass(model, params, source, k,
+                                            prompt + t_max)
+  logits = jnp.repeat(logits[:, -1], k, axis=0)
   alive_tokens = jnp.zeros((batch, k, t_max), jnp.int32)
   alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, neg)[None].repeat(batch, 0)
   done_tokens = jnp.zeros((batch, k, t_max), jnp.int32)

@@ -245,6 +245,20 @@ def summary(record: Dict[str, Any]) -> str:
 _WHITESPACE = "".join(chr(b) for b in rewards.chars.WHITESPACE)
 
 
+def answer_bytes(text: str) -> bytes:
+  """An answer as it is compared with its target: UTF-8 bytes with ASCII
+  whitespace (space, tab, CR, LF) stripped at both ends, the rule of the
+  byte rewards (`ir_jax.rewards.chars`), so a reward and its eval agree.
+  Other whitespace (NBSP, U+2028, ...) is part of the answer.
+
+  >>> answer_bytes(" 42\\t")
+  b'42'
+  >>> len(answer_bytes("caf\\u00e9"))   # UTF-8 bytes.
+  5
+  """
+  return text.strip(_WHITESPACE).encode("utf-8")
+
+
 def text_scores(vocab, outputs: Sequence[Seq],
                 references: Sequence[Sequence[Seq]]) -> Dict[str, float]:
   """Scores of decoded text (task="text"; `vocab.text` decodes token
@@ -256,7 +270,7 @@ def text_scores(vocab, outputs: Sequence[Seq],
   agree (CER here against the closest reference)."""
   out_text = [vocab.text(o) for o in outputs]
   ref_text = [[vocab.text(r) for r in refs] for refs in references]
-  strip = lambda s: s.strip(_WHITESPACE).encode("utf-8")
+  strip = answer_bytes
   exact = np.mean([strip(o) in {strip(r) for r in refs}
                    for o, refs in zip(out_text, ref_text)])
   units = error_rates([tuple(o.split()) for o in out_text],

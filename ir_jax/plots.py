@@ -1,16 +1,7 @@
 """PNG curves from a workdir's metrics.jsonl (matplotlib, headless)."""
 
-import json
 import os
-from typing import Dict, List
-
-
-def read_metrics(workdir: str) -> List[Dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No metrics.jsonl in {workdir}; train first.")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+from typing import List
 
 
 def plot_workdir(workdir: str) -> List[str]:
@@ -19,7 +10,11 @@ def plot_workdir(workdir: str) -> List[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  records = read_metrics(workdir)
+  from ir_jax import workdir as workdir_lib
+  records = workdir_lib.read_metrics(workdir)
+  if not records:
+    raise FileNotFoundError(f"No metrics in {workdir}/metrics.jsonl; train "
+                            "first.")
   train = [r for r in records if "split" not in r]
   evals = [r for r in records if "split" in r]
   panels = {

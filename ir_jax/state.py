@@ -253,6 +253,14 @@ class Setup(NamedTuple):
   rules: tuple
 
 
+def build_task(config) -> tasks.Task:
+  """`tasks.build(config)` with a text task's tokenizer read through
+  `ir_jax.pretrained.tokenizer` (a directory's tokenizer.json or a `.gguf`
+  header): the door every caller uses."""
+  from ir_jax import pretrained
+  return tasks.build(config, load_tokenizer=pretrained.tokenizer)
+
+
 def setup(config, devices: Optional[Sequence[Any]] = None,
           shapes_only: bool = False) -> Setup:
   """Validates `config` against `devices` (default: all visible) and builds
@@ -266,10 +274,13 @@ def setup(config, devices: Optional[Sequence[Any]] = None,
   config_lib.validate(config, num_devices=len(devices),
                       num_processes=jax.process_count())
   if shapes_only and config.task == "text":
+    from ir_jax import pretrained
     from ir_jax.data import text
-    task = text.shapes_only(config)
+    path = config.model.get("hf_path", "")
+    task = text.shapes_only(config,
+                            pretrained.module_config(path) if path else {})
   else:
-    task = tasks.build(config)
+    task = build_task(config)
   return Setup(task, make_model(config, task), make_optimizer(config),
                parallel.make_mesh(config.mesh, devices),
                parallel.rules_from_config(config))

@@ -42,7 +42,7 @@ def trained_part(config):
   return None
 
 
-def _value_and_grad(loss_fn, part):
+def trained_value_and_grad(loss_fn, part):
   """value_and_grad of `loss_fn(params, ...)`; with a `trained_part` only
   that part is differentiated (the other gradients are zeros)."""
   def value_and_grad(params, *args, **kwargs):
@@ -146,8 +146,8 @@ def _make_step(config, model, tx):
   adaptive = obj.alpha_schedule == "adaptive"
   alpha_of = make_alpha_fn(obj)
   part = trained_part(config)
-  value_and_grad = _value_and_grad(objectives.make_loss_fn(config, model),
-                                   part)
+  value_and_grad = trained_value_and_grad(
+      objectives.make_loss_fn(config, model), part)
   stochastic = bool(rl.mode) or float(config.model.get("dropout", 0.0)) > 0
 
   def train_step(state: TrainState, batch, ref_params=None, byte_table=None
@@ -203,7 +203,7 @@ def make_grpo_step(config, model, tx):
   adaptive = obj.alpha_schedule == "adaptive"
   alpha_of = make_alpha_fn(obj)
   part = trained_part(config)
-  value_and_grad = _value_and_grad(
+  value_and_grad = trained_value_and_grad(
       lambda params, batch, rollout, rng, alpha: objectives.grpo_update_loss(
           config, model, params, batch, rollout, rng, alpha=alpha),
       part)

@@ -32,10 +32,39 @@ from ir_jax.models import prompting
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
-  """Trains, then evaluates every eval set; returns the final eval records.
+  """Trains `config` in `workdir`, then evaluates every eval set.
 
-  On SIGTERM it saves a checkpoint, returns {"preempted_at": step} and the
-  same command resumes.
+  The loop, in order: set-up (every config check runs before a device is
+  touched; `workdir` must hold this config's run or nothing), the state
+  created sharded on the config's mesh (from scratch, `config.init_from`,
+  or a Hugging Face / GGUF checkpoint in `config.model.hf_path`), restored
+  from the newest readable checkpoint in `workdir` if there is one (a run
+  resumes bit for bit), then `config.total_steps` jitted steps (CE, RL or
+  both as the config says) with at most `MAX_IN_FLIGHT` steps dispatched
+  ahead of the last finished one, so the progress bar counts finished
+  steps. Every `log_every` steps a record goes to `workdir/metrics.jsonl`
+  and TensorBoard; every `eval_every` the dev sets are decoded and scored;
+  every `checkpoint_every` (and at the end) an orbax checkpoint is saved.
+
+  Args:
+    config: a validated config (`ir_jax.config.load`; the fields are
+      documented in ir_jax/config.py).
+    workdir: a local path or gs:// URL; created if missing.
+
+  Returns:
+    {split: record} of the final evaluation (a record holds `step` and the
+    task's scores, e.g. per, wer, exact_match, cer; decoded outputs go to
+    `workdir/outputs/<split>.tsv`), or {"preempted_at": step} after a
+    SIGTERM: the checkpoint of that step is written (within about
+    MAX_IN_FLIGHT steps of the signal) and the same call resumes.
+
+  Example (what `ir-jax train --config experiments/g2p.py:tiny --workdir
+  /tmp/g2p` runs; a second call restores the last checkpoint and only
+  evaluates):
+
+    from ir_jax import config as config_lib, train
+    c = config_lib.load("experiments/g2p.py:tiny")
+    print(train.train_and_evaluate(c, "/tmp/g2p")["test"]["per"])
   """
   # ------------------------------------------------------------ Set-up
   # Every config check runs here, before anything touches a device.
@@ -124,6 +153,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     bar = _progress(config.total_steps, step)
     pending, t_log = [], time.time()
     collapse = _LengthCollapse(config.rl.rewards, enabled=lead)
+    # Steps dispatched and not yet seen to finish: at most MAX_IN_FLIGHT,
+    # so the bar counts finished steps (its rate and ETA are true ones),
+    # no queue of steps hides behind a log step, and a SIGTERM's
+    # checkpoint waits for at most that many steps.
+    in_flight = _InFlight(bar)
 
     def save():
       workdir_lib.save_checkpoint(manager, step,
@@ -133,12 +167,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     try:
       with _Preemption() as preemption:
         while step < config.total_steps:
+          if preemption.requested:
+            in_flight.wait(0)
+            save()
+            if lead:
+              print(f"SIGTERM: saved step {step} in {workdir}; rerun the "
+                    "same command to resume.", file=sys.stderr)
+            return {"preempted_at": step}
           batch = parallel.global_batch(next(iterator), mesh)
+          in_flight.wait(MAX_IN_FLIGHT - 1)   # Step n - 2 has finished.
           state, metrics = train_step(state, batch, ref_params, byte_table)
           step += 1
+          in_flight.add(metrics["loss"])
           pending.append(metrics)
-          bar.update(1)
           if step % config.log_every == 0 or step == config.total_steps:
+            in_flight.wait(0)
             pending = jax.device_get(pending)
             means = jax.tree.map(lambda *x: float(np.mean(x)), *pending)
             for k in step_lib.GREEDY_METRICS:  # Computed on this step only.
@@ -155,17 +198,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                if "greedy_reward" in means else {}))
             pending, t_log = [], time.time()
             _check_finite(state, step, config)
-          if preemption.requested:
-            save()
-            if lead:
-              print(f"SIGTERM: saved step {step} in {workdir}; rerun the "
-                    "same command to resume.", file=sys.stderr)
-            return {"preempted_at": step}
           if step % config.eval_every == 0 and step < config.total_steps:
+            in_flight.wait(0)
             evaluate.evaluate_and_log(model, state.params, task,
                                       dev_splits(task), config.eval_batch_size,
                                       step, writer, **_decoding(config))
           if step % config.checkpoint_every == 0 or step == config.total_steps:
+            in_flight.wait(0)
             save()
     finally:
       bar.close()  # Saves have finished: each one waits for itself.
@@ -284,6 +323,30 @@ def dev_splits(task):
   return tuple(s for s in task.eval_sets if s.split("_")[0] == "dev")
 
 
+# Train steps dispatched ahead of the newest finished one (see _InFlight).
+MAX_IN_FLIGHT = 2
+
+
+class _InFlight:
+  """The dispatched steps not yet seen to finish, oldest first; the bar
+  advances when one is seen to finish. `wait(n)` blocks until at most n
+  remain: with n = MAX_IN_FLIGHT - 1 before each dispatch, step n waits
+  for step n - 2, which keeps the device fed (one step queued behind the
+  running one) while the host never runs more than two steps ahead."""
+
+  def __init__(self, bar):
+    self._bar, self._steps = bar, []
+
+  def add(self, marker) -> None:
+    """`marker`: an array the step outputs (its loss)."""
+    self._steps.append(marker)
+
+  def wait(self, at_most: int) -> None:
+    while len(self._steps) > at_most:
+      jax.block_until_ready(self._steps.pop(0))
+      self._bar.update(1)
+
+
 def _progress(total, initial):
   from tqdm import tqdm
   return tqdm(total=total, initial=initial, file=sys.stderr, unit="step",
@@ -291,7 +354,7 @@ def _progress(total, initial):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM into a flag the loop checks before each step."""
 
   def __init__(self):
     self.requested = False

@@ -21,7 +21,6 @@ import orbax.checkpoint as ocp
 
 from ir_jax import config as config_lib
 from ir_jax import state as state_lib
-from ir_jax.data import tasks
 
 PROMPT_DIR = "prompt"
 
@@ -413,7 +412,7 @@ def load_run_with_step(workdir: str):
   """(config, task, model, params, step): `load_run` and the step of the
   checkpoint it read (the newest readable one)."""
   config = load_config(workdir)
-  task = tasks.build(config)
+  task = state_lib.build_task(config)
   model = state_lib.make_model(config, task)
   tx = state_lib.make_optimizer(config)
   abstract = state_lib.abstract_params(config, model, tx, task)

@@ -2,6 +2,7 @@
 
   python tests/distributed_worker.py OUT_JSON WORKDIR MESH[;MESH...] \
       [--coordinator H:P --num_processes N --process_id I] [--steps S]
+      [--override KEY=VALUE ...]
 
 Runs the `tiny` G2P config for each mesh ("data,fsdp,tensor") and writes
 the per-step losses and the param shardings to OUT_JSON (process 0).
@@ -24,6 +25,7 @@ def main():
   p.add_argument("--num_processes", type=int)
   p.add_argument("--process_id", type=int)
   p.add_argument("--steps", type=int, default=12)
+  p.add_argument("--override", action="append", default=[])
   args = p.parse_args()
   from ir_jax import parallel
   if args.coordinator:
@@ -36,7 +38,8 @@ def main():
   from ir_jax.data import tasks
   results = {}
   for mesh in args.meshes.split(";"):
-    c = config_lib.load("experiments/g2p.py:tiny")
+    c = config_lib.apply_overrides(
+        config_lib.load("experiments/g2p.py:tiny"), args.override)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = map(int, mesh.split(","))
     c.total_steps, c.log_every, c.checkpoint_every = args.steps, 1, args.steps
     c.eval_every = 1000

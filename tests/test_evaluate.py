@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ir_jax import evaluate, workdir
+from ir_jax import evaluate, pretrained, workdir
 from ir_jax.evaluate import error_rates
 from helpers import ROOT
 
@@ -165,7 +165,7 @@ def test_split_scores_add_reasoning_gyms_own_checker(tmp_path):
   from ir_jax.data import text
   path = str(tmp_path / "t.gguf")
   gguf_files.write(path)
-  vocab = text.TextVocab.load(path)
+  vocab = text.TextVocab.of(pretrained.tokenizer(path))
   items = text.read_jsonl(os.path.join(ROOT, "data", "gym", "spell_backward",
                                        "dev.jsonl"))[:6]
   encode = lambda s: tuple(vocab.decode(vocab.tokenizer.encode(

@@ -2,7 +2,8 @@
 
 * No import cycle among ir_jax modules, function-local imports included.
 * Floors: kernels/ never imports rewards/; models/ never rewards/ or
-  objectives; rewards/ never models/, objectives or train.
+  objectives; rewards/ never models/, objectives or train; data/ only
+  data/; study (the drivers' room) is imported by no module.
 * Loading a config file imports none of JAX, Flax, optax, orbax, grain.
 * No module reaches into another package's or module's private names
   (tests aside: they test private helpers on purpose).
@@ -124,6 +125,13 @@ def test_the_cycle_finder_finds_cycles():
     ("ir_jax.models", ("ir_jax.rewards", "ir_jax.objectives")),
     ("ir_jax.rewards", ("ir_jax.models", "ir_jax.objectives", "ir_jax.train")),
     ("ir_jax.config", ("ir_jax.",)),
+    # data/ reads files and tokenizers: a checkpoint's tokenizer reaches it
+    # as an argument (state.build_task), never by importing upwards.
+    ("ir_jax.data", ("ir_jax.models", "ir_jax.pretrained", "ir_jax.rewards",
+                     "ir_jax.objectives", "ir_jax.kernels", "ir_jax.decode",
+                     "ir_jax.state", "ir_jax.step", "ir_jax.train",
+                     "ir_jax.evaluate", "ir_jax.workdir", "ir_jax.parallel",
+                     "ir_jax.aot", "ir_jax.cli")),
 ])
 def test_lower_floors_never_import_upper_ones(floor, forbidden):
   bad = []
@@ -134,6 +142,17 @@ def test_lower_floors_never_import_upper_ones(floor, forbidden):
       if any(target == f or target.startswith(f if f.endswith(".") else
                                               f + ".") for f in forbidden):
         bad.append(f"{name}:{line} imports {target}")
+  assert bad == []
+
+
+def test_the_study_room_is_the_top_floor():
+  """ir_jax.study is for drivers (experiments/, benchmarks/, notebooks):
+  no module of the package imports it, so training never depends on how
+  studies are run."""
+  bad = [f"{name}:{line}" for name, path in MODULES.items()
+         if name != "ir_jax.study"
+         for line, target, _ in _imports(path, name)
+         if target == "ir_jax.study"]
   assert bad == []
 
 

@@ -21,37 +21,6 @@ except ImportError:
   _HAVE_TUNIX = False
 
 
-def _point(step, reward, wall=None):
-  return {"step": step, "wall_s": wall if wall is not None else step * 2.0,
-          "reward": reward, "completion_length": 3.0, "empty_fraction": 0.0}
-
-
-def test_steps_to_target_uses_the_five_record_moving_average():
-  import llm_rl_study as study
-  rewards = [-0.9, -0.8, -0.5, -0.4, -0.3, -0.2, -0.1]
-  points = [_point(5 * (i + 1), r) for i, r in enumerate(rewards)]
-  # 5-record averages: -0.9, -0.85, -0.733, -0.65, -0.58, -0.44, -0.3.
-  assert study.to_target(points, -0.45) == (30, 60.0)
-  assert study.to_target(points, -0.3) == (35, 70.0)
-  # A single record above the target is not enough: never reached.
-  assert study.to_target(points, -0.2) == (None, None)
-  assert study.to_target([_point(5, None)], -0.5) == (None, None)
-  assert study.to_target(points, None) == (None, None)
-
-
-def test_pilot_target_is_the_moving_average_at_half_the_budget():
-  import llm_rl_study as study
-  rewards = [-0.9, -0.8, -0.5, -0.4, -0.3, -0.2, -0.1]
-  points = [_point(5 * (i + 1), r) for i, r in enumerate(rewards)]
-  # Half of a 30-step budget: the record at step 15, mean(-0.9, -0.8, -0.5).
-  assert np.isclose(study.pilot_target(points, 15), -2.2 / 3)
-  # A pilot cut at step 20 of a 40-step budget: its last record (step 20).
-  assert np.isclose(study.pilot_target(points[:4], 20), -0.65)
-  assert np.isclose(study.pilot_target(points, 17), -2.2 / 3)  # Not past.
-  with pytest.raises(ValueError, match="no reward by step 4"):
-    study.pilot_target(points, 4)
-
-
 @pytest.mark.slow
 def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
   import gguf_files
@@ -146,27 +115,6 @@ def test_driver_end_to_end_on_a_tiny_gguf(tmp_path):
     study.main(["--task", "spell_backward", "--tiny", "--gguf", path,
                 "--seeds", "0", "--target_reward", "-0.5", "--runs",
                 str(runs), "--out", str(out)])
-
-
-def test_paired_test_by_hand(tmp_path):
-  import llm_rl_study as study
-  rows = [("p1", "abc", "abc", "abd"), ("p2", "xy", "x", "xy"),
-          ("p3", "hello", "hello", "hello"), ("p4", "q", "", "z")]
-  for name, col in (("a", 2), ("b", 3)):
-    (tmp_path / name).mkdir()
-    with open(tmp_path / name / "test.jsonl", "w") as f:
-      for r in rows:
-        f.write(json.dumps({"prompt": r[0], "target": r[1],
-                            "output": r[col]}) + "\n")
-  out = study.paired_test(str(tmp_path / "a"), str(tmp_path / "b"))
-  # a: right on p1, p3; errors 0, 1, 0, 1 over 3 + 2 + 5 + 1 = 11 bytes.
-  # b: right on p2, p3; errors 1, 0, 0, 1.
-  assert out["exact_a"] == out["exact_b"] == 0.5
-  assert out["only_a_right"] == 1 and out["only_b_right"] == 1
-  assert out["mcnemar_p"] == 1.0
-  assert out["cer_a"] == pytest.approx(2 / 11)
-  assert out["cer_b"] == pytest.approx(2 / 11)
-  assert out["delta_cer"] == pytest.approx(0.0)
 
 
 # ------------------------------------------------------------ the Tunix arm
@@ -318,16 +266,3 @@ def test_report_pools_seeds_and_takes_ratios_by_hand(tmp_path):
   assert ("| SFT start | 0 | - | - | 50.00% | 16.67% | 0.00 / 0.00 / 16.67 "
           "| 2.50 (0) | 100.00% (`abcd` x1) |") in md
   assert "| 0 | 0.50x | - | - |" in md and "| 1 | - | - | - |" in md
-
-
-def test_answer_variety_counts_a_formula_by_hand(tmp_path):
-  import llm_rl_study as study
-  rows = [("1+1", "2", "-10"), ("2+2", "4", " -10 "), ("9-9", "0", "-1"),
-          ("3*3", "9", "-10")]
-  with open(tmp_path / "test.jsonl", "w") as f:
-    for prompt, target, out in rows:
-      f.write(json.dumps({"prompt": prompt, "target": target,
-                          "output": out}) + "\n")
-  # Outputs strip to "-10" x3 and "-1": 2 distinct of 4; targets 4 of 4.
-  assert study.answer_variety(str(tmp_path)) == {
-      "distinct": 0.5, "target_distinct": 1.0, "top": ["-10", 3]}

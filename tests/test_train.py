@@ -169,3 +169,61 @@ def test_length_collapse_warns_once_naming_the_reward(capsys):
   for empty in (0.95, 0.95, 0.5, 0.95, 0.95):
     watch.update({"empty_fraction": empty})
   assert capsys.readouterr().err == ""
+
+
+class _Bar:
+  n = 0
+
+  def update(self, k):
+    self.n += k
+
+
+def test_the_bar_counts_finished_steps_only():
+  """_InFlight: the bar moves when a step is seen to finish, and waiting
+  for at most n steps leaves n in flight."""
+  import jax.numpy as jnp
+  bar = _Bar()
+  in_flight = train._InFlight(bar)
+  for i in range(3):
+    in_flight.add(jnp.float32(i))
+  assert bar.n == 0
+  in_flight.wait(train.MAX_IN_FLIGHT - 1)
+  assert bar.n == 3 - (train.MAX_IN_FLIGHT - 1)
+  in_flight.wait(0)
+  assert bar.n == 3
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_saves_within_two_slow_steps(tmp_path):
+  """A 1 s step (a host callback that sleeps): SIGTERM after 4 finished
+  steps saves a checkpoint at most MAX_IN_FLIGHT steps past the finished
+  ones and within a few steps' time (before, the loop dispatched every
+  step up to the log step and the checkpoint waited for all of them)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  counter, wd = tmp_path / "finished", tmp_path / "run"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, "tests", "slow_step_worker.py"),
+       str(wd), str(counter), "1.0"], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finished = lambda: int(counter.read_text() or 0) if counter.exists() else 0
+  deadline = time.time() + 300
+  while finished() < 4 and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  at_signal = finished()
+  assert at_signal >= 4, proc.stderr.read()[-3000:]
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  elapsed = time.time() - sent
+  assert proc.returncode == 0, err[-3000:]
+  saved = int(out.split("preempted_at=")[1].split()[0])
+  assert at_signal <= saved <= at_signal + train.MAX_IN_FLIGHT + 1, (
+      at_signal, saved)
+  assert os.path.isdir(wd / "checkpoints" / str(saved))
+  # The steps still in flight (<= 3 s) plus saving and exiting a tiny run.
+  assert elapsed < 3 * 1.0 + 15, elapsed

@@ -234,8 +234,10 @@ def charlm(paths: Sequence[str] = (), context: int = 32, continuation: int = 16,
               eval_targets, dict(report), target_ids=target_ids)
 
 
-def build(config) -> Task:
-  """The task named by `config.task` (ConfigDict with a `data` section)."""
+def build(config, load_tokenizer=None) -> Task:
+  """The task named by `config.task` (ConfigDict with a `data` section).
+  A text task needs `load_tokenizer(path) -> hf_tokenizer.Tokenizer`
+  (`ir_jax.pretrained.tokenizer`; `ir_jax.state.build_task` passes it)."""
   d = config.data
   if config.task == "g2p":
     directions = d.get("directions") or "g2p"
@@ -251,12 +253,17 @@ def build(config) -> Task:
                   d.stride, d.get("max_eval_items") or None)
   if config.task == "text":
     from ir_jax.data import text
+    if load_tokenizer is None:
+      raise ValueError("task='text' reads a checkpoint's tokenizer: build it "
+                       "with ir_jax.state.build_task(config) (or pass "
+                       "load_tokenizer=ir_jax.pretrained.tokenizer).")
     return text.task(d.train_path, d.eval_path,
                      d.get("tokenizer") or config.model.get("hf_path", ""),
                      d.source_len, d.target_len, d.get("test_path", ""),
                      d.get("max_train_words") or None,
                      d.get("max_eval_items") or None,
-                     chat_template=bool(d.get("chat_template", False)))
+                     chat_template=bool(d.get("chat_template", False)),
+                     load_tokenizer=load_tokenizer)
   raise ValueError(f"config.task must be 'g2p', 'charlm' or 'text', got "
                    f"{config.task!r}.")
 

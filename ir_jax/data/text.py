@@ -31,7 +31,7 @@ import collections
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,10 +48,9 @@ class TextVocab:
   symbols: Tuple[str, ...]
 
   @classmethod
-  def load(cls, path: str) -> "TextVocab":
-    """The tokenizer of a checkpoint directory or a `.gguf` file."""
-    from ir_jax import pretrained
-    tok = pretrained.tokenizer(path)
+  def of(cls, tok: hf_tokenizer.Tokenizer, path: str = "") -> "TextVocab":
+    """The vocabulary of a checkpoint's tokenizer (`path` names it in
+    errors)."""
     if tok.eos_id is None:
       raise ValueError(f"{path}: the tokenizer names no EOS token "
                        "(tokenizer_config.json eos_token, or eos_token_id in "
@@ -185,8 +184,14 @@ def _arrays(vocab, pairs, source_len, target_len):
 def task(train_path: str, eval_path: str, tokenizer_path: str,
          source_len: int, target_len: int, test_path: str = "",
          max_train_items: Optional[int] = None,
-         max_eval_items: Optional[int] = None, chat_template: bool = False):
+         max_eval_items: Optional[int] = None, chat_template: bool = False,
+         *, load_tokenizer: Callable[[str], hf_tokenizer.Tokenizer]):
   """The text task (an `ir_jax.data.tasks.Task` named "text").
+
+  `load_tokenizer(tokenizer_path)` reads the checkpoint's tokenizer (a
+  directory's tokenizer.json or a `.gguf` header:
+  `ir_jax.pretrained.tokenizer`, which `ir_jax.state.build_task` passes;
+  data/ never imports the checkpoint readers above it).
 
   Eval sets: "dev" from `eval_path`, "test" from `test_path` when given.
   The references of an item are token-string tuples (`TextVocab.decode`
@@ -204,7 +209,7 @@ def task(train_path: str, eval_path: str, tokenizer_path: str,
                               "(one {\"prompt\", \"target\"} object a line; "
                               "python -m ir_jax.data.text --cmudict DIR "
                               "writes the CMUdict split).")
-  vocab = TextVocab.load(tokenizer_path)
+  vocab = TextVocab.of(load_tokenizer(tokenizer_path), tokenizer_path)
   report = collections.Counter()
   pairs = []
   for item in read_jsonl(train_path)[:max_train_items or None]:
@@ -242,14 +247,12 @@ def task(train_path: str, eval_path: str, tokenizer_path: str,
                     eos_id=vocab.eos_id, chat_template=chat_template)
 
 
-def shapes_only(config):
+def shapes_only(config, ids: Dict[str, int]):
   """A task="text" stand-in with the config's shapes and no data (for
   `ir-jax compile` / `--dry-run`, which need shapes, not files): one
-  all-padding item, the checkpoint's vocabulary size and special ids."""
-  from ir_jax import pretrained
+  all-padding item, the checkpoint's vocabulary size and special ids
+  (`ids`: its `vocab_size`, `pad_id`, `eos_id`; empty without one)."""
   d = config.data
-  path = config.model.get("hf_path", "")
-  ids = pretrained.module_config(path) if path else {}
   pad, eos = ids.get("pad_id", 0), ids.get("eos_id", 0)
   size = ids.get("vocab_size") or int(config.vocab_multiple)
   vocab = _Sized(tuple(str(i) for i in range(size)))
@@ -351,15 +354,16 @@ def _report(paths: Dict[str, str], prefix: str = "") -> None:
       print(f"{prefix}{split}: {sum(1 for _ in f)} items -> {path}")
 
 
-def main(argv=None) -> int:
-  """`python -m ir_jax.data.text cmudict|gym|codespell OUT_DIR ...`
-  (`--cmudict OUT_DIR` is the older spelling of `cmudict OUT_DIR`)."""
+def main(argv=None, prog: str = "python -m ir_jax.data.text") -> int:
+  """`ir-jax data cmudict|gym|codespell OUT_DIR ...` (also `python -m
+  ir_jax.data.text ...`; `--cmudict OUT_DIR` is the older spelling of
+  `cmudict OUT_DIR`)."""
   from ir_jax.data import verifiable
   argv = list(argv if argv is not None else __import__("sys").argv[1:])
   if argv and argv[0] == "--cmudict":
     argv = ["cmudict"] + argv[1:]
   p = argparse.ArgumentParser(
-      prog="python -m ir_jax.data.text",
+      prog=prog,
       description="Write JSONL tasks for task='text'.")
   sub = p.add_subparsers(dest="source", required=True)
   c = sub.add_parser("cmudict", help="the CMUdict split (G2P / P2G)")

@@ -404,8 +404,11 @@ def fetch(name: str, cache: str = DEFAULT_CACHE) -> str:
   return target
 
 
-def main(argv: List[str] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ir_jax.models.gguf")
+def main(argv: List[str] = None, prog: str = "python -m ir_jax.models.gguf"
+         ) -> int:
+  """`ir-jax fetch NAME` (also `python -m ir_jax.models.gguf fetch NAME`):
+  prints the fetched file's path."""
+  parser = argparse.ArgumentParser(prog=prog)
   sub = parser.add_subparsers(dest="command", required=True)
   f = sub.add_parser("fetch", help="fetch a known GGUF model; prints its path")
   f.add_argument("name", choices=sorted(MODELS))

@@ -555,7 +555,8 @@ def _greedy(model, steps):
   def run(params, ids, mask):
     batch = ids.shape[0]
     cache = model.init_cache(batch, ids.shape[1] + steps)
-    out, cache = model.apply({"params": params}, ids, mask, cache)
+    out, cache = model.apply({"params": params}, ids, mask, cache,
+                             num_logits=1)
     first = out[:, -1].argmax(-1).astype(jnp.int32)
 
     def step(carry, _):

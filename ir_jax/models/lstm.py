@@ -87,7 +87,10 @@ class LSTM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, valid=None, cache: Optional[Cache] = None,
-               deterministic: bool = True) -> Tuple[jax.Array, Cache]:
+               deterministic: bool = True, num_logits: int = 0
+               ) -> Tuple[jax.Array, Cache]:
+    """(logits float32[B, L, V], the carry after these tokens);
+    `num_logits` = n > 0: logits of the last n positions only."""
     if valid is None:
       valid = jnp.ones(tokens.shape, bool)
     valid = valid.astype(bool)
@@ -118,6 +121,8 @@ class LSTM(nn.Module):
       x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
       cs.append(c)
       hs.append(h)
+    if num_logits:
+      x = x[:, -num_logits:]
     logits = nn.DenseGeneral(
         self.vocab_size, dtype=jnp.float32, name="logits",
         kernel_init=nn.with_logical_partitioning(

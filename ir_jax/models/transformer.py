@@ -170,6 +170,7 @@ class Block(nn.Module):
   lora_alpha: float = 16.0
   lora_targets: tuple = LORA_TARGETS
   prefix_len: int = 0            # > 0: slots < prefix_len see each other.
+  cache_repeat: int = 1          # > 1: a prompt pass into K x the rows.
 
   @nn.compact
   def __call__(self, x, positions, valid, layer_cache):
@@ -201,14 +202,24 @@ class Block(nn.Module):
       q = rope(q, positions, self.rope_theta, self.rope_scaling)
       k = rope(k, positions, self.rope_theta, self.rope_scaling)
     index = layer_cache["index"]
-    keys = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(
-        layer_cache["k"].dtype), index, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(
-        layer_cache["v"].dtype), index, axis=1)
-    key_valid = jax.lax.dynamic_update_slice_in_dim(layer_cache["valid"],
-                                                    valid, index, axis=1)
-    slots = jnp.arange(keys.shape[1])
+    k, v = k.astype(layer_cache["k"].dtype), v.astype(layer_cache["v"].dtype)
+    rows = (lambda a: jnp.repeat(a, self.cache_repeat, axis=0)) \
+        if self.cache_repeat > 1 else (lambda a: a)
+    write = lambda name, a: jax.lax.dynamic_update_slice_in_dim(
+        layer_cache[name], rows(a), index, axis=1)
+    new_cache = {"k": write("k", k), "v": write("v", v),
+                 "valid": write("valid", valid), "index": index + x.shape[1]}
     query_slots = index + jnp.arange(x.shape[1])
+    if self.cache_repeat > 1:
+      # A prompt pass into an empty cache of K x the rows (K samples of a
+      # prompt): attention reads this chunk's own keys, and each row's
+      # keys/values are written K times, one layer at a time, so no
+      # [B K, P] copy of the whole cache exists beside it.
+      keys, values, key_valid, slots = k, v, valid, query_slots
+    else:
+      keys, values, key_valid = (new_cache["k"], new_cache["v"],
+                                 new_cache["valid"])
+      slots = jnp.arange(keys.shape[1])
     visible = slots[None, :] <= query_slots[:, None]            # Causal.
     if self.prefix_len:  # Prefix LM: the source attends both ways.
       visible |= ((slots[None, :] < self.prefix_len) &
@@ -235,8 +246,6 @@ class Block(nn.Module):
     h = dense(x.shape[-1], ("mlp", "embed"), "wo")(hidden)
     x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-    new_cache = {"k": keys, "v": values, "valid": key_valid,
-                 "index": index + x.shape[1]}
     return x, new_cache
 
 
@@ -337,13 +346,29 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, valid=None, cache: Optional[Cache] = None,
-               deterministic: bool = True) -> Tuple[jax.Array, Cache]:
+               deterministic: bool = True, num_logits: int = 0,
+               cache_repeat: int = 1) -> Tuple[jax.Array, Cache]:
+    """(logits float32[B, L, V], the cache after these tokens).
+
+    `num_logits` = n > 0 applies the LM head at the last n positions only
+    (logits float32[B, n, V]): the head is V x E per position, the largest
+    matmul of a small LM's forward, and teacher forcing and prefill use
+    only the positions that predict something.
+
+    `cache_repeat` = K > 1: a prompt pass of B rows into an empty cache of
+    B K rows; row b's keys and values fill rows b K .. b K + K - 1 (the
+    layout of K samples a prompt), written layer by layer."""
     if valid is None:
       valid = jnp.ones(tokens.shape, bool)
     valid = valid.astype(bool)
     if cache is None:
-      cache = self.init_cache(tokens.shape[0], tokens.shape[1])
-    positions = cache["position"][:, None] + jnp.cumsum(valid, axis=1) - 1
+      cache = self.init_cache(tokens.shape[0] * cache_repeat, tokens.shape[1])
+    if cache["position"].shape[0] != tokens.shape[0] * cache_repeat:
+      raise ValueError(f"Transformer: a cache of {cache['position'].shape[0]}"
+                       f" rows for {tokens.shape[0]} rows x cache_repeat "
+                       f"{cache_repeat}.")
+    start = cache["position"][::cache_repeat]
+    positions = start[:, None] + jnp.cumsum(valid, axis=1) - 1
     positions = jnp.maximum(positions, 0)
     embed = nn.Embed(
         self.vocab_size, self.embed_dim, name="embed",
@@ -371,7 +396,7 @@ class Transformer(nn.Module):
                   qk_norm=self.qk_norm, mlp=self.mlp, use_bias=self.use_bias,
                   lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                   lora_targets=tuple(self.lora_targets),
-                  prefix_len=self.prefix_len)
+                  prefix_len=self.prefix_len, cache_repeat=cache_repeat)
     if self.scan_layers:
       block = nn.remat(_ScanBlock) if self.remat else _ScanBlock
       x, new = nn.scan(
@@ -389,6 +414,8 @@ class Transformer(nn.Module):
         outs.append(c)
       new = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    if num_logits:
+      x = x[:, -num_logits:]
     x = _norm(self.norm, self.norm_eps, self.dtype, "final_norm",
               use_bias=self.use_bias)(x)
     if self.tie_embeddings:
@@ -396,5 +423,6 @@ class Transformer(nn.Module):
     else:
       logits = _dense(self.vocab_size, ("embed", "vocab"), "logits",
                       jnp.float32)(x)
-    new["position"] = cache["position"] + valid.sum(1).astype(jnp.int32)
+    new["position"] = cache["position"] + jnp.repeat(
+        valid.sum(1).astype(jnp.int32), cache_repeat)
     return logits, new

@@ -38,18 +38,19 @@ from ir_jax.objectives.policy import (leave_one_out_mean, ocd_loss,
                                       policy_gradient_loss,
                                       reward_to_go_advantages, rl_loss,
                                       sequence_advantages)
-from ir_jax.objectives.scoring import (instant_reward_of, reward_metrics,
-                                       sample_and_score, score_candidates)
+from ir_jax.objectives.scoring import (group_source, instant_reward_of,
+                                       reward_metrics, sample_and_score,
+                                       score_candidates)
 from ir_jax.objectives.supervised import (fused_loss, masked_cross_entropy,
                                           reward_terms)
 
 __all__ = [
     "aggregate_tokens", "AGGREGATIONS", "alpha_schedule", "controller_init",
     "controller_update", "exact_kl", "expected_risk", "first_occurrence",
-    "fused_loss", "group_advantages", "grpo_loss", "grpo_rollout",
-    "grpo_update_loss", "instant_reward_of", "k3_kl", "kl_penalty",
-    "kl_to_reference", "leave_one_out_mean", "LossFn", "make_loss_fn",
-    "masked_cross_entropy", "Metrics", "mwer_loss", "ocd_loss",
+    "fused_loss", "group_advantages", "group_source", "grpo_loss",
+    "grpo_rollout", "grpo_update_loss", "instant_reward_of", "k3_kl",
+    "kl_penalty", "kl_to_reference", "leave_one_out_mean", "LossFn",
+    "make_loss_fn", "masked_cross_entropy", "Metrics", "mwer_loss", "ocd_loss",
     "policy_gradient_loss", "policy_logprobs", "reward_metrics",
     "reward_terms", "reward_to_go_advantages", "rl_loss", "sample_and_score",
     "score_candidates", "sequence_advantages", "sequence_logprobs",

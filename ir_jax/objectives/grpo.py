@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from ir_jax import models
+from ir_jax.config import AGGREGATIONS  # The one list (config validates it).
 from ir_jax.objectives._common import (Metrics, ce_term, policy_logprobs,
                                        token_mask)
 from ir_jax.objectives.kl import exact_kl, k3_kl
-from ir_jax.objectives.scoring import reward_metrics, sample_and_score
+from ir_jax.objectives.scoring import (group_source, reward_metrics,
+                                       sample_and_score)
 
 
 def group_advantages(returns: jax.Array, group: int, *,
@@ -64,9 +66,6 @@ def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
   if normalize_std:
     adv = adv / (held.std(1, ddof=1, keepdims=True) + eps)
   return jnp.where(mask, adv.reshape(-1, t), 0.0)
-
-
-AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 
 
 def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
@@ -179,7 +178,7 @@ def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
                             reward_embeddings=reward_embeddings,
                             byte_table=byte_table)
   lengths = scored["lengths"]
-  samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+  samples = {"source": group_source(config, batch["source"]),
              "target": scored["tokens"], "target_lengths": lengths}
   if rl.credit == "token":
     advantages = token_group_advantages(scored["token_rewards"], lengths, k,

@@ -11,8 +11,8 @@ from ir_jax import decode
 from ir_jax.objectives._common import (Metrics, ce_term, policy_logprobs,
                                        token_mask)
 from ir_jax.objectives.kl import kl_penalty
-from ir_jax.objectives.scoring import (reward_metrics, sample_and_score,
-                                       score_candidates)
+from ir_jax.objectives.scoring import (group_source, reward_metrics,
+                                       sample_and_score, score_candidates)
 
 
 def first_occurrence(tokens: jax.Array) -> jax.Array:
@@ -87,7 +87,7 @@ def mwer_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
     valid = jnp.ones((b, k), bool)
   tokens, lengths = scored["tokens"], scored["lengths"]
   valid = valid & first_occurrence(tokens.reshape(b, k, t))
-  samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+  samples = {"source": group_source(config, batch["source"]),
              "target": tokens, "target_lengths": lengths}
   seq_logp, logits = sequence_logprobs(
       model, params, samples, dropout_rng if use_dropout else None)

@@ -15,7 +15,8 @@ from ir_jax import models, rewards
 from ir_jax.objectives._common import (Metrics, ce_term, token_logprobs,
                                        token_mask)
 from ir_jax.objectives.kl import kl_penalty
-from ir_jax.objectives.scoring import reward_metrics, sample_and_score
+from ir_jax.objectives.scoring import (group_source, reward_metrics,
+                                       sample_and_score)
 
 
 def leave_one_out_mean(values: jax.Array, group: int) -> jax.Array:
@@ -108,7 +109,7 @@ def rl_loss(config, model, params, batch, rng, *, alpha, reward_embeddings,
     baseline = jnp.repeat(greedy["returns"], k)
   else:
     baseline = jnp.zeros_like(returns)
-  samples = {"source": jnp.repeat(batch["source"], k, axis=0),
+  samples = {"source": group_source(config, batch["source"]),
              "target": tokens, "target_lengths": lengths}
   logits = models.target_logits(model, params, samples,
                                 dropout_rng if use_dropout else None)

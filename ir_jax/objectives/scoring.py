@@ -26,6 +26,15 @@ def instant_reward_of(spec: rewards.RewardSpec, byte_table=None
   return rewards.weighted(*terms, cache=not traced)
 
 
+def group_source(config, source: jax.Array) -> jax.Array:
+  """The prompts of K = `rl.num_samples` samples each, as the teacher-
+  forced passes take them (`models.target_logits`): int32[B, P] once per
+  group (`rl.share_prompts`), or repeated to [B K, P]."""
+  if config.rl.share_prompts:
+    return source
+  return jnp.repeat(source, config.rl.num_samples, axis=0)
+
+
 def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
                      temperature: float, reward_embeddings=None,
                      byte_table=None) -> Dict[str, jax.Array]:
@@ -52,7 +61,7 @@ def sample_and_score(config, model, params, batch, rng, *, num_samples: int,
       model, {"params": jax.lax.stop_gradient(params)}, batch["source"],
       batch["target"], batch["target_lengths"], rng, max_len=t,
       num_samples=num_samples, temperature=temperature, top_k=rl.top_k,
-      top_p=rl.top_p, reward=instant)
+      top_p=rl.top_p, reward=instant, share_prompts=rl.share_prompts)
   target = jnp.repeat(batch["target"], num_samples, axis=0)
   m = jnp.repeat(batch["target_lengths"], num_samples)
   tokens, lengths = out["tokens"], out["lengths"]

@@ -63,6 +63,13 @@ def cosine_reward(logits: jax.Array,
 
   Returns:
     float32[...] in [-1, 1].
+
+  >>> import jax.numpy as jnp
+  >>> logits = jnp.log(jnp.array([[.01, .97, .01, .01], [.01, .01, .97, .01]]))
+  >>> round(float(cosine_reward(logits, jnp.array([2, 1]), jnp.eye(4))), 3)
+  1.0
+  >>> round(float(cosine_reward(logits, jnp.array([3, 3]), jnp.eye(4))), 3)
+  0.014
   """
   expected, target_emb, batch = _prepare(logits, targets, embeddings)
   n = _checks.lengths("pred_lengths", pred_lengths, batch, logits.shape[-2])

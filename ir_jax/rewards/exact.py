@@ -122,6 +122,14 @@ def levenshtein(pred: jax.Array,
 
   Returns:
     int32[...] distances `ED(pred[:n], target[:m])`.
+
+  >>> import jax.numpy as jnp
+  >>> levenshtein(jnp.array([[1, 2, 3], [1, 2, 4]]),
+  ...             jnp.array([[1, 3, 3], [1, 2, 4]])).tolist()
+  [1, 0]
+  >>> int(levenshtein(jnp.array([1, 2, 3, 4]), jnp.array([1, 2, 3, 0]),
+  ...                 target_lengths=jnp.array(3)))   # "1234" vs "123"
+  1
   """
   pred, target, n, m, batch = _prepare(pred, target, pred_lengths,
                                        target_lengths)
@@ -294,6 +302,10 @@ def prefix_edit_distances(pred: jax.Array,
   Returns:
     int32[..., N + 1, M + 1]. Rows `k > n` repeat row `n`; columns `j > m`
     are distances to the target padded with never-matching tokens.
+
+  >>> import jax.numpy as jnp
+  >>> prefix_edit_distances(jnp.array([1, 2]), jnp.array([1, 3])).tolist()
+  [[0, 1, 2], [1, 0, 1], [2, 1, 1]]
   """
   pred, target, n, m, _ = _prepare(pred, target, pred_lengths, target_lengths)
   return _scan_rows(pred, target, n, m, lambda row: row)
@@ -330,6 +342,14 @@ def instant_rewards(pred: jax.Array,
 
   Returns:
     float32[..., N].
+
+  >>> import jax.numpy as jnp
+  >>> # "1 4 2 3" against "1 2 3": only the stray 4 costs (-1, the ED).
+  >>> instant_rewards(jnp.array([1, 4, 2, 3]), jnp.array([1, 2, 3])).tolist()
+  [0.0, -1.0, 0.0, 0.0]
+  >>> # Stopping early: the missing 3 is charged at the last token.
+  >>> instant_rewards(jnp.array([1, 2]), jnp.array([1, 2, 3])).tolist()
+  [0.0, -1.0]
   """
   pred, target, n, m, _ = _prepare(pred, target, pred_lengths, target_lengths)
   row_min, at_m = _scan_rows(pred, target, n, m,
@@ -363,6 +383,12 @@ def optimal_completion_targets(pred: jax.Array,
 
   Returns:
     bool[..., N + 1, V].
+
+  >>> import jax.numpy as jnp
+  >>> t = optimal_completion_targets(jnp.array([1, 4]), jnp.array([1, 2]),
+  ...                                vocab_size=5, eos_id=0)
+  >>> [jnp.flatnonzero(row).tolist() for row in t]   # After "", "1", "1 4".
+  [[1], [2], [0, 2]]
   """
   if not isinstance(vocab_size, int) or vocab_size <= 0:
     raise ValueError(f"`vocab_size` must be a positive int, got {vocab_size}.")

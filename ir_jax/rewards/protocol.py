@@ -259,6 +259,13 @@ def score_sequences(reward: InstantReward, tokens: jax.Array,
   int32[B] (EOS included, or T); target / target_lengths: as `init`.
   Returns (rewards float32[B, T], 0 past the length, `finish` added at the
   last token; the reward's state after each sequence's last token).
+
+  >>> import jax.numpy as jnp
+  >>> r, state = score_sequences(edit_distance_reward(),
+  ...     jnp.array([[1, 4, 2, 0]]), jnp.array([4]),   # 0: EOS
+  ...     jnp.array([[1, 2, 0]]), jnp.array([3]))
+  >>> r.tolist(), edit_distance_of(state).tolist()
+  ([[0.0, -1.0, 0.0, 0.0]], [1])
   """
   state = reward.init(target, target_lengths)
 
@@ -345,7 +352,11 @@ def resolve(name: str, embeddings: Optional[jax.Array] = None,
 def parse_rewards(spec: str) -> RewardSpec:
   """`"edit_distance:1.0,exact_match:0.5"` -> RewardSpec (weights default to
   1). Checks names and weights; user rewards are imported to learn their
-  kind. Raises ValueError naming `config.rl.rewards` on a bad entry."""
+  kind. Raises ValueError naming `config.rl.rewards` on a bad entry.
+
+  >>> parse_rewards("edit_distance,exact_match:0.5")
+  RewardSpec(instant=(('edit_distance', 1.0),), sequence=(('exact_match', 0.5),))
+  """
   instant, sequence = [], []
   for item in filter(None, (p.strip() for p in spec.split(","))):
     name, sep, weight = item.partition(":")

@@ -392,6 +392,14 @@ def soft_edit_distance(costs: jax.Array,
   Returns:
     float32[...] soft distances; differentiable w.r.t. costs, gamma and the
     insertion/deletion costs.
+
+  >>> import jax.numpy as jnp
+  >>> a, b = jnp.array([1, 2, 3]), jnp.array([1, 3])
+  >>> costs = (a[:, None] != b[None, :]).astype(jnp.float32)   # 0/1 costs
+  >>> round(float(soft_edit_distance(costs, 0.01)), 4)   # gamma -> 0: ED
+  1.0
+  >>> float(soft_edit_distance(costs, 1.0)) < 1.0   # Softmin is below min.
+  True
   """
   costs = _checks.floats("costs", costs, min_rank=2)
   _checks.positive("gamma", gamma)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from ir_jax import evaluate  # noqa: E402
+from ir_jax import evaluate, pretrained  # noqa: E402
 from ir_jax.data import cmudict, text  # noqa: E402
 from test_hf_tokenizer import make_tokenizer  # noqa: E402
 
@@ -35,7 +35,8 @@ def test_layout_ids_padding_and_the_report(checkpoint, tmp_path):
   train = write(tmp_path / "train.jsonl", ITEMS)
   dev = write(tmp_path / "dev.jsonl", ITEMS[:1] + [
       {"prompt": "lazy", "target": " dog", "references": [" dog", " cat"]}])
-  task = text.task(train, dev, str(checkpoint), source_len=12, target_len=10)
+  task = text.task(train, dev, str(checkpoint), source_len=12, target_len=10,
+                   load_tokenizer=pretrained.tokenizer)
   tok = task.vocab.tokenizer
   assert (task.pad_id, task.eos_id) == (tok.pad_id, tok.eos_id) == (0, 2)
   assert task.report == {"train_too_long": 1}
@@ -56,7 +57,7 @@ def test_layout_ids_padding_and_the_report(checkpoint, tmp_path):
 
 
 def test_scores_by_hand(checkpoint):
-  vocab = text.TextVocab.load(str(checkpoint))
+  vocab = text.TextVocab.of(pretrained.tokenizer(str(checkpoint)))
   pieces = lambda s: tuple(vocab.decode(vocab.tokenizer.encode(
       s, add_special_tokens=False)))
   outputs = [pieces(" AH B K"), pieces(" AH B"), pieces(" X Y")]
@@ -88,9 +89,10 @@ def test_bad_jsonl_lines_are_named(tmp_path):
 def test_missing_files_and_tokenizer_are_clear_errors(checkpoint, tmp_path):
   train = write(tmp_path / "t.jsonl", ITEMS)
   with pytest.raises(FileNotFoundError, match="data.eval_path"):
-    text.task(train, str(tmp_path / "nope.jsonl"), str(checkpoint), 8, 8)
+    text.task(train, str(tmp_path / "nope.jsonl"), str(checkpoint), 8, 8,
+              load_tokenizer=pretrained.tokenizer)
   with pytest.raises(ValueError, match="needs a tokenizer"):
-    text.task(train, train, "", 8, 8)
+    text.task(train, train, "", 8, 8, load_tokenizer=pretrained.tokenizer)
 
 
 def test_cmudict_converter_writes_the_split(tmp_path):

@@ -1,6 +1,8 @@
 """LoRA: zero-init adapters are a no-op, only adapters train (and hold
 optimizer state), merged == unmerged, adapters off == the base model."""
 
+import os
+
 import flax
 import flax.linen as nn
 import jax
@@ -10,6 +12,8 @@ import optax
 import pytest
 
 from ir_jax.models import Transformer, lora
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def base(**kw):
@@ -103,3 +107,43 @@ def test_hf_save_merges_adapters(tmp_path):
   with torch.no_grad():
     theirs = back(input_ids=torch.tensor(np.asarray(ids))).logits.numpy()
   np.testing.assert_allclose(theirs, logits(adapted, p, ids), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_adapters_save_and_load_round_trip(tmp_path, dtype):
+  import ml_dtypes
+  rng = np.random.default_rng(0)
+  flat = {("layers", "query", "lora_a"): rng.normal(size=(2, 8, 4)),
+          ("layers", "query", "lora_b"): rng.normal(size=(2, 4, 8))}
+  path = str(tmp_path / "sub" / "adapters.npz")
+  lora.save_adapters(flat, path, dtype=dtype)
+  back = lora.load_adapters(path)
+  assert set(back) == set(flat)
+  for k, v in flat.items():
+    want = (v.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+            if dtype == "bfloat16" else v.astype(np.float32))
+    np.testing.assert_array_equal(back[k], want)
+  assert not os.path.exists(path + ".partial.npz")
+  # A params tree: its adapters are taken, the base left out.
+  tree = {"layers": {"query": {"kernel": np.ones((2, 8, 8)),
+                               "lora_a": flat[("layers", "query", "lora_a")],
+                               "lora_b": flat[("layers", "query", "lora_b")]}}}
+  lora.save_adapters(tree, path, dtype=dtype)
+  assert set(lora.load_adapters(path)) == set(flat)
+  with pytest.raises(ValueError, match="dtype"):
+    lora.save_adapters(flat, path, dtype="float16")
+
+
+@pytest.mark.parametrize("task", ["spell_backward", "basic_arithmetic"])
+def test_the_committed_sft_adapters_load(task):
+  """The study's committed SFT adapters (bf16 bits) load as float32 arrays
+  of rank 8 in pairs."""
+  path = os.path.join(ROOT, "benchmarks", "results", "llm_rl", task, "sft",
+                      "adapters.npz")
+  adapters = lora.load_adapters(path)
+  assert adapters and all(v.dtype == np.float32 for v in adapters.values())
+  assert {k[-1] for k in adapters} == {"lora_a", "lora_b"}
+  for k, v in adapters.items():
+    if k[-1] == "lora_a":
+      assert v.shape[-1] == 8 and k[:-1] + ("lora_b",) in adapters
+      assert np.isfinite(v).all() and np.abs(v).max() > 0

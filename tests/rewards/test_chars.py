@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ir_jax import decode, models, objectives, rewards
+from ir_jax import decode, models, objectives, pretrained, rewards
 
 Levenshtein = pytest.importorskip("rapidfuzz.distance").Levenshtein
 
@@ -221,7 +221,7 @@ def test_reward_and_eval_use_one_comparison_rule(tmp_path):
   from ir_jax.models import gguf
   path = str(tmp_path / "t.gguf")
   gguf_files.write(path)
-  vocab = text.TextVocab.load(path)
+  vocab = text.TextVocab.of(pretrained.tokenizer(path))
   tok = vocab.tokenizer
   table, n = hf_tokenizer.token_byte_table(tok)
   pairs = [(" nedrag", "nedrag"), (" nedrag", " nedrag  "), (" nedrag", ""),
