@@ -16,7 +16,15 @@ def k3_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
   Always >= 0. Unbiased only when the tokens are drawn from pi itself
   (on-policy) from its full distribution: with top-k / top-p truncation,
   or after inner updates have moved pi away from the sampler, it is a
-  biased estimate."""
+  biased estimate.
+
+  Args:
+    logprobs: float[...] log pi of the sampled tokens.
+    ref_logprobs: float[...] log pi_ref of the same tokens.
+
+  Returns:
+    float32[...], elementwise.
+  """
   d = ref_logprobs.astype(jnp.float32) - logprobs.astype(jnp.float32)
   return jnp.exp(d) - d - 1.0
 
@@ -30,7 +38,16 @@ def exact_kl(logits: jax.Array, ref_logits: jax.Array,
   PAD is never sampled (`decode.without_pad`; unless it is EOS), so both
   distributions are renormalised without it, as the sampled log-probs
   are. PAD gets a large finite negative logit, not -inf, so the gradient
-  stays finite."""
+  stays finite.
+
+  Args:
+    logits, ref_logits: float[B, T, V] of the policy and the reference.
+    temperature: the sampling temperature both are divided by.
+    pad_id, eos_id: the model's special ids (PAD left out unless it is EOS).
+
+  Returns:
+    float32[B, T]: sum_v pi(v) (log pi(v) - log pi_ref(v)).
+  """
   logits = logits.astype(jnp.float32) / temperature
   ref = jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature
   if pad_id is not None and pad_id != eos_id:

@@ -22,7 +22,12 @@ from ir_jax.objectives.scoring import (group_source, reward_metrics,
 def leave_one_out_mean(values: jax.Array, group: int) -> jax.Array:
   """Per sample, the mean of the other K - 1 samples of its prompt (RLOO).
 
-  values: float[B K] ordered [b0 k0, b0 k1, ...]; K = 1 gives zeros.
+  Args:
+    values: float[B K] ordered [b0 k0, b0 k1, ...].
+    group: K, the samples per prompt.
+
+  Returns:
+    float[B K]: (sum of its group - value) / (K - 1); K = 1 gives zeros.
   """
   if group == 1:
     return jnp.zeros_like(values)
@@ -33,7 +38,16 @@ def leave_one_out_mean(values: jax.Array, group: int) -> jax.Array:
 def sequence_advantages(rewards: jax.Array, lengths: jax.Array,
                         baseline: jax.Array) -> jax.Array:
   """`seq`: one return R = sum_t r_t per sample, minus a baseline, broadcast
-  to every token. float32[B K, T] (0 past the length)."""
+  to every token.
+
+  Args:
+    rewards: float[B K, T] per-token rewards (0 past the length).
+    lengths: int[B K] sample lengths (EOS included).
+    baseline: float[B K] per sample (e.g. `leave_one_out_mean` of R).
+
+  Returns:
+    float32[B K, T]: R - baseline at every valid token, 0 past the length.
+  """
   ret = rewards.sum(-1)
   mask = token_mask(lengths, rewards.shape[-1])
   return jnp.where(mask, (ret - baseline)[:, None], 0.0)
@@ -45,6 +59,12 @@ def reward_to_go_advantages(rewards: jax.Array, lengths: jax.Array,
 
   Each token is credited only with rewards at or after it; with a single
   terminal reward G_t = R and this equals `sequence_advantages`.
+
+  Args:
+    rewards: float[B K, T]; lengths: int[B K]; baseline: float[B K].
+
+  Returns:
+    float32[B K, T]: G_t - baseline, 0 past the length.
   """
   to_go = jnp.cumsum(rewards[:, ::-1], axis=-1)[:, ::-1]
   mask = token_mask(lengths, rewards.shape[-1])
@@ -54,7 +74,16 @@ def reward_to_go_advantages(rewards: jax.Array, lengths: jax.Array,
 def policy_gradient_loss(logits: jax.Array, tokens: jax.Array,
                          lengths: jax.Array, advantages: jax.Array
                          ) -> jax.Array:
-  """REINFORCE surrogate: -sum_t A_t log pi(y_t) / #tokens (A is constant)."""
+  """REINFORCE surrogate: -sum_t A_t log pi(y_t) / #tokens (A is constant).
+
+  Args:
+    logits: float[N, T, V] teacher-forced on the samples.
+    tokens: int[N, T] the sampled tokens; lengths: int[N].
+    advantages: float[N, T] (gradient stopped inside).
+
+  Returns:
+    float32 scalar; its gradient is the policy gradient estimate.
+  """
   mask = token_mask(lengths, tokens.shape[-1])
   logp = token_logprobs(logits, tokens)
   adv = jax.lax.stop_gradient(advantages)
@@ -67,7 +96,16 @@ def ocd_loss(logits: jax.Array, optimal: jax.Array, lengths: jax.Array
   """Optimal Completion Distillation (Sabour et al. 2019).
 
   Cross-entropy at each sampled prefix against the uniform distribution over
-  its optimal next tokens. optimal: bool[B, T, V] (prefix lengths 0..T-1).
+  its optimal next tokens.
+
+  Args:
+    logits: float[B, T, V] teacher-forced on the samples.
+    optimal: bool[B, T, V], the optimal next tokens after each prefix of
+      length 0..T-1 (`rewards.optimal_completion_targets`).
+    lengths: int[B] sample lengths.
+
+  Returns:
+    float32 scalar: the mean over valid positions.
   """
   q = optimal.astype(jnp.float32)
   q = q / jnp.maximum(q.sum(-1, keepdims=True), 1.0)
