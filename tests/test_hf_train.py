@@ -234,7 +234,9 @@ def test_train_from_a_gguf_file_with_the_chat_template(gguf_checkpoint,
   assert task.pad_id in prompt[np.argmax(prompt != task.pad_id):]  # inner.
   with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
     _, shardings = state_lib.state_shardings(c, model, tx, task, mesh)
-    before = {id(x) for x in jax.live_arrays()}
+    # Held, so that no id below is a freed array's, reused.
+    alive = jax.live_arrays()
+    before = {id(x) for x in alive}
     state, ref = train._start_from_hf(c, tx, task, model, mesh, rules,
                                       shardings)
     new = [x for x in jax.live_arrays() if id(x) not in before]
