@@ -277,14 +277,12 @@ def paired_test(dest_a: Dests, dest_b: Dests) -> Dict[str, Any]:
   if len(runs_a) != len(runs_b):
     raise ValueError(f"{len(runs_a)} runs of a, {len(runs_b)} of b: pair "
                      "them seed by seed.")
-  per_seed, a_all, b_all = [], [], []
+  per_seed = []
   for da, db in zip(runs_a, runs_b):
     a, b = read_test(da), read_test(db)
     if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
       raise ValueError(f"{da} and {db} hold different test items.")
     per_seed.append((a, b))
-    a_all += a
-    b_all += b
 
   def errors(rows):
     return evaluate.word_errors(
@@ -295,17 +293,19 @@ def paired_test(dest_a: Dests, dest_b: Dests) -> Dict[str, Any]:
     return np.array([evaluate.answer_bytes(r["output"]) ==
                      evaluate.answer_bytes(r["target"]) for r in rows])
 
-  (ea, n), (eb, _) = errors(a_all), errors(b_all)
-  right_a, right_b = right(a_all), right(b_all)
+  # Per seed (errors a, errors b, target bytes), pooled by concatenation.
+  groups = []
+  for a, b in per_seed:   # Same items, so b's target bytes are a's.
+    (sa, _), (sb, m) = errors(a), errors(b)
+    groups.append((sa, sb, m))
+  ea, eb, n = (np.concatenate(x) for x in zip(*groups))
+  rights = [(right(a), right(b)) for a, b in per_seed]
+  right_a, right_b = (np.concatenate(x) for x in zip(*rights))
   boot = evaluate.paired_bootstrap(ea, eb, n)
   mc = evaluate.mcnemar(right_a, right_b)
-  groups = []
-  for a, b in per_seed:
-    (sa, m), (sb, _) = errors(a), errors(b)
-    groups.append((sa, sb, m))
   cer_deltas = [(sa.sum() - sb.sum()) / m.sum() for sa, sb, m in groups]
-  exact_deltas = [right(a).mean() - right(b).mean() for a, b in per_seed]
-  return {"items": len(a_all), "seeds": len(per_seed),
+  exact_deltas = [ra.mean() - rb.mean() for ra, rb in rights]
+  return {"items": len(ea), "seeds": len(per_seed),
           "exact_a": float(right_a.mean()), "exact_b": float(right_b.mean()),
           "mcnemar_p": mc["p_value"], "only_a_right": mc["only_a"],
           "only_b_right": mc["only_b"],
