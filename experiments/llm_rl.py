@@ -42,6 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = {
     "spell_backward": ("data/gym/spell_backward", 56, 10, 60),
     "word_sorting": ("data/gym/word_sorting", 144, 32, 20),
+    # 12-16 words (~31 answer tokens, prompts <= 124): the credit study.
+    "word_sorting_long": ("data/gym/word_sorting_long", 160, 56, 40),
     "basic_arithmetic": ("data/gym/basic_arithmetic", 80, 16, 40),
     "codespell": ("data/codespell", 48, 12, 60),
 }

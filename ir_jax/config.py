@@ -69,7 +69,10 @@ ALPHA_SCHEDULES = ("constant", "warmup", "adaptive")
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 RL_MODES = ("", "seq", "instant", "ocd", "mwer", "grpo")
 CANDIDATES = ("samples", "beam")
-CREDITS = ("token", "sequence")
+# GRPO credit (ir_jax.objectives.credit): "token" is the deprecated alias of
+# "reward_to_go", kept as the default because saved configs use it.
+CREDITS = ("token", "sequence", "reward_to_go", "immediate", "lambda")
+CREDIT_BASELINES = ("position", "none")
 AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 KL_ESTIMATORS = ("k3", "exact")
 # ir_jax.rewards' builtin reward names (tests check the two agree).
@@ -157,11 +160,17 @@ def default_config() -> ml_collections.ConfigDict:
       # epsilon_high] (0 = epsilon; DAPO raises it), inner updates per
       # rollout, token_mean (DAPO) | sequence_mean (GRPO) | constant
       # (Dr.GRPO) aggregation, group_std=False for Dr.GRPO's advantages,
-      # credit "token" (reward-to-go, normalised per position) or
-      # "sequence", KL to the reference (kl_weight = beta) by "k3" or "exact".
+      # credit (ir_jax.objectives.credit): "sequence", or per token from the
+      # DP's instant rewards r_t: "reward_to_go" (sum of r from t on; alias
+      # "token", deprecated), "immediate" (r_t alone: the optimal
+      # completion's advantage) or "lambda" (sum_k credit_lambda^k r_t+k);
+      # credit_baseline "position" (centred and scaled per position in the
+      # group: the original "token") or "none" (no centring, one scale per
+      # group: its returns' std); KL to the reference (kl_weight = beta) by
+      # "k3" or "exact".
       epsilon=0.2, epsilon_high=0.0, inner_steps=1,
       loss_aggregation="sequence_mean", group_std=True, credit="token",
-      kl_estimator="k3",
+      credit_lambda=0.5, credit_baseline="position", kl_estimator="k3",
       # MWER (objectives.mwer_loss): the N-best list is the beam's
       # num_samples best ("beam") or num_samples samples ("samples").
       candidates="samples",
@@ -622,6 +631,12 @@ def validate(config: ml_collections.ConfigDict, *,
                      f"{rl.mode!r} (0 is greedy: every sample would be the "
                      f"same), got {rl.temperature}.")
   _one_of("rl.credit", rl.credit, CREDITS)
+  _one_of("rl.credit_baseline", rl.get("credit_baseline", "position"),
+          CREDIT_BASELINES)
+  if not 0.0 <= float(rl.get("credit_lambda", 0.5)) <= 1.0:
+    raise ValueError("config.rl.credit_lambda must be in [0, 1] (0: "
+                     "immediate credit, 1: reward-to-go), got "
+                     f"{rl.credit_lambda}.")
   _one_of("rl.candidates", rl.candidates, CANDIDATES)
   _one_of("rl.loss_aggregation", rl.loss_aggregation, AGGREGATIONS)
   _one_of("rl.kl_estimator", rl.kl_estimator, KL_ESTIMATORS)
@@ -666,6 +681,9 @@ def validate(config: ml_collections.ConfigDict, *,
                                          "sequence_mean"),
                  "rl.group_std": (rl.group_std, True),
                  "rl.credit": (rl.credit, "token"),
+                 "rl.credit_lambda": (rl.get("credit_lambda", 0.5), 0.5),
+                 "rl.credit_baseline": (rl.get("credit_baseline",
+                                               "position"), "position"),
                  "rl.kl_estimator": (rl.kl_estimator, "k3")}
     changed = [f"{k}={v!r}" for k, (v, default) in grpo_only.items()
                if v != default]

@@ -260,14 +260,14 @@ def _trace_step(c, setup):
 
 @pytest.mark.slow
 def test_fuzzed_configs_validate_or_name_the_field():
-  """200 random override sets: each is refused with a message whose first
+  """260 random override sets: each is refused with a message whose first
   line names a config field (one it set, or a real field it conflicts
   with), or it validates; at least 25 valid ones (one device) trace their
   train step from shapes without error. (Planted bug this catches: the
   unknown-key refusal worded without the key, "Unknown config key.")"""
   traced, refused = [], []
 
-  @hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+  @hypothesis.settings(max_examples=260, deadline=None, derandomize=True,
                        suppress_health_check=list(hypothesis.HealthCheck))
   @hypothesis.given(_OVERRIDES, st.sampled_from([1, 8]))
   def one(overrides, devices):

@@ -28,6 +28,7 @@ characters.
 
 import argparse
 import collections
+import functools
 import dataclasses
 import json
 import os
@@ -331,11 +332,22 @@ def write_splits(out_dir: str, splits: Dict[str, List[Dict]]
 
 
 def write_gym(out_dir: str, tasks=None, size: int = 4000, seed: int = 0,
-              create=None) -> Dict[str, Dict[str, str]]:
+              create=None, options=None) -> Dict[str, Dict[str, str]]:
   """<out_dir>/<task>/{train,dev,test}.jsonl of reasoning-gym tasks
-  (`ir_jax.data.verifiable.gym_splits`); returns the paths."""
+  (`ir_jax.data.verifiable.gym_splits`); returns the paths. `options`:
+  the generators' config fields (e.g. {"min_words": 12} for
+  word_sorting), passed to `reasoning_gym.create_dataset`."""
   from ir_jax.data import verifiable
   tasks = tuple(tasks or verifiable.GYM_TASKS)
+  if options:
+    if create is None:
+      try:
+        import reasoning_gym
+      except ImportError as e:
+        raise RuntimeError("reasoning-gym is not installed: pip install -e "
+                           "'.[tasks]'.") from e
+      create = reasoning_gym.create_dataset
+    create = functools.partial(create, **options)
   return {task: write_splits(os.path.join(out_dir, task), splits)
           for task, splits in verifiable.gym_splits(tasks, size, seed,
                                                     create).items()}
@@ -377,6 +389,9 @@ def main(argv=None, prog: str = "python -m ir_jax.data.text") -> int:
   g.add_argument("--size", type=int, default=4000,
                  help="items generated per task, before dropping repeats")
   g.add_argument("--seed", type=int, default=0)
+  g.add_argument("--option", action="append", default=[],
+                 metavar="FIELD=INT", help="a generator config field, e.g. "
+                 "--option min_words=12 --option max_words=16 (word_sorting)")
   s = sub.add_parser("codespell", help="codespell's misspellings (generated "
                      "here, CC BY-SA 3.0: not for committing)")
   s.add_argument("out_dir")
@@ -388,8 +403,14 @@ def main(argv=None, prog: str = "python -m ir_jax.data.text") -> int:
       _report(write_cmudict(args.out_dir, args.direction, args.stress))
     elif args.source == "gym":
       tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+      options = {}
+      for item in args.option:
+        field, sep, value = item.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+          raise ValueError(f"--option takes FIELD=INT, got {item!r}.")
+        options[field] = int(value)
       for task, paths in write_gym(args.out_dir, tasks, args.size,
-                                   args.seed).items():
+                                   args.seed, options=options).items():
         _report(paths, f"{task} ")
         print(f"{task}: rl.rewards={verifiable.REWARDS[task]}")
     else:

@@ -8,8 +8,9 @@ One module per concern:
 * `scoring`: K samples per prompt scored on device by `rl.rewards`;
 * `policy`: REINFORCE with sequence / reward-to-go credit, and OCD;
 * `mwer`: expected risk over an N-best list;
-* `grpo`: group-relative advantages (sequence or per token) and the
-  clipped surrogate;
+* `grpo`: group-relative advantages and the clipped surrogate;
+* `credit`: GRPO's per-token credits from the DP's instant rewards
+  (reward-to-go, immediate, lambda-returns);
 * `kl`: exact and k3 KL penalties to a reference.
 
 `make_loss_fn(config, model)` is the one entry the train step uses for
@@ -26,6 +27,8 @@ from ir_jax.objectives._common import (Metrics, policy_logprobs,
                                        token_logprobs, token_mask)
 from ir_jax.objectives.alpha import (alpha_schedule, controller_init,
                                      controller_update)
+from ir_jax.objectives.credit import (credit_advantages, credit_lambda,
+                                      credit_rewards, lambda_returns)
 from ir_jax.objectives.grpo import (AGGREGATIONS, aggregate_tokens,
                                     group_advantages, grpo_loss,
                                     grpo_rollout, grpo_update_loss,
@@ -46,10 +49,11 @@ from ir_jax.objectives.supervised import (fused_loss, masked_cross_entropy,
 
 __all__ = [
     "aggregate_tokens", "AGGREGATIONS", "alpha_schedule", "controller_init",
-    "controller_update", "exact_kl", "expected_risk", "first_occurrence",
+    "controller_update", "credit_advantages", "credit_lambda",
+    "credit_rewards", "exact_kl", "expected_risk", "first_occurrence",
     "fused_loss", "group_advantages", "group_source", "grpo_loss",
     "grpo_rollout", "grpo_update_loss", "instant_reward_of", "k3_kl",
-    "kl_penalty", "kl_to_reference", "leave_one_out_mean", "LossFn",
+    "kl_penalty", "kl_to_reference", "lambda_returns", "leave_one_out_mean", "LossFn",
     "make_loss_fn", "masked_cross_entropy", "Metrics", "mwer_loss", "ocd_loss",
     "policy_gradient_loss", "policy_logprobs", "reward_metrics",
     "reward_terms", "reward_to_go_advantages", "rl_loss", "sample_and_score",

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 
 from ir_jax import models
 from ir_jax.config import AGGREGATIONS  # The one list (config validates it).
+from ir_jax import rewards
 from ir_jax.objectives._common import (Metrics, ce_term, policy_logprobs,
                                        token_mask)
+from ir_jax.objectives.credit import credit_advantages, credit_rewards
 from ir_jax.objectives.kl import exact_kl, k3_kl
 from ir_jax.objectives.scoring import (group_source, reward_metrics,
                                        sample_and_score)
@@ -40,7 +42,8 @@ def group_advantages(returns: jax.Array, group: int, *,
 def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
                            group: int, *, normalize_std: bool = True,
                            eps: float = 1e-6) -> jax.Array:
-  r"""Token-level GRPO credit from instant rewards.
+  r"""Token-level GRPO credit from instant rewards (`rl.credit="token"` /
+  `"reward_to_go"` with `rl.credit_baseline="position"`).
 
   The reward-to-go `G_t = sum_{t' >= t} r_t'` of each sample, normalised
   within its group position by position:
@@ -50,22 +53,17 @@ def token_group_advantages(token_rewards: jax.Array, lengths: jax.Array,
 
   A sample that has ended holds its last reward-to-go at later positions,
   so with a terminal-only reward every `G_{i,t} = R_i` and this is exactly
-  `group_advantages` broadcast over the tokens.
+  `group_advantages` broadcast over the tokens. The other credits:
+  `ir_jax.objectives.credit`.
 
   token_rewards: float[B G, T]; lengths: int[B G] (>= 1). Returns
   float32[B G, T], 0 past each sample's length.
   """
-  r = token_rewards.astype(jnp.float32)
-  t = r.shape[-1]
-  to_go = jnp.cumsum(r[:, ::-1], axis=-1)[:, ::-1]
-  mask = token_mask(lengths, t)
-  last = jnp.take_along_axis(to_go, jnp.clip(lengths - 1, 0, t - 1)[:, None],
-                             axis=-1)
-  held = jnp.where(mask, to_go, last).reshape(-1, group, t)
-  adv = held - held.mean(1, keepdims=True)
-  if normalize_std:
-    adv = adv / (held.std(1, ddof=1, keepdims=True) + eps)
-  return jnp.where(mask, adv.reshape(-1, t), 0.0)
+  returns = jnp.where(token_mask(lengths, token_rewards.shape[-1]),
+                      token_rewards, 0.0).sum(-1)
+  return credit_advantages(token_rewards, lengths, returns, group,
+                           credit="reward_to_go", baseline="position",
+                           normalize_std=normalize_std, eps=eps)
 
 
 def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
@@ -165,8 +163,9 @@ def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
   K = `rl.num_samples` samples per prompt scored by `rl.rewards` in the
   sampling loop, their old log-probs (the sampler's), the reference
   log-probs (or logits for `rl.kl_estimator="exact"`) when `rl.kl_weight`
-  > 0, and advantages: per token (`rl.credit="token"`,
-  `token_group_advantages`) or per sequence (`group_advantages`).
+  > 0, and advantages: per sequence (`rl.credit="sequence"`,
+  `group_advantages`) or per token (`credit.credit_advantages` of the
+  credit's rewards, `credit.credit_rewards`).
 
   Returns (rollout, reward metrics); rollout holds samples (source, target,
   target_lengths), old_logprobs, advantages, and ref_logprobs / ref_logits.
@@ -180,12 +179,16 @@ def grpo_rollout(config, model, params, batch, rng, *, ref_params=None,
   lengths = scored["lengths"]
   samples = {"source": group_source(config, batch["source"]),
              "target": scored["tokens"], "target_lengths": lengths}
-  if rl.credit == "token":
-    advantages = token_group_advantages(scored["token_rewards"], lengths, k,
-                                        normalize_std=rl.group_std)
-  else:
+  if rl.credit == "sequence":
     advantages = group_advantages(scored["returns"], k,
                                   normalize_std=rl.group_std)
+  else:
+    advantages = credit_advantages(
+        credit_rewards(rewards.parse_rewards(rl.rewards), scored, byte_table),
+        lengths, scored["returns"], k, credit=rl.credit,
+        lam=float(rl.get("credit_lambda", 0.5)),
+        baseline=rl.get("credit_baseline", "position"),
+        normalize_std=rl.group_std)
   rollout = {"samples": samples, "old_logprobs": scored["logprobs"],
              "advantages": advantages}
   if rl.kl_weight:

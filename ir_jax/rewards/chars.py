@@ -152,9 +152,12 @@ def _final_row(state):
 
 
 def _reward(token_bytes, token_byte_lengths, max_target_bytes, potential,
-            terminal):
+            terminal, trailing=True):
   """An InstantReward over byte DP rows: step reward = potential change,
-  finish = terminal(D[n, m], m) - potential(now)."""
+  finish = terminal(D[n, m], m) - potential(now). `trailing=False` takes
+  the potential of the row without its trailing whitespace (`_final_row`),
+  so whitespace is charged to the byte after it, never refunded at EOS."""
+  row_of = (lambda s: s["row"]) if trailing else _final_row
   def init(target, target_lengths):
     target_b, m = target_bytes(target, target_lengths, token_bytes,
                                token_byte_lengths, max_target_bytes)
@@ -167,13 +170,13 @@ def _reward(token_bytes, token_byte_lengths, max_target_bytes, potential,
     del t
     new = _advance(state, token, token_bytes, token_byte_lengths)
     m = state["m"]
-    reward = potential(new["row"], m) - potential(state["row"], m)
+    reward = potential(row_of(new), m) - potential(row_of(state), m)
     return new, reward.astype(jnp.float32)
 
   def finish(state):
     m = state["m"]
     return (terminal(_at(_final_row(state), m), m) -
-            potential(state["row"], m)).astype(jnp.float32)
+            potential(row_of(state), m)).astype(jnp.float32)
 
   return InstantReward(init, step, finish)
 
@@ -220,19 +223,26 @@ def char_edit_distance_reward(token_bytes, token_byte_lengths=None, *,
 
 
 def char_error_reward(token_bytes, token_byte_lengths=None, *,
-                      max_target_bytes: int = 0) -> InstantReward:
+                      max_target_bytes: int = 0,
+                      clip: bool = True) -> InstantReward:
   """Bounded instant reward summing to `-min(Lev / max(|y*|, 1), 1)`.
 
   The potential is `psi_k = -min(min_j D[k, j] / max(m, 1), 1)` (psi_0 =
   0), so the sum telescopes to the clipped character error rate. An empty
   answer scores -1, the floor: it ties answers with CER >= 1 and loses to
   every answer with CER < 1, so GRPO cannot prefer it to trying.
+
+  `clip=False` is the per-token credit's form (`ir_jax.objectives.credit`):
+  the unclipped rate `-Lev / max(|y*|, 1)`, its potential taken without
+  trailing whitespace, so every token's reward is <= 0 (0 exactly when an
+  optimal completion stays reachable) and none is refunded at EOS.
   """
   table = _checked(token_bytes, token_byte_lengths, max_target_bytes)
+  ceiling = 1.0 if clip else jnp.inf
   rate = lambda d, m: jnp.minimum(
-      d.astype(jnp.float32) / jnp.maximum(m, 1).astype(jnp.float32), 1.0)
+      d.astype(jnp.float32) / jnp.maximum(m, 1).astype(jnp.float32), ceiling)
   return _reward(*table, lambda row, m: -rate(_best(row, m), m),
-                 lambda d, m: -rate(d, m))
+                 lambda d, m: -rate(d, m), trailing=clip)
 
 
 def char_exact_match(token_bytes, token_byte_lengths=None, *,
