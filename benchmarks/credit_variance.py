@@ -20,7 +20,8 @@ d/dtheta agg(A_t log pi(y_t)), with the config's aggregation and
   sequence returns, sum aggregation, no std normalisation.
 * `sequence`, `reward_to_go/position` (the original `token` credit),
   `reward_to_go/none`, `immediate/position`, `immediate/none`,
-  `lambda=L/none` (`--lambdas`): `ir_jax.objectives.credit`.
+  `lambda=L/position`, `lambda=L/none` (`--lambdas`):
+  `ir_jax.objectives.credit`.
 
 Per credit, over the N batches (gradients are kept on the host, float32):
 
@@ -32,9 +33,12 @@ Per credit, over the N batches (gradients are kept on the host, float32):
   `cosine_disattenuated` divides it by sqrt(credit half-vs-half cosine x
   reference half-vs-half cosine) (Spearman's correction: what it would be
   with noise-free means; noisy, can pass 1). `reference_self` is the
-  reference's half-vs-half cosine: the ceiling that N batches allow.
+  reference's half-vs-half cosine: the ceiling that N batches allow
+  (`cosine_disattenuated` is null where either is < 0.1: too noisy).
 * `snr`: |mean|^2 / trace(covariance), with |mean|^2 debiased by
-  trace / N (it can be < 0 where there is no signal), per batch.
+  trace / N (it can be < 0 where there is no signal), per batch;
+  `snr_vs_sequence` its ratio to `sequence`'s, with a 95% interval
+  from a delete-a-block jackknife over batches (`snr_vs_sequence_ci95`).
 
 Writes/merges rows `{"model", "task", "checkpoint", "mean_len", "credit",
 "cosine_to_reference", "snr", ...}` into
@@ -61,7 +65,8 @@ def credit_specs(lambdas):
            ("reward_to_go/none", "reward_to_go", 1.0, "none"),
            ("immediate/position", "immediate", 0.0, "position"),
            ("immediate/none", "immediate", 0.0, "none")]
-  specs += [(f"lambda={lam:g}/none", "lambda", lam, "none") for lam in lambdas]
+  specs += [(f"lambda={lam:g}/{b}", "lambda", lam, b) for lam in lambdas
+            for b in ("position", "none")]
   return specs
 
 
@@ -144,34 +149,67 @@ def _cos(a, b):
   return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
-def statistics(grads: np.ndarray, names) -> list:
+def _snr_from_gram(gram, idx):
+  """|mean|^2 (debiased) / trace(cov) of the batches `idx` (repeats
+  allowed), from the Gram matrix of one credit's batch gradients."""
+  n = len(idx)
+  sub = gram[np.ix_(idx, idx)]
+  mean_sq = sub.sum() / n ** 2
+  trace = (np.trace(sub) - n * mean_sq) / (n - 1)
+  return (mean_sq - trace / n) / trace if trace > 0 else 0.0
+
+
+def statistics(grads: np.ndarray, names, blocks: int = 16) -> list:
   """Per credit (rows 1.. of grads float32[C + 1, N, P]; row 0 the
-  reference): the module docstring's numbers."""
-  g = grads.astype(np.float64)
-  n = g.shape[1]
-  ref = g[0]
+  reference): the module docstring's numbers, and `snr_vs_sequence_ci95`,
+  a delete-a-block jackknife over `blocks` blocks of batches (the same
+  blocks for both credits: they share their rollouts) of the SNR ratio to
+  `sequence`'s, +- t(0.975, blocks - 1) standard errors."""
+  from scipy import stats as scipy_stats
+  n = grads.shape[1]
+  ref = grads[0].astype(np.float64)
   ref_sum = ref.sum(0)
   ref_a, ref_b = ref[0::2].mean(0), ref[1::2].mean(0)
   ref_self = _cos(ref_a, ref_b)
+  # One credit in float64 at a time: the stack can be several GB.
+  grams = [(lambda x: x @ x.T)(x.astype(np.float64)) for x in grads]
+  blocks = max(2, min(blocks, n // 2))
+  keep = [np.setdiff1d(np.arange(n), part)
+          for part in np.array_split(np.arange(n), blocks)]
+  names = ["reference"] + list(names)
+  seq = names.index("sequence") if "sequence" in names else None
+  t_crit = scipy_stats.t.ppf(0.975, blocks - 1)
+
+  def ratio_ci(c):
+    ratio = lambda k: (_snr_from_gram(grams[c], k) /
+                       _snr_from_gram(grams[seq], k)
+                       if _snr_from_gram(grams[seq], k) > 0 else np.nan)
+    whole = ratio(np.arange(n)) if seq is not None else np.nan
+    parts = np.array([ratio(k) for k in keep]) if seq is not None else []
+    if not np.isfinite(whole) or not np.isfinite(parts).all():
+      return None     # Sequence credit without signal on some blocks.
+    se = np.sqrt((blocks - 1) / blocks * np.sum((parts - parts.mean()) ** 2))
+    return [float(whole - t_crit * se), float(whole + t_crit * se)]
+
   out = []
-  for c, name in enumerate(["reference"] + list(names)):
-    x = g[c]
-    mean = x.mean(0)
-    sq = (x ** 2).sum()
-    trace = (sq - n * (mean ** 2).sum()) / (n - 1)
-    signal = (mean ** 2).sum() - trace / n
+  for c, name in enumerate(names):
+    x = grads[c].astype(np.float64)
+    snr = _snr_from_gram(grams[c], np.arange(n))
     batch_cos = float(np.mean([_cos(x[b], (ref_sum - ref[b]) / (n - 1))
                                for b in range(n)]))
     xa, xb = x[0::2].mean(0), x[1::2].mean(0)
     cross = 0.5 * (_cos(xa, ref_b) + _cos(xb, ref_a))
     self_cos = _cos(xa, xb)
-    denom = np.sqrt(max(self_cos, 1e-12) * max(ref_self, 1e-12))
-    out.append({"credit": name, "cosine_to_reference": cross,
-                "cosine_disattenuated": float(cross / denom),
-                "batch_cosine": batch_cos, "snr": float(signal / trace)
-                if trace > 0 else 0.0,
-                "self_cosine": self_cos, "reference_self": ref_self,
-                "grad_norm": float(np.linalg.norm(x, axis=1).mean())})
+    # Too noisy to correct where either half-vs-half cosine is < 0.1.
+    noisy = min(self_cos, ref_self) < 0.1
+    row = {"credit": name, "cosine_to_reference": cross,
+           "cosine_disattenuated": None if noisy else float(
+               cross / np.sqrt(self_cos * ref_self)),
+           "batch_cosine": batch_cos, "snr": float(snr),
+           "self_cosine": self_cos, "reference_self": ref_self,
+           "grad_norm": float(np.linalg.norm(x, axis=1).mean()),
+           "snr_vs_sequence_ci95": ratio_ci(c)}
+    out.append(row)
   return out
 
 
@@ -289,16 +327,18 @@ def markdown(rows) -> str:
   from benchmarks.common import markdown_table
   cols = ["model", "task", "checkpoint", "mean_len", "credit",
           "cosine_to_reference", "cosine_disattenuated", "batch_cosine",
-          "snr", "snr_vs_sequence"]
+          "snr", "snr_vs_sequence", "ci95"]
   shown = []
   for r in rows:
     r = dict(r)
     for k in ("cosine_to_reference", "cosine_disattenuated", "batch_cosine"):
-      r[k] = f"{r[k]:.3f}"
+      r[k] = "" if r[k] is None else f"{r[k]:.3f}"
     r["snr"] = f"{r['snr']:.4f}"
     r["snr_vs_sequence"] = (f"{r['snr_vs_sequence']:.2f}"
                             if r.get("snr_vs_sequence") is not None else "")
     r["mean_len"] = f"{r['mean_len']:.1f}"
+    ci = r.get("snr_vs_sequence_ci95")
+    r["ci95"] = f"{ci[0]:.2f}..{ci[1]:.2f}" if ci else ""
     shown.append(r)
   return ("# Gradient signal per GRPO credit (benchmarks/credit_variance.py)"
           "\n\n" + markdown_table(shown, cols) + "\n")

@@ -28,10 +28,15 @@ def test_statistics_recover_a_known_signal_to_noise():
   ortho -= (ortho @ mu) * mu
   ortho /= np.linalg.norm(ortho)
   wrong = ortho + sigma * rng.normal(size=(n, p))
-  rows = cv.statistics(np.stack([ref, same, wrong]).astype(np.float32),
-                       ["same", "wrong"])
+  quiet = mu + sigma / 2 * rng.normal(size=(n, p))      # 4x the SNR.
+  rows = cv.statistics(np.stack([ref, same, wrong, quiet]).astype(
+      np.float32), ["sequence", "wrong", "quiet"])
   by = {r["credit"]: r for r in rows}
+  by["same"] = by["sequence"]
   assert by["same"]["snr"] == pytest.approx(0.125, rel=0.15)
+  assert by["same"]["snr_vs_sequence_ci95"] == pytest.approx([1.0, 1.0])
+  lo, hi = by["quiet"]["snr_vs_sequence_ci95"]
+  assert 1.5 < lo < 4.0 < hi
   assert by["same"]["cosine_disattenuated"] == pytest.approx(1.0, abs=0.05)
   assert by["same"]["cosine_to_reference"] > 0.9
   assert abs(by["wrong"]["cosine_to_reference"]) < 0.1
@@ -103,12 +108,14 @@ def test_end_to_end_on_a_tiny_g2p_run(tmp_path):
             "snr"} <= set(r)
     assert r["task"] == "tiny_g2p" and r["mean_len"] > 0
     assert np.isfinite([r["cosine_to_reference"], r["snr"]]).all()
+    assert r["cosine_disattenuated"] is None or np.isfinite(
+        r["cosine_disattenuated"])
   # A second checkpoint adds rows; the same one replaces its own.
   cv.main(["--tiny", "--workdir", wd, "--batches", "2", "--batch", "3",
            "--samples", "4", "--name", "tiny_g2p", "--checkpoint", "later",
            "--lambdas", "", "--json", str(out)])
   rows = json.loads(out.read_text())["rows"]
-  assert len(rows) == 8 + 6
+  assert len(rows) == 10 + 6
   assert "immediate/none" in (tmp_path / "variance.md").read_text()
 
 

@@ -29,6 +29,27 @@ def fake_create(task, seed, size):
   return out
 
 
+def test_gym_options_reach_the_generator(tmp_path):
+  seen = {}
+
+  def create(task, seed, size, **options):
+    seen.update(options)
+    return fake_create(task, seed, size)
+
+  text.write_gym(str(tmp_path), ["spell_backward"], 20, 0, create=create,
+                 options={"min_words": 12, "max_words": 16})
+  assert seen == {"min_words": 12, "max_words": 16}
+  assert text.main(["gym", str(tmp_path), "--option", "min_words"]) == 1
+
+
+def test_long_word_sorting_answers_have_12_to_16_words():
+  for split in verifiable.SPLITS:
+    items = text.read_jsonl(os.path.join(GYM, "word_sorting_long",
+                                         f"{split}.jsonl"))
+    counts = {len(it["target"].split(", ")) for it in items}
+    assert counts <= set(range(12, 17)) and len(items) > 300
+
+
 def _contents(splits, key):
   return {s: {json.dumps(key(it)) for it in items}
           for s, items in splits.items()}
