@@ -102,11 +102,13 @@ def cotangents(config, scored, specs, spec_rewards, byte_table):
 
 
 def make_batch_gradients(config, model, params, specs, byte_table=None,
-                         reward_embeddings=None):
+                         reward_embeddings=None, vjp_batch: int = 0):
   """A jitted fn(params, batch, key) -> (grads float32[C + 1, P], stats):
-  one rollout, one forward, the VJP of every cotangent (`cotangents`).
-  Only LoRA adapters are differentiated when the config trains adapters
-  only."""
+  one rollout, one forward, the VJP of every cotangent (`cotangents`):
+  all at once (`vjp_batch=0`, `jax.vmap`) or `vjp_batch` at a time
+  (`jax.lax.map`: the memory of that many backward passes, for an LLM's
+  [B K, T, V] logits). Only LoRA adapters are differentiated when the
+  config trains adapters only."""
   import jax
   import jax.numpy as jnp
   from jax.flatten_util import ravel_pytree
@@ -134,7 +136,9 @@ def make_batch_gradients(config, model, params, specs, byte_table=None,
 
     _, vjp = jax.vjp(logp, train)
     cts = cotangents(config, scored, specs, spec_rewards, byte_table)
-    grads = jax.vmap(lambda ct: ravel_pytree(vjp(ct)[0])[0])(cts)
+    flat = lambda ct: ravel_pytree(vjp(ct)[0])[0]
+    grads = (jax.lax.map(flat, cts, batch_size=vjp_batch) if vjp_batch
+             else jax.vmap(flat)(cts))
     n = scored["lengths"] - scored["ended"]
     return grads.astype(jnp.float32), {
         "reward": scored["returns"].mean(),
@@ -214,14 +218,15 @@ def statistics(grads: np.ndarray, names, blocks: int = 16) -> list:
 
 
 def measure(config, model, params, batches, key, *, num_batches, specs,
-            byte_table=None, reward_embeddings=None, desc="credit"):
+            byte_table=None, reward_embeddings=None, desc="credit",
+            vjp_batch=0):
   """(rows of `statistics`, rollout stats averaged over batches).
   `batches(b)`: the b-th batch of prompts (numpy dict)."""
   import jax
   import jax.numpy as jnp
   from tqdm import tqdm
   fn = make_batch_gradients(config, model, params, specs, byte_table,
-                            reward_embeddings)
+                            reward_embeddings, vjp_batch)
   grads, stats = None, []
   for b in tqdm(range(num_batches), desc=desc):
     batch = {k: jnp.asarray(v) for k, v in batches(b).items()}
@@ -320,7 +325,44 @@ def merge(path, new_rows):
   os.replace(tmp, path)
   with open(path[:-len(".json")] + ".md", "w") as f:
     f.write(markdown(rows))
+  plot(rows, path[:-len(".json")] + ".png")
   return rows
+
+
+def plot(rows, path):
+  """One panel per (task, checkpoint): each credit's SNR over sequence
+  credit's with its 95% interval, and its disattenuated cosine."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = list(dict.fromkeys((r["model"], r["task"], r["checkpoint"])
+                              for r in rows))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4),
+                           squeeze=False)
+  for ax, key in zip(axes[0], panels):
+    rs = [r for r in rows if (r["model"], r["task"], r["checkpoint"]) == key
+          and r["credit"] != "reference"]
+    y = [r["snr_vs_sequence"] or 0.0 for r in rs]
+    ci = [r.get("snr_vs_sequence_ci95") or [v, v] for r, v in zip(rs, y)]
+    err = np.array([[v - c[0] for v, c in zip(y, ci)],
+                    [c[1] - v for v, c in zip(y, ci)]]).clip(0)
+    colors = ["gray" if r["credit"] == "sequence" else
+              "C0" if r["credit"].endswith("/position") else "C1" for r in rs]
+    ax.barh(range(len(rs)), y, xerr=err, color=colors)
+    ax.set_yticks(range(len(rs)), [r["credit"] for r in rs], fontsize=8)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.axvline(3.0, color="k", lw=0.8, ls="--")
+    for i, r in enumerate(rs):
+      cos = r.get("cosine_disattenuated")
+      ax.text(0.02, i, "" if cos is None else f"cos {cos:.2f}", va="center",
+              fontsize=7, color="white")
+    ax.invert_yaxis()
+    ax.set_title(f"{key[1]}, {key[2]}\n(mean length "
+                 f"{rs[0]['mean_len']:.0f}, {key[0]})", fontsize=9)
+    ax.set_xlabel("gradient SNR / sequence credit's (95% CI)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def markdown(rows) -> str:
@@ -362,6 +404,9 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=4, help="B prompts a batch")
   p.add_argument("--samples", type=int, default=8, help="K samples a prompt")
   p.add_argument("--lambdas", default="0.5,0.9")
+  p.add_argument("--vjp_batch", type=int, default=-1, help="cotangents "
+                 "per backward pass (0: all; default: all for --workdir, "
+                 "2 for --llm)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--json", default=RESULTS)
@@ -388,7 +433,9 @@ def main(argv=None):
   rows, roll = measure(config, model, params,
                        batch_source(task, config.batch_size, args.seed),
                        jax.random.key(args.seed), num_batches=args.batches,
-                       specs=specs, byte_table=table, desc=name)
+                       specs=specs, byte_table=table, desc=name,
+                       vjp_batch=(args.vjp_batch if args.vjp_batch >= 0
+                                  else 2 if args.llm else 0))
   seconds = time.time() - t0
   seq = next(r["snr"] for r in rows if r["credit"] == "sequence")
   out = [dict(model=model_name, task=name, checkpoint=args.checkpoint,

@@ -133,6 +133,7 @@ def credit_curve(wd, config):
 def g2p_test(wd, dest):
   """`dest/test.jsonl` of a G2P run: the word, the reference closest to
   the output (phonemes joined by spaces) and the output."""
+  from ir_jax import evaluate
   from ir_jax import state as state_lib
   data = state_lib.build_task(workdir_lib.load_config(wd)).eval_sets["test"]
   got = {}
@@ -145,18 +146,10 @@ def g2p_test(wd, dest):
     for key, refs in zip(data.keys, data.references):
       out = got[key].split()
       refs = [list(r) for r in refs]
-      best = min(refs, key=lambda r: _lev(out, r)) if refs else []
+      best = (min(refs, key=lambda r: sum(evaluate.edit_operations(out, r)))
+              if refs else [])
       f.write(json.dumps({"prompt": key, "target": " ".join(best),
                           "output": " ".join(out)}) + "\n")
-
-
-def _lev(a, b):
-  row = list(range(len(b) + 1))
-  for i, x in enumerate(a, 1):
-    prev, row[0] = row[0], i
-    for j, y in enumerate(b, 1):
-      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-  return row[-1]
 
 
 def run_arm(args, arm, seed, start):
@@ -291,7 +284,8 @@ def main(argv=None):
   p.add_argument("--start_steps", type=int, default=600)
   p.add_argument("--sft_steps", type=int, default=0)
   p.add_argument("--samples", type=int, default=8)
-  p.add_argument("--baseline", default="none", choices=("none", "position"))
+  p.add_argument("--baseline", default="position",
+                 choices=("position", "none"))
   p.add_argument("--credit_lambda", type=float, default=0.5)
   p.add_argument("--gguf", default="")
   p.add_argument("--tiny", action="store_true")

@@ -17,7 +17,7 @@ import credit_study  # noqa: E402
 def _args(tmp_path, **kw):
   import argparse
   base = dict(task="g2p_words", tiny=True, steps=0, start_steps=600,
-              sft_steps=0, samples=8, baseline="none", credit_lambda=0.5,
+              sft_steps=0, samples=8, baseline="position", credit_lambda=0.5,
               gguf="", runs=str(tmp_path / "runs"),
               out=str(tmp_path / "out"))
   return argparse.Namespace(**{**base, **kw})

@@ -69,6 +69,10 @@ def test_stacked_cotangents_give_each_credits_own_gradient(tmp_path):
   key = jax.random.key(1)
   grads, _ = cv.make_batch_gradients(config, model, params, specs)(
       params, batch, key)
+  mapped, _ = cv.make_batch_gradients(config, model, params, specs,
+                                      vjp_batch=3)(params, batch, key)
+  np.testing.assert_allclose(mapped, grads, rtol=1e-5,
+                             atol=1e-6 * float(jnp.abs(grads).max()))
   rl = config.rl
   scored = objectives.sample_and_score(config, model, params, batch, key,
                                        num_samples=4,
