@@ -173,6 +173,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             if lead:
               print(f"SIGTERM: saved step {step} in {workdir}; rerun the "
                     "same command to resume.", file=sys.stderr)
+            # Closed now, not at interpreter exit: tensorboardX's exit hook
+            # then starts a thread and prints a traceback on shutdown.
+            writer.close()
             return {"preempted_at": step}
           batch = parallel.global_batch(next(iterator), mesh)
           in_flight.wait(MAX_IN_FLIGHT - 1)   # Step n - 2 has finished.

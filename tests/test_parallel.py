@@ -122,6 +122,7 @@ def test_sigterm_saves_and_rerun_resumes(tmp_path):
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert "Preempted at step" in out
+  assert "Traceback" not in err, err[-3000:]   # A clean exit, no noise.
   saved = int(out.split("Preempted at step ")[1].split(";")[0])
   assert saved >= 3
   assert os.path.isdir(wd / "checkpoints" / str(saved))
