@@ -152,12 +152,10 @@ def credit_reward_of(spec: rewards.RewardSpec, byte_table=None
     return None
   terms = []
   for name, w in spec.instant:
-    if name == "char_error":
-      table = (byte_table if isinstance(byte_table, rewards.ByteTable)
+    if name == "char_error":   # A ByteTable, or the (bytes, lengths) pair.
+      table = ((byte_table,) if isinstance(byte_table, rewards.ByteTable)
                else tuple(byte_table))
-      r = (rewards.chars.char_error_reward(table, clip=False)
-           if isinstance(table, rewards.ByteTable) else
-           rewards.chars.char_error_reward(*table, clip=False))
+      r = rewards.chars.char_error_reward(*table, clip=False)
     else:
       r = rewards.resolve(name, byte_table=byte_table)
     terms.append((r, w))
