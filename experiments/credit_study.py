@@ -1,16 +1,17 @@
 """Exact per-token credit vs sequence credit, where credit can matter:
 GRPO arms that differ only in `rl.credit`, from one start, paired by seed.
 
-  python experiments/credit_study.py --task g2p_words --pilot --seeds 0
-  python experiments/credit_study.py --task g2p_words --seeds 0,1,2,3,4,5,6,7 \\
+  python experiments/credit_study.py --task g2p_words5 --pilot --seeds 0
+  python experiments/credit_study.py --task g2p_words5 --seeds 0,1,2,3,4,5,6,7 \\
       --target_reward R                     # R fixed from the pilot
   python experiments/credit_study.py --task word_sorting_long --seeds 0,1,2 \\
       --target_reward R                     # SmolLM2 (hours a seed)
   python experiments/credit_study.py --task g2p_words --tiny   # seconds
 
-Tasks (`TASKS`): `g2p_words` (the small G2P Transformer of experiments/
-g2p.py on 3-word items, ~22 phonemes an answer; its start is CE at a
-constant learning rate, `--start_steps`, trained by the driver once), and
+Tasks (`TASKS`): `g2p_words` and `g2p_words5` (the small G2P Transformer
+of experiments/g2p.py on 3- and 5-word items, ~21 and ~35 symbols an
+answer; the start is CE at a constant learning rate, 600 and 300 steps x
+256 items (`G2P_TASKS`, `--start_steps`), trained by the driver once), and
 the SmolLM2-135M-Instruct tasks of experiments/llm_rl.py (`spell_backward`,
 ~4 tokens, the short control; `word_sorting_long`, 12-16 words, ~31
 tokens), whose start is the LoRA SFT stage of experiments/llm_rl_study.py
@@ -53,10 +54,16 @@ from ir_jax import study  # noqa: E402
 from ir_jax import workdir as workdir_lib  # noqa: E402
 
 ARMS = ("sequence", "reward_to_go", "immediate", "lambda", "ocd")
-G2P_WORDS = {"data.join_words": 3, "data.source_len": 40,
-             "data.target_len": 36, "data.length_buckets": 0}
+# G2P task -> its data fields (words joined into one item) and CE steps of
+# its start (the checkpoints benchmarks/credit_variance.py measured).
+G2P_TASKS = {
+    "g2p_words": ({"data.join_words": 3, "data.source_len": 40,
+                   "data.target_len": 36, "data.length_buckets": 0}, 600),
+    "g2p_words5": ({"data.join_words": 5, "data.source_len": 64,
+                    "data.target_len": 60, "data.length_buckets": 0}, 300)}
 # task -> (model, steps, B prompts a step)
 TASKS = {"g2p_words": ("transformer", 150, 16),
+         "g2p_words5": ("transformer", 150, 16),
          "spell_backward": ("smollm2-135m-instruct", 60, 4),
          "word_sorting_long": ("smollm2-135m-instruct", 40, 2)}
 
@@ -72,10 +79,11 @@ def start_config(args):
   """G2P: CE at a constant learning rate from scratch (the start)."""
   c = config_lib.load(os.path.join(ROOT, "experiments", "g2p.py") +
                       (":tiny" if args.tiny else ""))
-  _set(c, G2P_WORDS)
+  fields, steps = G2P_TASKS[args.task]
+  _set(c, fields)
   c.seed = 0
   if not args.tiny:
-    c.total_steps, c.batch_size = args.start_steps, 256
+    c.total_steps, c.batch_size = args.start_steps or steps, 256
     c.optim.learning_rate, c.optim.schedule = 3e-3, "constant"
   c.log_every = max(1, c.total_steps // 20)
   c.eval_every = c.checkpoint_every = c.total_steps
@@ -88,10 +96,10 @@ def arm_config(args, arm, seed, start):
   _, steps, batch = TASKS[args.task]
   tiny = ",tiny" if args.tiny else ""
   mode = "ocd" if arm == "ocd" else "grpo"
-  if args.task == "g2p_words":
+  if args.task in G2P_TASKS:
     c = config_lib.load(os.path.join(ROOT, "experiments", "g2p_rl.py") +
                         f":{mode}{tiny}")
-    _set(c, G2P_WORDS)
+    _set(c, G2P_TASKS[args.task][0])
     c.init_from = start
     c.rl.kl_weight = 0.0 if mode == "ocd" else c.rl.kl_weight
   else:
@@ -158,7 +166,7 @@ def run_arm(args, arm, seed, start):
   c = arm_config(args, arm, seed, start)
   final = study.run(c, wd, files=("outputs/test.tsv",))[0]["test"]
   points = credit_curve(wd, c)
-  (g2p_test if args.task == "g2p_words" else study.run_test)(wd, dest)
+  (g2p_test if args.task in G2P_TASKS else study.run_test)(wd, dest)
   with open(os.path.join(dest, "curve.jsonl"), "w") as f:
     for p in points:
       f.write(json.dumps({k: p[k] for k in (
@@ -181,7 +189,7 @@ def run_arm(args, arm, seed, start):
 
 def start_of(args):
   """The checkpoint every arm starts from (trained once)."""
-  if args.task == "g2p_words":
+  if args.task in G2P_TASKS:
     wd = os.path.join(args.runs, args.task, "start")
     study.run(start_config(args), wd, splits=("dev",))
     return wd
@@ -281,7 +289,8 @@ def main(argv=None):
   p.add_argument("--pilot", action="store_true", help="run the first arm "
                  "of the first seed and print the target to fix")
   p.add_argument("--steps", type=int, default=0)
-  p.add_argument("--start_steps", type=int, default=600)
+  p.add_argument("--start_steps", type=int, default=0,
+                 help="CE steps of the G2P start (0: the task's, G2P_TASKS)")
   p.add_argument("--sft_steps", type=int, default=0)
   p.add_argument("--samples", type=int, default=8)
   p.add_argument("--baseline", default="position",

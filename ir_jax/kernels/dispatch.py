@@ -67,9 +67,9 @@ def _hopper_problem(forced: bool = True) -> str:
   (not forced) also needs a verified GPU kind."""
   if not platform.gpu_is_hopper():
     return "Mosaic GPU needs compute capability >= 9.0 (Hopper)"
-  if not platform.pallas_interpret() and not platform.mosaic_gpu_pallas_call():
-    return (f"jax {jax.__version__} cannot lower pl.pallas_call with Mosaic "
-            "GPU params (the form of these kernels; jax 0.10 can)")
+  if not platform.mosaic_gpu_kernels():
+    return (f"jax {jax.__version__} has no Mosaic GPU plgpu.kernel / "
+            "emit_pipeline (the API of these kernels)")
   if not forced and not platform.gpu_verified():
     return (f"its Mosaic GPU kernel has not been verified on "
             f"{platform.gpu_kind()} (ir_jax/kernels/verified_gpu.json, "

@@ -27,6 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
+from ir_jax.kernels.gpu_grid import grid_call
 from ir_jax.kernels.recursions import advance_block
 
 LANES = 128
@@ -42,9 +43,9 @@ def _srl(x, bits):
   return lax.shift_right_logical(x, jnp.asarray(bits, x.dtype))
 
 
-def _kernel(eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
+def _kernel(k, num_k, eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
+  """Grid step k of num_k (the sequential axis): K steps of the chain."""
   block, num_words = eq_ref.shape[:2]
-  k = pl.program_id(1)
   n, last_word, last_bit = meta_ref[0], meta_ref[1], meta_ref[2]
 
   @pl.when(k == 0)
@@ -73,9 +74,14 @@ def _kernel(eq_ref, meta_ref, out_ref, pv_ref, mv_ref, score_ref):
 
   lax.fori_loop(0, block, step, None)
 
-  @pl.when(k == pl.num_programs(1) - 1)
+  @pl.when(k == num_k - 1)
   def _():
     out_ref[...] = score_ref[...]
+
+
+def _grid_kernel(*refs):
+  """`_kernel` under pl.pallas_call (TPU): the step from the grid."""
+  _kernel(pl.program_id(1), pl.num_programs(1), *refs)
 
 
 def match_masks(pred, target, num_words):
@@ -108,13 +114,9 @@ def max_target_length(platform: str) -> int:
   return (min(words, 256) if platform == "gpu" else words) * WORD
 
 
-def _compiler_params(platform, interpret, vmem_bytes):
+def _compiler_params(interpret, vmem_bytes):
   if interpret:
     return None
-  if platform == "gpu":
-    return plgpu.CompilerParams(
-        dimension_semantics=("parallel", "sequential"),
-        max_concurrent_steps=2)
   return pltpu.CompilerParams(
       dimension_semantics=("parallel", "arbitrary"),
       vmem_limit_bytes=int(min(max(vmem_bytes + 4 * 2 ** 20, 32 * 2 ** 20),
@@ -142,19 +144,26 @@ def levenshtein(pred, target, n, m, *, platform="tpu", interpret=False,
   meta = jnp.stack([n, last // WORD, last % WORD, m]).astype(jnp.int32)
   meta = jnp.pad(meta, ((0, 0), (0, pad))).reshape(4, padded // LANES, LANES)
   scratch = plgpu.SMEM if platform == "gpu" else pltpu.VMEM
-  out = pl.pallas_call(
-      _kernel,
-      grid=(padded // (sub * LANES), steps // block),
+  grid = (padded // (sub * LANES), steps // block)
+  specs = dict(
       in_specs=[pl.BlockSpec((block, num_words, sub, LANES),
                              lambda b, k: (k, 0, b, 0)),
                 pl.BlockSpec((4, sub, LANES), lambda b, k: (0, b, 0))],
-      out_specs=pl.BlockSpec((sub, LANES), lambda b, k: (b, 0)),
-      out_shape=jax.ShapeDtypeStruct((padded // LANES, LANES), jnp.int32),
+      out_shape=[jax.ShapeDtypeStruct((padded // LANES, LANES), jnp.int32)],
       scratch_shapes=[scratch((num_words, sub, LANES), jnp.int32),
                       scratch((num_words, sub, LANES), jnp.int32),
-                      scratch((sub, LANES), jnp.int32)],
-      compiler_params=_compiler_params(platform, interpret,
-                                       (2 + 2 * block) * tile_bytes),
-      interpret=interpret)(eq, meta)
+                      scratch((sub, LANES), jnp.int32)])
+  out_spec = pl.BlockSpec((sub, LANES), lambda b, k: (b, 0))
+  if platform == "gpu":
+    call = grid_call(_kernel, grid=grid, out_specs=[out_spec],
+                     interpret=interpret, name="levenshtein", **specs)
+  else:
+    call = pl.pallas_call(
+        _grid_kernel, grid=grid, out_specs=[out_spec],
+        compiler_params=_compiler_params(interpret,
+                                         (2 + 2 * block) * tile_bytes),
+        interpret=interpret, **specs)
+  (out,) = call(eq, meta)
+
   # m = 0 reads no row: the distance is n.
   return jnp.where(m == 0, n, out.reshape(-1)[:batch])

@@ -72,20 +72,27 @@ def gpu_is_hopper() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def mosaic_gpu_pallas_call() -> bool:
-  """Whether this jax lowers `pl.pallas_call` with Mosaic GPU compiler
-  params, the form of the GPU kernels here (interpret mode runs them on any
-  jax). jax 0.10 does; jax 0.12 registers no such rule (`plgpu.kernel`
-  replaced it upstream), so there the GPU path is XLA."""
+def mosaic_gpu_kernels() -> bool:
+  """Whether this jax has the Mosaic GPU API the GPU kernels are written on
+  (`plgpu.kernel` with `plgpu.emit_pipeline`, kernels/gpu_grid.py): jax
+  0.10.2 and 0.12.x both lower it for CUDA. (jax 0.12 no longer lowers the
+  `pl.pallas_call` form these kernels had before.)"""
   try:
     # pylint: disable=g-import-not-at-top
-    from jax._src.pallas import core as pallas_core
-    from jax._src.pallas.mosaic_gpu import pallas_call_registration  # noqa: F401,E501  pylint: disable=unused-import
     from jax.experimental.pallas import mosaic_gpu as plgpu
   except ImportError:
     return False
-  getter = getattr(pallas_core, "get_lowering_rule", None)
-  return getter is None or getter(plgpu.CompilerParams, "gpu") is not None
+  return all(hasattr(plgpu, name) for name in
+             ("kernel", "emit_pipeline", "copy_smem_to_gmem",
+              "wait_smem_to_gmem", "commit_smem"))
+
+
+def mosaic_gpu_interpreter() -> bool:
+  """Whether this jax can run the GPU kernels in interpret mode off a GPU
+  (the Mosaic GPU interpreter, `plgpu.InterpretGPUParams`: jax >= 0.12);
+  without it they only lower."""
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
+  return hasattr(plgpu, "InterpretGPUParams")
 
 
 def _verified_kinds() -> dict:

@@ -25,21 +25,23 @@ independent programs:
   * long mode, past that: the forward saves every diagonal R[d] (one plane
     in HBM, a third of the XLA wavefront's three probability planes) and
     the backward takes one diagonal a step, single-buffered, recomputing
-    the probabilities chunk by chunk from R[d - 1] and R[d - 2] (flat views
-    of the saved blocks, whose pad row makes R[i - 1] a load at offset 0)
-    and using them at once: ~12 rows of R floats, N <= `max_pred_length()`
-    = 4607 (226 KiB of the 227 KiB a Hopper block may use, measured).
+    the probabilities chunk by chunk from R[d - 1] and R[d - 2] (saved
+    blocks [R / 128 + 1, 128] whose pad row makes R[i - 1] of chunk c their
+    row c; R[d - 1] also copied into one flat SMEM row, where R[i] is a load
+    at offset 1) and using them at once: ~13 rows of R floats, N <=
+    `max_pred_length()` = 4223 (~225 KiB of the 227 KiB a Hopper block may
+    use; the lowering checks it).
 
 The shorter sequence is on the rows (`soft_edit_distance` transposes), and
 `ir_jax.rewards.soft_edit_distance` takes the XLA wavefront beyond the
 bound. Pallas inserts a warpgroup barrier around every SMEM store (auto
 barriers), which orders the ring buffers between diagonals.
 
-Off the GPU the kernels run in Pallas interpret mode (how the tests check
-them), and `jax.export(..., platforms=["cuda"])` lowers them through Mosaic
-GPU from any host (tests/kernels/test_soft_edit_distance_gpu.py does).
-`pl.pallas_call` with Mosaic GPU params is deprecated upstream in favour of `plgpu.kernel`; it is
-kept because the generic interpret mode runs it.
+The grid runs on `plgpu.kernel` through `gpu_grid.grid_call` (jax 0.10.2
+and 0.12.x lower it). Off the GPU the kernels run in the Mosaic GPU
+interpreter (jax >= 0.12; how the tests check them), and
+`jax.export(..., platforms=["cuda"])` lowers them through Mosaic GPU from
+any host (tests/kernels/test_soft_edit_distance_gpu.py does).
 """
 
 import functools
@@ -50,6 +52,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from ir_jax.kernels.gpu_grid import grid_call
 from ir_jax.kernels.recursions import BIG, diagonal_cell, diagonal_rows
 
 CHUNK = 128                     # Rows per vector op: one f32 per thread.
@@ -75,9 +78,9 @@ def _blocked_bytes(num_rows: int, block: int) -> int:
 
 def _long_bytes(num_rows: int) -> int:
   """SMEM of the long backward (one diagonal a step, single-buffered):
-  costs, flows, row ids, and with a pad chunk R[d - 1], R[d - 2] and the
-  seven flow-ring rows."""
-  return 4 * (3 * num_rows + 9 * (num_rows + CHUNK))
+  costs, flows, row ids, and with a pad chunk R[d - 1] (as fetched and as
+  one flat row), R[d - 2] and the seven flow-ring rows."""
+  return 4 * (3 * num_rows + 10 * (num_rows + CHUNK))
 
 
 def _is_long(num_rows: int):
@@ -180,12 +183,11 @@ def _ring_io(saved_ref, prefix, buf_ref, slots, save):
   _chunks(buf_ref.shape[1] // CHUNK, chunk)
 
 
-def _forward_kernel(c_ref, nm_ref, rows_ref, prm_ref, out_ref, saved_ref,
-                    buf_ref, final_ref, *, long):
+def _forward_kernel(k, num_k, c_ref, nm_ref, rows_ref, prm_ref, out_ref,
+                    saved_ref, buf_ref, final_ref, *, long):
   """Blocked mode saves, per block, the two diagonals it starts from; long
   mode (K = 1) saves every diagonal R[d] after computing it."""
   _, block, _, _ = c_ref.shape
-  k = pl.program_id(1)
   n, final = nm_ref[0, 0], nm_ref[0, 0] + nm_ref[0, 1]
   first = k * block
 
@@ -209,9 +211,9 @@ def _forward_kernel(c_ref, nm_ref, rows_ref, prm_ref, out_ref, saved_ref,
   if long:
     _ring_io(saved_ref, (0,), buf_ref, (first % 3,), save=True)
 
-  # Index-invariant outputs are copied out after the last step, from the
-  # last step's pipeline slot: write them then.
-  @pl.when(k == pl.num_programs(1) - 1)
+  # Index-invariant outputs are copied out after the last step: write them
+  # then.
+  @pl.when(k == num_k - 1)
   def _():
     out_ref[0] = final_ref[...]
 
@@ -242,12 +244,11 @@ def _init_flows(qs_ref, qi_ref, qd_ref, acc_ref):
   acc_ref[...] = jnp.zeros((2, CHUNK), jnp.float32)
 
 
-def _backward_kernel(c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref, g_ref,
-                     acc_out_ref, buf_ref, ps_ref, pi_ref, pd_ref, qs_ref,
-                     qi_ref, qd_ref, acc_ref):
+def _backward_kernel(k, num_k, c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref,
+                     g_ref, acc_out_ref, buf_ref, ps_ref, pi_ref, pd_ref,
+                     qs_ref, qi_ref, qd_ref, acc_ref):
   _, block, num_chunks, _ = c_ref.shape
-  k = pl.program_id(1)
-  first = (pl.num_programs(1) - 1 - k) * block   # Diagonal of slot 0 here.
+  first = (num_k - 1 - k) * block   # Diagonal of slot 0 here.
   n, m = nm_ref[0, 0], nm_ref[0, 1]
 
   @pl.when(k == 0)
@@ -278,43 +279,49 @@ def _backward_kernel(c_ref, ckpt_ref, nm_ref, rows_ref, prm_ref, g_ref,
 
   lax.fori_loop(0, block, diagonal, None)
 
-  @pl.when(k == pl.num_programs(1) - 1)
+  @pl.when(k == num_k - 1)
   def _():
     acc_out_ref[0] = acc_ref[...]
 
 
-def _backward_long_kernel(c_ref, r1_ref, r2_ref, nm_ref, rows_ref, prm_ref,
-                          g_ref, acc_out_ref, qs_ref, qi_ref, qd_ref,
-                          acc_ref):
+def _backward_long_kernel(k, num_k, c_ref, r1_ref, r2_ref, nm_ref, rows_ref,
+                          prm_ref, g_ref, acc_out_ref, qs_ref, qi_ref, qd_ref,
+                          acc_ref, flat_ref):
   """One diagonal d a step, probabilities recomputed chunk by chunk from
-  the saved R[d - 1], R[d - 2] (flat views with the pad row: R[i - 1] and
-  R[i] of chunk c are loads at offsets 0 and 1) and used at once."""
+  the saved R[d - 1], R[d - 2] (with the pad row, R[i - 1] of chunk c is
+  row c of the fetched [R / 128 + 1, 128] block; R[i], one row further,
+  is read from R[d - 1] copied into one flat SMEM row) and used at once."""
   _, _, num_chunks, _ = c_ref.shape
-  k = pl.program_id(1)
-  d = pl.num_programs(1) - 1 - k
+  d = num_k - 1 - k
   n, m = nm_ref[0, 0], nm_ref[0, 1]
   gamma, ins, dele = prm_ref[0], prm_ref[1], prm_ref[2]
-  flat = (num_chunks + 1) * CHUNK
-  r1, r2 = r1_ref.at[0, 0].reshape(flat), r2_ref.at[0, 0].reshape(flat)
 
   @pl.when(k == 0)
   def _():
     _init_flows(qs_ref, qi_ref, qd_ref, acc_ref)
 
+  def flatten(c):
+    flat_ref[pl.ds(c * CHUNK, CHUNK)] = r1_ref[0, 0, c]
+
+  _chunks(num_chunks + 1, flatten)
+
   def chunk(c):
     lo = c * CHUNK
     rows = rows_ref[c]
-    big = lambda x, exists: jnp.where(exists, x, BIG)  # R[-1], R[-2].
+    # R[-1], R[-2] are BIG. (d as a vector from the loaded row ids: a
+    # scalar condition has no layout to broadcast under Mosaic GPU.)
+    dv = rows * 0 + d
+    big = lambda x, back: jnp.where(dv >= back, x, BIG)
     _, probs = diagonal_cell(
-        big(r2[pl.ds(lo, CHUNK)], d >= 2), big(r1[pl.ds(lo, CHUNK)], d >= 1),
-        big(r1[pl.ds(lo + 1, CHUNK)], d >= 1),
+        big(r2_ref[0, 0, c], 2), big(r1_ref[0, 0, c], 1),
+        big(flat_ref[pl.ds(lo + 1, CHUNK)], 1),
         c_ref[0, 0, c].astype(jnp.float32), d, rows, gamma, ins, dele)
     g_ref[0, 0, c] = _flow_chunk(c, d, rows, probs, n, m, qs_ref, qi_ref,
                                  qd_ref, acc_ref)
 
   _chunks(num_chunks, chunk)
 
-  @pl.when(k == pl.num_programs(1) - 1)
+  @pl.when(k == num_k - 1)
   def _():
     acc_out_ref[0] = acc_ref[...]
 
@@ -346,13 +353,6 @@ def _layout(num_pred, num_target, block, long):
     block = 1
   block = block or diagonal_block(num_rows, num_diag)
   return num_rows, block, -(-num_diag // block), long
-
-
-def _compiler_params(interpret, stages=2):
-  if interpret:
-    return None
-  return plgpu.CompilerParams(dimension_semantics=("parallel", "sequential"),
-                              max_concurrent_steps=stages)
 
 
 def _chunked(x, num_rows):
@@ -393,7 +393,7 @@ def forward(costs, n, m, gamma, ins, dele, *, interpret, block=None,
     saved = pl.BlockSpec((1, 1, 2, chunks + 1, CHUNK),
                          lambda b, k: (b, k, 0, 0, 0))
     saved_shape = (batch, blocks, 2, chunks + 1, CHUNK)
-  out, saved = pl.pallas_call(
+  out, saved = grid_call(
       functools.partial(_forward_kernel, long=long),
       grid=(batch, blocks),
       in_specs=[pl.BlockSpec((1, block, chunks, CHUNK),
@@ -404,9 +404,8 @@ def forward(costs, n, m, gamma, ins, dele, *, interpret, block=None,
                  jax.ShapeDtypeStruct(saved_shape, jnp.float32)],
       scratch_shapes=[plgpu.SMEM((3, num_rows + CHUNK), jnp.float32),
                       plgpu.SMEM((CHUNK,), jnp.float32)],
-      compiler_params=_compiler_params(interpret),
-      interpret=interpret)(*_inputs(costs, n, m, gamma, ins, dele, num_rows,
-                                    blocks * block))
+      interpret=interpret, name="soft_edit_distance_forward")(
+          *_inputs(costs, n, m, gamma, ins, dele, num_rows, blocks * block))
   return out.sum(-1), saved
 
 
@@ -434,17 +433,19 @@ def backward(costs, saved, n, m, gamma, ins, dele, *, interpret, block=None,
     diag = lambda back: pl.BlockSpec(
         (1, 1, chunks + 1, CHUNK),
         lambda b, k: (b, jnp.maximum(blocks - 1 - back - k, 0), 0, 0))
-    flows, acc = pl.pallas_call(
+    flows, acc = grid_call(
         _backward_long_kernel,
         grid=(batch, blocks),
         in_specs=[spec, diag(1), diag(2)] + _common_specs(chunks),
         out_specs=[spec, acc_spec], out_shape=out_shape,
-        scratch_shapes=flow_rings,
-        compiler_params=_compiler_params(interpret, stages=1),
-        interpret=interpret)(skewed, saved, saved, nm, rows, prm)
+        scratch_shapes=flow_rings + [plgpu.SMEM((num_rows + CHUNK,),
+                                                jnp.float32)],
+        stages=1, interpret=interpret,
+        name="soft_edit_distance_backward_long")(
+            skewed, saved, saved, nm, rows, prm)
   else:
     plane = plgpu.SMEM((block, chunks, CHUNK), jnp.float32)
-    flows, acc = pl.pallas_call(
+    flows, acc = grid_call(
         _backward_kernel,
         grid=(batch, blocks),
         in_specs=[spec, pl.BlockSpec(
@@ -453,8 +454,8 @@ def backward(costs, saved, n, m, gamma, ins, dele, *, interpret, block=None,
         + _common_specs(chunks),
         out_specs=[spec, acc_spec], out_shape=out_shape,
         scratch_shapes=[ring(3), plane, plane, plane] + flow_rings,
-        compiler_params=_compiler_params(interpret),
-        interpret=interpret)(skewed, saved, nm, rows, prm)
+        interpret=interpret, name="soft_edit_distance_backward")(
+            skewed, saved, nm, rows, prm)
   acc = acc.sum(-1)
   flows = flows.reshape(batch, blocks * block, num_rows)
   return unskew(flows, num_pred, num_target), acc[:, 0], acc[:, 1]

@@ -385,7 +385,7 @@ def soft_edit_distance(costs: jax.Array,
       Hopper GPU; interpret mode on CPU; it keeps the costs plus two
       diagonals per block, or every diagonal of R for long sequences on
       GPU, and recomputes the probabilities in the backward; the shorter
-      sequence must fit on chip: ~5.7k tokens on TPU, 4607 on GPU) or
+      sequence must fit on chip: ~5.7k tokens on TPU, 4223 on GPU) or
       "auto" (Pallas when compiling for TPU or a Hopper GPU while it fits,
       else XLA). `lowering_for` overrides the platform.
 

@@ -25,27 +25,17 @@ def test_auto_dispatch_by_target_platform():
                                                              False)
     with pytest.raises(ValueError, match="VMEM"):
       soft._resolve_layout("auto", "pallas", 8000, 128)
-  if not platform.mosaic_gpu_pallas_call():   # jax 0.12: XLA on GPUs.
-    with soft.lowering_for("gpu"):
-      assert soft._resolve_layout("auto", "auto", 256) == "diagonals"
-      with pytest.raises(ValueError, match="cannot lower pl.pallas_call"):
-        soft._resolve_layout("auto", "pallas", 256)
-  else:
-    _gpu_layouts()
-  with pytest.raises(ValueError, match="platform"):
-    with soft.lowering_for("cuda"):
-      pass
-
-
-def _gpu_layouts():
   with soft.lowering_for("gpu"):
     assert soft._resolve_layout("auto", "auto", 256) == ("pallas_gpu", False)
     # Past shared memory: XLA's wavefront, and a clear error when forced.
     assert soft._resolve_layout("auto", "auto", 4096) == ("pallas_gpu",
                                                           False)
-    assert soft._resolve_layout("auto", "auto", 4608) == "diagonals"
+    assert soft._resolve_layout("auto", "auto", 4224) == "diagonals"
     with pytest.raises(ValueError, match="shared memory"):
-      soft._resolve_layout("auto", "pallas", 4608)
+      soft._resolve_layout("auto", "pallas", 4224)
+  with pytest.raises(ValueError, match="platform"):
+    with soft.lowering_for("cuda"):
+      pass
 
 
 @pytest.mark.smoke
@@ -60,14 +50,6 @@ def test_exact_kernel_dispatch_and_gpu_lowering():
   with rewards.lowering_for("tpu"):
     assert dispatch.levenshtein_kernel("auto", 8192) == ("tpu", False)
   limit = exact_kernel.max_target_length("gpu")
-  if not platform.mosaic_gpu_pallas_call():
-    # jax 0.12: no Mosaic GPU pallas_call lowering; auto is XLA, pallas
-    # says why.
-    with rewards.lowering_for("gpu"):
-      assert dispatch.levenshtein_kernel("auto", 64) is None
-      with pytest.raises(ValueError, match="cannot lower pl.pallas_call"):
-        dispatch.levenshtein_kernel("pallas", 64)
-    return
   with rewards.lowering_for("gpu"):
     assert dispatch.levenshtein_kernel("auto", limit) == ("gpu", False)
     assert dispatch.levenshtein_kernel("auto", limit + 1) is None
@@ -89,7 +71,6 @@ def test_auto_runs_gpu_kernels_only_on_a_verified_kind(monkeypatch, capsys):
   monkeypatch.setattr(platform, "target_platform", lambda: "gpu")
   monkeypatch.setattr(platform, "pallas_interpret", lambda: False)
   monkeypatch.setattr(platform, "VERIFIED_GPU_KINDS", {})
-  monkeypatch.setattr(platform, "mosaic_gpu_pallas_call", lambda: True)
   assert dispatch.levenshtein_kernel("auto", 64) is None
   assert dispatch.levenshtein_kernel("auto", 64) is None
   err = capsys.readouterr().err
@@ -103,10 +84,12 @@ def test_auto_runs_gpu_kernels_only_on_a_verified_kind(monkeypatch, capsys):
   assert dispatch.soft_edit_distance_kernel("auto", 64) == ("pallas_gpu",
                                                             False)
   assert "Mosaic GPU" in dispatch.describe("auto")
-  # A jax that lowers no Mosaic GPU pallas_call (0.12): XLA, and why.
-  monkeypatch.setattr(platform, "mosaic_gpu_pallas_call", lambda: False)
+  # A jax without the Mosaic GPU kernel API: XLA, and why.
+  monkeypatch.setattr(platform, "mosaic_gpu_kernels", lambda: False)
   assert dispatch.levenshtein_kernel("auto", 64) is None
-  assert "cannot lower pl.pallas_call" in dispatch.describe("auto")
+  assert "has no Mosaic GPU plgpu.kernel" in dispatch.describe("auto")
+  with pytest.raises(ValueError, match="has no Mosaic GPU plgpu.kernel"):
+    dispatch.soft_edit_distance_kernel("pallas", 64)
 
 
 def test_the_shipped_record_is_empty_and_cpu_says_xla():
