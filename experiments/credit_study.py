@@ -222,10 +222,17 @@ def report(out_dir, summary):
                auc_seed_level=study.seed_level(auc) if len(seeds) > 1
                else None)
     tests[f"{arm}_vs_sequence"] = out
+  # The family: every arm against sequence on the AUC, seed level.
+  adjusted = study.holm({name: (t["auc_seed_level"] or {}).get("p_value")
+                         for name, t in tests.items()})
+  for name, t in tests.items():
+    t["auc_p_holm"] = adjusted[name]
   rep = {"task": summary["task"], "target_reward": summary["target_reward"],
          "tests": tests,
          "output_bytes": {f"{a}/seed{s}": study.output_bytes(dest(a, s))
-                          for a, s in runs}}
+                          for a, s in runs},
+         "error_split": {f"{a}/seed{s}": study.error_split(dest(a, s))
+                         for a, s in runs}}
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rep, f, indent=1)
   lines = [f"# Credit study, {summary['task']} ({summary['model']}), "
@@ -236,16 +243,41 @@ def report(out_dir, summary):
     lines.append(f"| {r['arm']} | {r['seed']} | {r['rollouts_to_target']} | "
                  f"{r['auc']:.4f} | {r['test_exact']:.4f} | "
                  f"{r['test_cer']:.4f} |")
-  lines += ["", "| vs sequence | seeds | AUC deltas | AUC seed-level | "
-            "rollouts ratio |", "|---|---|---|---|---|"]
+  lines += ["", "| vs sequence | seeds | AUC deltas | AUC seed-level "
+            "(95% CI) | p (Holm) | test CER delta, seed level | "
+            "item-level CER delta (p) | rollouts ratio |",
+            "|---|---|---|---|---|---|---|---|"]
+  fmt = lambda x: "-" if x is None else f"{x:.3g}"
   for name, t in tests.items():
     s = t["auc_seed_level"]
     level = ("one seed" if s is None else
              f"{s['mean']:+.4f} ({s['ci95'][0]:+.4f}, {s['ci95'][1]:+.4f})"
              + (", underpowered" if s.get("underpowered") else ""))
-    lines.append(f"| {name} | {t['seeds']} | "
+    p = "-" if s is None else f"{fmt(s['p_value'])} ({fmt(t['auc_p_holm'])})"
+    c = t["seed_cer"]
+    cer = (f"{c['mean']:+.4f}" + ("" if c["ci95"][0] is None else
+                                  f" ({c['ci95'][0]:+.4f}, "
+                                  f"{c['ci95'][1]:+.4f})"))
+    ratio = ", ".join("-" if r is None else f"{r:.2f}"
+                      for r in t["rollouts_ratio"])
+    lines.append(f"| {name} | {len(t['seeds'])} | "
                  f"{', '.join(f'{d:+.4f}' for d in t['auc_deltas'])} | "
-                 f"{level} | {t['rollouts_ratio']} |")
+                 f"{level} | {p} | {cer} | {t['delta_cer']:+.4f} "
+                 f"({fmt(t['p_cer'])}) | {ratio} |")
+  lines += ["", "Test errors split (edit operations over the targets' "
+            "bytes, mean over seeds):", "",
+            "| arm | sub | ins | del | output / target bytes | empty |",
+            "|---|---|---|---|---|---|"]
+  for arm in sorted({a for a, _ in runs}):
+    keys = [f"{a}/seed{s}" for a, s in sorted(runs) if a == arm]
+    split = {op: np.mean([rep["error_split"][k][op] for k in keys])
+             for op in ("sub", "ins", "del")}
+    size = [rep["output_bytes"][k] for k in keys]
+    lines.append(f"| {arm} | {split['sub']:.4f} | {split['ins']:.4f} | "
+                 f"{split['del']:.4f} | "
+                 f"{np.mean([b['output'] for b in size]):.1f} / "
+                 f"{np.mean([b['target'] for b in size]):.1f} | "
+                 f"{sum(b['empty'] for b in size)} |")
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   return rep
@@ -298,6 +330,8 @@ def main(argv=None):
   p.add_argument("--credit_lambda", type=float, default=0.5)
   p.add_argument("--gguf", default="")
   p.add_argument("--tiny", action="store_true")
+  p.add_argument("--report", action="store_true", help="only rewrite "
+                 "report.{json,md} and curves.png from summary.json")
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "credit"))
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "credit"))
@@ -321,6 +355,9 @@ def main(argv=None):
     summary["runs"] = before["runs"]
     if summary["target_reward"] is None:
       summary["target_reward"] = args.target_reward = before["target_reward"]
+  if args.report:
+    plot(out_dir, summary["runs"])
+    return report(out_dir, summary)
   start = start_of(args)
   for seed in seeds:
     for arm in arms:

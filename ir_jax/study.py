@@ -359,7 +359,20 @@ def error_split(dest: str) -> Dict[str, float]:
   return dict(zip(("sub", "ins", "del"), (ops.sum(0) / total).tolist()))
 
 
+def holm(p_values: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
+  """Holm-Bonferroni adjusted p-values of a family of tests ({name: p};
+  None stays None and is not counted): sorted ascending, p_(i) x (m - i)
+  (i from 0), made monotone, capped at 1. Reject at level a where the
+  adjusted p < a: the family-wise error stays <= a."""
+  named = sorted(((p, k) for k, p in p_values.items() if p is not None))
+  m, out, running = len(named), {k: None for k in p_values}, 0.0
+  for i, (p, k) in enumerate(named):
+    running = max(running, min(1.0, p * (m - i)))
+    out[k] = running
+  return out
+
+
 __all__ = ["WINDOW", "answer_variety", "curve", "curve_area", "error_split",
-           "finished", "moving_average", "output_bytes", "paired_test",
+           "finished", "holm", "moving_average", "output_bytes", "paired_test",
            "pilot_target", "read_test", "run", "run_test", "seed_level", "show",
            "to_target", "write_test"]

@@ -198,3 +198,12 @@ def test_run_trains_once_and_a_rerun_finds_it_finished(tmp_path):
   again = study.run(c, wd)
   assert again[0] == final and again[2] == wall
   assert os.path.getmtime(os.path.join(wd, "metrics.jsonl")) == before
+
+
+def test_holm_adjusts_step_down():
+  """Holm: sorted p x (m - i), monotone, capped; None is not counted."""
+  got = study.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+  assert got["d"] is None
+  np.testing.assert_allclose([got["a"], got["c"], got["b"]],
+                             [0.03, 0.06, 0.06])
+  assert study.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
