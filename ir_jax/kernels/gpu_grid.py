@@ -45,7 +45,7 @@ def interpret_params(interpret: Any) -> Any:
     return interpret
   params = getattr(plgpu, "InterpretGPUParams", None)
   if params is None:
-    raise NotImplementedError(
+    raise RuntimeError(
         f"jax {jax.__version__} has no Mosaic GPU interpreter (jax >= 0.12 "
         "does): the GPU kernels cannot run in interpret mode here; they "
         "still lower for CUDA (`lowering_for('gpu')`).")

@@ -108,5 +108,5 @@ def test_interpret_params():
     assert isinstance(gpu_grid.interpret_params(True),
                       plgpu.InterpretGPUParams)
   else:
-    with pytest.raises(NotImplementedError, match="interpret"):
+    with pytest.raises(RuntimeError, match="interpret"):
       gpu_grid.interpret_params(True)
