@@ -35,7 +35,9 @@ completion_length, empty_fraction}) and `test.jsonl` ({prompt, target,
 output}; for G2P the word, and phonemes joined by spaces, `target` the
 reference closest to the output), report.json / report.md (each token
 credit and ocd against `sequence`, paired by seed: `ir_jax.study.
-paired_test` and the AUC's seed-level interval) and curves.png.
+paired_test` and the AUC's seed-level interval, Holm over the arms; the
+edit-operation split), samples.md (20 decoded test items: the start's,
+from `start/test.jsonl`, beside every arm's) and curves.png.
 """
 
 import argparse
@@ -199,6 +201,47 @@ def start_of(args):
   return llm_rl_study.sft_stage(args, args.task, gguf_path)[0]
 
 
+def start_test(args, start, out_dir):
+  """`<out>/<task>/start/test.jsonl`: the start's own test outputs (what
+  every arm began from), where its run evaluated the test set."""
+  dest = os.path.join(out_dir, "start")
+  if os.path.exists(os.path.join(dest, "test.jsonl")):
+    return
+  if not os.path.exists(os.path.join(start, "outputs", "test.tsv")):
+    return
+  (g2p_test if args.task in G2P_TASKS else study.run_test)(start, dest)
+
+
+def samples(out_dir, summary, count=20):
+  """samples.md: the first `count` test items decoded by the start and by
+  every arm (its lowest seed), side by side: look at the outputs, not only
+  the reward."""
+  arms = sorted({r["arm"] for r in summary["runs"]})
+  seed = {a: min(r["seed"] for r in summary["runs"] if r["arm"] == a)
+          for a in arms}
+  columns = [("start", os.path.join(out_dir, "start"))] + [
+      (f"{a} (seed {seed[a]})", os.path.join(out_dir, a, f"seed{seed[a]}"))
+      for a in arms]
+  columns = [(name, study.read_test(d)) for name, d in columns
+             if os.path.exists(os.path.join(d, "test.jsonl"))]
+  if not columns:
+    return
+  lines = [f"# {summary['task']}: {count} decoded test items, the start "
+           "and every arm", ""]
+  cell = lambda text: text.replace("|", "\\|")   # G2P's word separator.
+  for i in range(min(count, min(len(rows) for _, rows in columns))):
+    first = columns[0][1][i]
+    lines += [f"**{first['prompt']}**", "", "| system | output |",
+              "|---|---|",
+              f"| target (closest to {columns[0][0]}) | "
+              f"{cell(first['target'])} |"]
+    lines += [f"| {name} | {cell(rows[i]['output'])} |"
+              for name, rows in columns]
+    lines.append("")
+  with open(os.path.join(out_dir, "samples.md"), "w") as f:
+    f.write("\n".join(lines))
+
+
 def report(out_dir, summary):
   """report.json / .md: each arm against `sequence`, paired by seed."""
   runs = {(r["arm"], r["seed"]): r for r in summary["runs"]}
@@ -233,8 +276,6 @@ def report(out_dir, summary):
                           for a, s in runs},
          "error_split": {f"{a}/seed{s}": study.error_split(dest(a, s))
                          for a, s in runs}}
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(rep, f, indent=1)
   lines = [f"# Credit study, {summary['task']} ({summary['model']}), "
            f"target_reward {summary['target_reward']}", "",
            "| arm | seed | rollouts to target | AUC | test exact | test CER |",
@@ -268,8 +309,15 @@ def report(out_dir, summary):
             "bytes, mean over seeds):", "",
             "| arm | sub | ins | del | output / target bytes | empty |",
             "|---|---|---|---|---|---|"]
-  for arm in sorted({a for a, _ in runs}):
-    keys = [f"{a}/seed{s}" for a, s in sorted(runs) if a == arm]
+  start = os.path.join(out_dir, "start")
+  if os.path.exists(os.path.join(start, "test.jsonl")):
+    rep["error_split"]["start"] = study.error_split(start)
+    rep["output_bytes"]["start"] = study.output_bytes(start)
+  arms = (["start"] if "start" in rep["error_split"] else []) + sorted(
+      {a for a, _ in runs})
+  for arm in arms:
+    keys = ([arm] if arm == "start" else
+            [f"{a}/seed{s}" for a, s in sorted(runs) if a == arm])
     split = {op: np.mean([rep["error_split"][k][op] for k in keys])
              for op in ("sub", "ins", "del")}
     size = [rep["output_bytes"][k] for k in keys]
@@ -278,8 +326,11 @@ def report(out_dir, summary):
                  f"{np.mean([b['output'] for b in size]):.1f} / "
                  f"{np.mean([b['target'] for b in size]):.1f} | "
                  f"{sum(b['empty'] for b in size)} |")
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(rep, f, indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
+  samples(out_dir, summary)
   return rep
 
 
@@ -356,9 +407,13 @@ def main(argv=None):
     if summary["target_reward"] is None:
       summary["target_reward"] = args.target_reward = before["target_reward"]
   if args.report:
+    start = os.path.join(args.runs, args.task, "start")
+    if args.task in G2P_TASKS and os.path.isdir(start):
+      start_test(args, start, out_dir)
     plot(out_dir, summary["runs"])
     return report(out_dir, summary)
   start = start_of(args)
+  start_test(args, start, out_dir)
   for seed in seeds:
     for arm in arms:
       row = run_arm(args, arm, seed, start)

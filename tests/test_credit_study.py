@@ -76,13 +76,18 @@ def test_driver_end_to_end_on_tiny_g2p(tmp_path):
   tests = rep["tests"].values()
   # Holm over the family: each adjusted p >= its own.
   assert all(t["auc_p_holm"] >= t["auc_seed_level"]["p_value"] for t in tests)
-  assert set(rep["error_split"]) == {f"{a}/seed{s}" for a in
-                                     ("sequence", "immediate", "ocd")
-                                     for s in (0, 1)}
+  assert set(rep["error_split"]) == {"start"} | {
+      f"{a}/seed{s}" for a in ("sequence", "immediate", "ocd")
+      for s in (0, 1)}
   (out / "report.md").unlink()
   credit_study.main(["--task", "g2p_words", "--tiny", "--report", "--runs",
                      str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
   assert "Test errors split" in (out / "report.md").read_text()
+  # 20 decoded items (fewer if the tiny test set is smaller): the start's
+  # beside every arm's, G2P's "|" escaped in the table.
+  text = (out / "samples.md").read_text()
+  assert "| start |" in text and "| ocd (seed 0) |" in text
+  assert "| start |" in (out / "report.md").read_text()
   # The target stays fixed once results exist.
   with pytest.raises(SystemExit, match="stays fixed"):
     credit_study.main(["--task", "g2p_words", "--tiny", "--arms",
