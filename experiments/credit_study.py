@@ -162,13 +162,18 @@ def g2p_test(wd, dest):
                           "output": " ".join(out)}) + "\n")
 
 
+def write_test(task, wd, dest):
+  """`dest/test.jsonl` of the run in `wd`, in the task's form."""
+  (g2p_test if task in G2P_TASKS else study.run_test)(wd, dest)
+
+
 def run_arm(args, arm, seed, start):
   wd = os.path.join(args.runs, args.task, arm, f"seed{seed}")
   dest = os.path.join(args.out, args.task, arm, f"seed{seed}")
   c = arm_config(args, arm, seed, start)
   final = study.run(c, wd, files=("outputs/test.tsv",))[0]["test"]
   points = credit_curve(wd, c)
-  (g2p_test if args.task in G2P_TASKS else study.run_test)(wd, dest)
+  write_test(args.task, wd, dest)
   with open(os.path.join(dest, "curve.jsonl"), "w") as f:
     for p in points:
       f.write(json.dumps({k: p[k] for k in (
@@ -209,7 +214,7 @@ def start_test(args, start, out_dir):
     return
   if not os.path.exists(os.path.join(start, "outputs", "test.tsv")):
     return
-  (g2p_test if args.task in G2P_TASKS else study.run_test)(start, dest)
+  write_test(args.task, start, dest)
 
 
 def samples(out_dir, summary, count=20):
